@@ -1,0 +1,74 @@
+# spotkeeper — everything runs from here. `make test` is what CI runs; `make demo` is the drill.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV     ?= .venv
+SAM_VENV ?= .venv-sam
+PY       := $(VENV)/bin/python
+# Python 3.13 is the Lambda runtime. pyenv installs keep it off the default PATH.
+PY313    := $(shell PYENV_VERSION=3.13.0 python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null || command -v python3.13 2>/dev/null)
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= us-east-1
+# sam build resolves "python3.13" on PATH for the runtime; the venv has it.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: help dev check-python lint cfn-lint sam-validate build unit test demo bench format clean
+
+help:
+	@echo "make demo   - the game day drill on an embedded local AWS"
+	@echo "make test   - linters, template checks, sam build and the whole pytest suite (what CI runs)"
+	@echo "make bench  - benchmarks (not part of make test)"
+	@echo "make dev    - create .venv (Python 3.13) with everything the tests need"
+
+check-python:
+	@if [ -z "$(PY313)" ]; then \
+	  echo "error: Python 3.13 (the Lambda runtime) was not found."; \
+	  echo "       Install it (e.g. 'pyenv install 3.13.0') or put python3.13 on PATH."; exit 1; fi
+
+$(VENV)/.stamp: requirements-dev.txt layers/spotkeeper/requirements.txt functions/gateway/requirements.txt | check-python
+	@test -x $(PY) || $(PY313) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements-dev.txt
+	@touch $@
+
+$(SAM_VENV)/.stamp: | check-python
+	@test -x $(SAM_VENV)/bin/python || $(PY313) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/python -m pip install -q --disable-pip-version-check uv
+	$(SAM_VENV)/bin/uv pip install -q --python $(SAM_VENV)/bin/python aws-sam-cli==1.170.0
+	@touch $@
+
+dev: $(VENV)/.stamp $(SAM_VENV)/.stamp
+
+format: $(VENV)/.stamp
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+lint: $(VENV)/.stamp
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+cfn-lint: $(VENV)/.stamp
+	$(VENV)/bin/cfn-lint template.yaml
+
+sam-validate: $(SAM_VENV)/.stamp
+	AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing $(SAM_VENV)/bin/sam validate --lint --region $(AWS_DEFAULT_REGION)
+
+build: $(SAM_VENV)/.stamp $(VENV)/.stamp
+	$(SAM_VENV)/bin/sam build --parallel
+
+unit: $(VENV)/.stamp
+	$(PY) -m pytest
+
+test: lint cfn-lint sam-validate build unit
+
+demo:
+	@echo "make demo: the game day drill has not landed yet (issue: Game day)."
+	@echo "Until it does, 'make test' runs the moto scenario of a Spot interruption."
+	@exit 1
+
+bench:
+	@echo "make bench: the benchmarks have not landed yet (issue: Benchmarks)."
+	@exit 1
+
+clean:
+	rm -rf .aws-sam .pytest_cache .ruff_cache

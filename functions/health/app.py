@@ -1,0 +1,20 @@
+"""Every minute: probe TGI on the serving instance, publish its health, finish handed-over launches."""
+
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from spotkeeper.deps import control_deps
+from spotkeeper.events import ScheduledEvent, parse_event
+from spotkeeper.handlers import rejecting_invalid_events, tag_metrics
+from spotkeeper.logic.health import probe_endpoint
+from spotkeeper.observability import logger, metrics, tracer
+
+
+@logger.inject_lambda_context(correlation_id_path="id", clear_state=True)
+@metrics.log_metrics
+@tracer.capture_lambda_handler
+@rejecting_invalid_events
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    parse_event(event, ScheduledEvent)
+    deps = control_deps()
+    tag_metrics(deps.group)
+    report = probe_endpoint(deps)
+    return {"healthy": report.healthy, "serving": report.serving_instance_id, "launches": report.launches}

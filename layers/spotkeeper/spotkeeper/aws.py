@@ -1,0 +1,59 @@
+"""boto3 clients, built lazily once per process with bounded retries.
+
+Standard retry mode retries throttling and 5xx with backoff and a retry quota, so a burst of throttling
+during a regional Spot event slows spotkeeper down instead of failing the reaction half-way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+RETRY_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 6},
+    connect_timeout=3,
+    read_timeout=10,
+)
+
+
+@dataclass
+class AwsClients:
+    session: Any = None
+
+    def _session(self) -> Any:
+        if self.session is None:
+            self.session = boto3.session.Session()
+        return self.session
+
+    @cached_property
+    def autoscaling(self) -> Any:
+        return self._session().client("autoscaling", config=RETRY_CONFIG)
+
+    @cached_property
+    def ec2(self) -> Any:
+        return self._session().client("ec2", config=RETRY_CONFIG)
+
+    @cached_property
+    def sns(self) -> Any:
+        return self._session().client("sns", config=RETRY_CONFIG)
+
+    @cached_property
+    def cloudwatch(self) -> Any:
+        return self._session().client("cloudwatch", config=RETRY_CONFIG)
+
+    def table(self, name: str) -> Any:
+        return self._session().resource("dynamodb", config=RETRY_CONFIG).Table(name)
+
+
+def error_code(error: Exception) -> str:
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def error_message(error: Exception) -> str:
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Message", ""))

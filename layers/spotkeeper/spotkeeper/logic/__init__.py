@@ -1,0 +1,1 @@
+"""The decisions: what spotkeeper does for each event. AWS and TGI are reached only through adapters."""

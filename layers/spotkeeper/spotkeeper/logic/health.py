@@ -1,0 +1,109 @@
+"""The scheduled probe, every minute: is the serving TGI healthy, and what is left to finish.
+
+Publishes Healthy / ProbeLatency / QueueSize, counts consecutive failures and, after N, marks the serving
+instance Unhealthy so the group replaces it; finishes launch hooks the lifecycle function handed over; adopts
+a ready instance when nothing is recorded as serving (first deploy, attach mode, a lost handover).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spotkeeper.alerts import Alert
+from spotkeeper.deps import ControlDeps
+from spotkeeper.logic.lifecycle import check_launch, make_serving
+from spotkeeper.observability import logger, metrics
+
+UNHEALTHY = "unhealthy"
+
+
+@dataclass
+class ProbeReport:
+    serving_instance_id: str | None = None
+    healthy: bool = False
+    reason: str = ""
+    latency_ms: float | None = None
+    queue_size: float | None = None
+    consecutive_failures: int = 0
+    marked_unhealthy: bool = False
+    adopted: str | None = None
+    launches: dict[str, str] = field(default_factory=dict)
+
+
+def probe_endpoint(deps: ControlDeps) -> ProbeReport:
+    report = ProbeReport()
+    for launch in deps.state.waiting_launches(deps.group):
+        outcome = check_launch(launch, deps)
+        if outcome == "waiting":
+            deps.fleet.heartbeat(launch.hook_name, launch.token, launch.instance_id)
+        report.launches[launch.instance_id] = outcome
+
+    endpoint = deps.state.get_endpoint(deps.group)
+    if endpoint.serving_instance_id is None:
+        report.adopted = adopt_ready_instance(deps)
+        endpoint = deps.state.get_endpoint(deps.group)
+    report.serving_instance_id = endpoint.serving_instance_id
+
+    if endpoint.serving_instance_id and endpoint.serving_address:
+        readiness = deps.tgi.readiness(endpoint.serving_address, deps.env.model_id)
+        report.healthy, report.reason, report.latency_ms = readiness.ready, readiness.reason, readiness.latency_ms
+        if readiness.ready:
+            load = deps.tgi.load(endpoint.serving_address)
+            report.queue_size = load.queue_size if load else None
+        report.consecutive_failures = deps.state.record_probe(deps.group, endpoint.serving_instance_id, readiness.ready)
+        if report.consecutive_failures >= deps.env.unhealthy_after_failures:
+            report.marked_unhealthy = replace_unhealthy(endpoint.serving_instance_id, report, deps)
+    else:
+        report.reason = "no serving instance"
+
+    metrics.add_metric(name="Healthy", unit="Count", value=1 if report.healthy else 0)
+    if report.latency_ms is not None:
+        metrics.add_metric(name="ProbeLatency", unit="Milliseconds", value=report.latency_ms)
+    if report.queue_size is not None:
+        metrics.add_metric(name="QueueSize", unit="Count", value=report.queue_size)
+    metrics.add_metric(name="CapacityMode", unit="Count", value=1 if endpoint.mode == "on-demand" else 0)
+    logger.info("probe", extra={"probe": report.__dict__})
+    return report
+
+
+def replace_unhealthy(instance_id: str, report: ProbeReport, deps: ControlDeps) -> bool:
+    record = deps.state.get_instance(deps.group, instance_id)
+    if record.doomed or record.draining_since:
+        return False  # already on its way out; its replacement is being handled
+    if not deps.state.mark_unhealthy(deps.group, instance_id):
+        return False
+    deps.fleet.mark_unhealthy(instance_id)
+    deps.alerts.send(
+        Alert(
+            "instance-unhealthy",
+            "critical",
+            f"{instance_id} failed {report.consecutive_failures} probes in a row: marked Unhealthy for replacement",
+            {"instance_id": instance_id, "reason": report.reason, "failures": report.consecutive_failures},
+        )
+    )
+    return True
+
+
+def adopt_ready_instance(deps: ControlDeps) -> str | None:
+    """Nothing is recorded as serving: give the EIP to an InService instance whose TGI is ready."""
+    group = deps.fleet.describe_group()
+    leaving = {
+        r.instance_id for r in deps.state.instances(deps.group) if r.doomed or r.draining_since or r.marked_unhealthy
+    }
+    for member in group.instances:
+        if member.lifecycle_state != "InService" or member.instance_id in leaving:
+            continue
+        address = deps.fleet.private_address(member.instance_id)
+        if not address or not deps.tgi.readiness(address, deps.env.model_id).ready:
+            continue
+        if make_serving(member.instance_id, address, deps):
+            deps.alerts.send(
+                Alert(
+                    "eip-moved",
+                    "info",
+                    f"{member.instance_id} adopted as the serving instance",
+                    {"instance_id": member.instance_id, "address": address},
+                )
+            )
+            return member.instance_id
+    return None

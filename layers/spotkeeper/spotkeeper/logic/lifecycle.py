@@ -1,0 +1,245 @@
+"""Launch and terminate lifecycle hooks: the Elastic IP only ever moves to an instance whose TGI is ready.
+
+Launch: wait (polling /health and /info) until the new instance serves the expected model, then move the EIP,
+record it as the serving instance, CONTINUE, and retire instances that were only kept until a replacement was
+ready. If the function's own time runs short the launch stays recorded and the scheduled probe finishes it;
+past the deadline it is ABANDONed so the group tries again.
+
+Terminate: keep the EIP on a healthy instance, let in-flight generations drain (bounded), CONTINUE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from spotkeeper.alerts import Alert
+from spotkeeper.deps import ControlDeps
+from spotkeeper.events import LaunchLifecycleAction, TerminateLifecycleAction
+from spotkeeper.fleet import Group
+from spotkeeper.observability import logger
+from spotkeeper.state import PendingLaunch
+
+CONTINUE = "CONTINUE"
+ABANDON = "ABANDON"
+RETIRE = "retire"
+RESTORE_DESIRED = "restore-desired"
+
+
+def on_instance_launching(
+    event: LaunchLifecycleAction, deps: ControlDeps, remaining_seconds: Callable[[], float]
+) -> str:
+    detail = event.detail
+    now = deps.clock.now()
+    launch = PendingLaunch(
+        instance_id=detail.instance_id,
+        hook_name=detail.hook_name,
+        token=detail.lifecycle_action_token,
+        started_at=now,
+        deadline=now + deps.env.launch_deadline_seconds,
+    )
+    if not deps.state.put_pending_launch(deps.group, launch):
+        recorded = deps.state.get_pending_launch(deps.group, detail.instance_id)
+        if recorded is None or recorded.status != "waiting":
+            logger.info("launch already finished", extra={"instance_id": detail.instance_id})
+            return "duplicate"
+        launch = recorded  # a redelivery: keep the original deadline
+    return wait_for_ready(launch, deps, remaining_seconds)
+
+
+def wait_for_ready(launch: PendingLaunch, deps: ControlDeps, remaining_seconds: Callable[[], float]) -> str:
+    """Poll the new instance until it is ready, its deadline passes, or this invocation must hand over."""
+    while True:
+        outcome = check_launch(launch, deps)
+        if outcome != "waiting":
+            return outcome
+        if remaining_seconds() < deps.env.ready_poll_seconds + deps.env.handover_margin_seconds:
+            deps.fleet.heartbeat(launch.hook_name, launch.token, launch.instance_id)
+            logger.info("handing the launch over to the scheduled probe", extra={"instance_id": launch.instance_id})
+            return "handed-over"
+        deps.clock.sleep(deps.env.ready_poll_seconds)
+
+
+def check_launch(launch: PendingLaunch, deps: ControlDeps) -> str:
+    """One look at a waiting launch: promote it if ready, abandon it past its deadline."""
+    address = deps.fleet.private_address(launch.instance_id)
+    if address is None:
+        # The instance vanished (reclaimed, or terminated by hand) before it was ready.
+        return abandon(launch, deps, "instance no longer exists")
+    readiness = deps.tgi.readiness(address, deps.env.model_id)
+    if readiness.ready:
+        return promote(launch, address, deps)
+    if deps.clock.now() >= launch.deadline:
+        return abandon(launch, deps, f"TGI not ready before the deadline ({readiness.reason})")
+    logger.debug("not ready yet", extra={"instance_id": launch.instance_id, "reason": readiness.reason})
+    return "waiting"
+
+
+def promote(launch: PendingLaunch, address: str, deps: ControlDeps) -> str:
+    """The new instance is ready: EIP to it, record it as serving, CONTINUE, retire what it replaces."""
+    if not deps.state.finish_launch(deps.group, launch.instance_id, "continued"):
+        return "duplicate"
+    instance_id = launch.instance_id
+    record = deps.state.get_instance(deps.group, instance_id)
+    moved = False
+    if record.doomed or record.draining_since:
+        # Interrupted before it was even ready: never give it the EIP; its own replacement will take over.
+        logger.warning("ready instance is already doomed; not moving the EIP", extra={"instance_id": instance_id})
+    else:
+        moved = make_serving(instance_id, address, deps)
+    deps.fleet.complete_lifecycle_action(launch.hook_name, launch.token, instance_id, CONTINUE)
+    retired = retire_replaced(deps, keep=instance_id) if moved else []
+    if moved:
+        deps.alerts.send(
+            Alert(
+                "eip-moved",
+                "info",
+                f"{instance_id} is serving: Elastic IP moved after TGI reported ready",
+                {"instance_id": instance_id, "address": address, "retiring": retired},
+            )
+        )
+    return "promoted" if moved else "continued"
+
+
+def make_serving(instance_id: str, address: str, deps: ControlDeps) -> bool:
+    """Move the EIP to ``instance_id`` and record it, unless a racing change makes that wrong."""
+    for _ in range(5):
+        endpoint = deps.state.get_endpoint(deps.group)
+        if endpoint.serving_instance_id == instance_id:
+            deps.fleet.move_eip(instance_id)  # idempotent; repairs an EIP moved by someone else
+            return True
+        if endpoint.serving_instance_id is not None and not _should_take_over(endpoint.serving_instance_id, deps):
+            logger.info(
+                "current serving instance is healthy and staying; not moving the EIP",
+                extra={"instance_id": instance_id, "serving": endpoint.serving_instance_id},
+            )
+            return False
+        deps.fleet.move_eip(instance_id)
+        if deps.state.set_serving(deps.group, instance_id, address, deps.clock.now(), endpoint.version):
+            return True
+        logger.info("endpoint changed while moving the EIP; deciding again", extra={"instance_id": instance_id})
+    raise RuntimeError(f"could not record {instance_id} as serving: endpoint state keeps changing")
+
+
+def _should_take_over(serving_instance_id: str, deps: ControlDeps) -> bool:
+    record = deps.state.get_instance(deps.group, serving_instance_id)
+    if record.doomed or record.at_risk_since or record.draining_since or record.marked_unhealthy:
+        return True
+    group = deps.fleet.describe_group()
+    member = group.instance(serving_instance_id)
+    return member is None or member.lifecycle_state != "InService"
+
+
+def retire_replaced(deps: ControlDeps, keep: str) -> list[str]:
+    """Terminate, through the group, the doomed instances whose replacement was launched alongside them."""
+    retired = []
+    group = deps.fleet.describe_group()
+    for record in deps.state.instances(deps.group):
+        if record.instance_id == keep or record.replacement != "scale-out" or record.retired:
+            continue
+        if not (record.doomed or record.at_risk_since):
+            continue
+        if group.instance(record.instance_id) is None:
+            deps.state.finish_action(deps.group, record.instance_id, RETIRE)
+            continue
+        if deps.state.claim_action(deps.group, record.instance_id, RETIRE, owner=keep):
+            deps.fleet.retire(record.instance_id)
+            deps.state.finish_action(deps.group, record.instance_id, RETIRE)
+            retired.append(record.instance_id)
+    return retired
+
+
+def abandon(launch: PendingLaunch, deps: ControlDeps, reason: str) -> str:
+    if not deps.state.finish_launch(deps.group, launch.instance_id, "abandoned"):
+        return "duplicate"
+    deps.fleet.complete_lifecycle_action(launch.hook_name, launch.token, launch.instance_id, ABANDON)
+    deps.alerts.send(
+        Alert(
+            "launch-abandoned",
+            "critical",
+            f"Launch of {launch.instance_id} abandoned: {reason}",
+            {"instance_id": launch.instance_id, "reason": reason},
+        )
+    )
+    return "abandoned"
+
+
+def on_instance_terminating(event: TerminateLifecycleAction, deps: ControlDeps) -> str:
+    detail = event.detail
+    instance_id = detail.instance_id
+    first = deps.state.mark_draining(deps.group, instance_id, at=deps.clock.now())
+    group = deps.fleet.describe_group()
+    record = deps.state.get_instance(deps.group, instance_id)
+    # If Spot took it before its replacement was ready, give back the extra capacity asked for it, before the
+    # group replaces it a second time. The value is absolute, so it is harmless after a retire, too.
+    if (
+        record.replacement == "scale-out"
+        and not record.retired
+        and record.desired_before is not None
+        and deps.state.claim_action(deps.group, instance_id, RESTORE_DESIRED, owner=event.id)
+    ):
+        deps.fleet.set_desired(record.desired_before)
+        deps.state.finish_action(deps.group, instance_id, RESTORE_DESIRED)
+    endpoint = deps.state.get_endpoint(deps.group)
+    handed_to = None
+    if endpoint.serving_instance_id == instance_id:
+        handed_to = hand_over_serving(instance_id, group, deps)
+    address = deps.fleet.private_address(instance_id)
+    drained = drain(address, deps) if address else "gone"
+    completed = deps.fleet.complete_lifecycle_action(
+        detail.hook_name, detail.lifecycle_action_token, instance_id, CONTINUE
+    )
+    if first:
+        severity = "critical" if endpoint.serving_instance_id == instance_id and handed_to is None else "info"
+        deps.alerts.send(
+            Alert(
+                "instance-terminating",
+                severity,  # type: ignore[arg-type]
+                f"{instance_id} terminating: {drained}"
+                + (
+                    f", EIP now on {handed_to}"
+                    if handed_to
+                    else ", no other ready instance"
+                    if severity == "critical"
+                    else ""
+                ),
+                {
+                    "instance_id": instance_id,
+                    "drain": drained,
+                    "serving_now": handed_to or endpoint.serving_instance_id,
+                },
+            )
+        )
+    return "completed" if completed else "already-completed"
+
+
+def hand_over_serving(leaving: str, group: Group, deps: ControlDeps) -> str | None:
+    """The serving instance is leaving: put the EIP on another ready instance of the group, if there is one."""
+    leaving_ids = {r.instance_id for r in deps.state.instances(deps.group) if r.doomed or r.draining_since}
+    for member in group.instances:
+        if member.instance_id == leaving or member.instance_id in leaving_ids or member.lifecycle_state != "InService":
+            continue
+        address = deps.fleet.private_address(member.instance_id)
+        if (
+            address
+            and deps.tgi.readiness(address, deps.env.model_id).ready
+            and make_serving(member.instance_id, address, deps)
+        ):
+            return member.instance_id
+    endpoint = deps.state.get_endpoint(deps.group)
+    if endpoint.serving_instance_id == leaving:
+        deps.state.clear_serving(deps.group, leaving, endpoint.version)
+    return None
+
+
+def drain(address: str, deps: ControlDeps) -> str:
+    """Wait, at most DRAIN_SECONDS, until TGI has no queued or running generation."""
+    deadline = deps.clock.now() + deps.env.drain_seconds
+    while True:
+        load = deps.tgi.load(address)
+        if load is None:
+            return "unreachable"
+        if load.idle:
+            return "drained"
+        if deps.clock.now() >= deadline:
+            return f"drain cut at {deps.env.drain_seconds:g}s ({load.queue_size:g} queued, {load.batch_size:g} running)"
+        deps.clock.sleep(min(2.0, deps.env.ready_poll_seconds))

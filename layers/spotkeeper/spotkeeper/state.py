@@ -1,0 +1,372 @@
+"""Endpoint state in DynamoDB: which instance serves, what is leaving, capacity mode, pending launches.
+
+One table (pk/sk) holds, per group:
+  pk=group#<name> sk=endpoint           the serving instance, capacity mode, a version for optimistic locking
+  pk=group#<name> sk=launch#<instance>  a launch lifecycle hook waiting for TGI to become ready
+  pk=group#<name> sk=instance#<id>      per-instance facts: doomed (interruption), draining, probe failures
+Powertools idempotency records share the table under their own pk.
+
+Every change is a conditional write, so concurrent or replayed events cannot undo each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+ENDPOINT_SK = "endpoint"
+SPOT = "spot"
+ON_DEMAND = "on-demand"
+
+
+def _pk(group: str) -> str:
+    return f"group#{group}"
+
+
+def _is_conditional_failure(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _num(value: Any, default: float | None = None) -> float | None:
+    if value is None:
+        return default
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    group: str
+    serving_instance_id: str | None = None
+    serving_address: str | None = None
+    serving_since: float | None = None
+    mode: str = SPOT
+    mode_since: float | None = None
+    mode_reason: str | None = None
+    version: int = 0
+
+    @classmethod
+    def from_item(cls, group: str, item: dict[str, Any] | None) -> Endpoint:
+        if not item:
+            return cls(group=group)
+        return cls(
+            group=group,
+            serving_instance_id=item.get("serving_instance_id"),
+            serving_address=item.get("serving_address"),
+            serving_since=_num(item.get("serving_since")),
+            mode=item.get("mode", SPOT),
+            mode_since=_num(item.get("mode_since")),
+            mode_reason=item.get("mode_reason"),
+            version=int(item.get("version", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    instance_id: str
+    doomed_at: float | None = None
+    doomed_reason: str | None = None
+    replacement_requested: bool = False
+    draining_since: float | None = None
+    probe_failures: int = 0
+    marked_unhealthy: bool = False
+    at_risk_since: float | None = None
+    replacement: str | None = None  # how its replacement was started: scale-out, detach, group
+    desired_before: int | None = None  # the group's desired capacity before a scale-out for it
+    retired: bool = False
+
+    @classmethod
+    def from_item(cls, instance_id: str, item: dict[str, Any] | None) -> InstanceRecord:
+        item = item or {}
+        return cls(
+            instance_id=instance_id,
+            doomed_at=_num(item.get("doomed_at")),
+            doomed_reason=item.get("doomed_reason"),
+            replacement_requested=bool(item.get("replacement_requested", False)),
+            draining_since=_num(item.get("draining_since")),
+            probe_failures=int(item.get("probe_failures", 0)),
+            marked_unhealthy=bool(item.get("marked_unhealthy", False)),
+            at_risk_since=_num(item.get("at_risk_since")),
+            replacement=item.get("replacement"),
+            desired_before=int(item["desired_before"]) if "desired_before" in item else None,
+            retired=bool(item.get("retire_done", False)),
+        )
+
+    @property
+    def doomed(self) -> bool:
+        return self.doomed_at is not None
+
+
+@dataclass(frozen=True)
+class PendingLaunch:
+    instance_id: str
+    hook_name: str
+    token: str
+    started_at: float
+    deadline: float
+    status: str = "waiting"  # waiting | continued | abandoned
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> PendingLaunch:
+        return cls(
+            instance_id=item["instance_id"],
+            hook_name=item["hook_name"],
+            token=item["token"],
+            started_at=float(item["started_at"]),
+            deadline=float(item["deadline"]),
+            status=item.get("status", "waiting"),
+        )
+
+
+class StateStore:
+    """DynamoDB access for endpoint state. Takes a boto3 DynamoDB Table resource."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    # endpoint ---------------------------------------------------------------------------------
+    def get_endpoint(self, group: str, consistent: bool = True) -> Endpoint:
+        item = self._table.get_item(Key={"pk": _pk(group), "sk": ENDPOINT_SK}, ConsistentRead=consistent).get("Item")
+        return Endpoint.from_item(group, item)
+
+    def set_serving(self, group: str, instance_id: str, address: str, at: float, expected_version: int) -> bool:
+        """Record the serving instance if nobody changed the endpoint since ``expected_version``."""
+        try:
+            self._table.update_item(
+                Key={"pk": _pk(group), "sk": ENDPOINT_SK},
+                UpdateExpression="SET serving_instance_id = :i, serving_address = :a, serving_since = :t, "
+                "version = :next",
+                ConditionExpression="attribute_not_exists(version) OR version = :v",
+                ExpressionAttributeValues={
+                    ":i": instance_id,
+                    ":a": address,
+                    ":t": Decimal(str(at)),
+                    ":v": expected_version,
+                    ":next": expected_version + 1,
+                },
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                return False
+            raise
+        return True
+
+    def clear_serving(self, group: str, instance_id: str, expected_version: int) -> bool:
+        """Forget the serving instance, only if it is still ``instance_id``."""
+        try:
+            self._table.update_item(
+                Key={"pk": _pk(group), "sk": ENDPOINT_SK},
+                UpdateExpression="REMOVE serving_instance_id, serving_address, serving_since SET version = :next",
+                ConditionExpression="serving_instance_id = :i AND version = :v",
+                ExpressionAttributeValues={":i": instance_id, ":v": expected_version, ":next": expected_version + 1},
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                return False
+            raise
+        return True
+
+    def set_mode(self, group: str, mode: str, reason: str, at: float, expected_mode: str) -> bool:
+        """Switch capacity mode (spot/on-demand) once: only the first of racing callers wins."""
+        condition = "attribute_not_exists(#m) OR #m = :expected" if expected_mode == SPOT else "#m = :expected"
+        try:
+            self._table.update_item(
+                Key={"pk": _pk(group), "sk": ENDPOINT_SK},
+                UpdateExpression="SET #m = :mode, mode_since = :t, mode_reason = :r, "
+                "version = if_not_exists(version, :zero) + :one",
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#m": "mode"},
+                ExpressionAttributeValues={
+                    ":mode": mode,
+                    ":t": Decimal(str(at)),
+                    ":r": reason,
+                    ":expected": expected_mode,
+                    ":zero": 0,
+                    ":one": 1,
+                },
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                return False
+            raise
+        return True
+
+    # instances --------------------------------------------------------------------------------
+    def get_instance(self, group: str, instance_id: str) -> InstanceRecord:
+        item = self._table.get_item(Key={"pk": _pk(group), "sk": f"instance#{instance_id}"}, ConsistentRead=True).get(
+            "Item"
+        )
+        return InstanceRecord.from_item(instance_id, item)
+
+    def mark_doomed(self, group: str, instance_id: str, reason: str, at: float) -> bool:
+        """Record that ``instance_id`` is going away. True only for the first caller."""
+        return self._set_once(group, instance_id, "doomed_at", at, {"doomed_reason": reason})
+
+    def mark_replacement_requested(self, group: str, instance_id: str) -> bool:
+        """True only for the first caller: at most one replacement is started per doomed instance."""
+        return self._set_once(group, instance_id, "replacement_requested", True, {})
+
+    def mark_at_risk(self, group: str, instance_id: str, at: float) -> bool:
+        return self._set_once(group, instance_id, "at_risk_since", at, {})
+
+    def claim_action(self, group: str, instance_id: str, action: str, owner: str) -> bool:
+        """Claim a one-time action on an instance (start its replacement, retire it, ...).
+
+        True for the first claimer, and again for the same owner (a retry of the same event) while the
+        action is not recorded as done: so a reaction that failed half-way is redone by its retry, and a
+        duplicate or racing event never does it a second time.
+        """
+        try:
+            self._table.update_item(
+                Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
+                UpdateExpression="SET #owner = :owner",
+                ConditionExpression="attribute_not_exists(#owner) OR (#owner = :owner AND attribute_not_exists(#done))",
+                ExpressionAttributeNames={"#owner": f"{action}_by", "#done": f"{action}_done"},
+                ExpressionAttributeValues={":owner": owner},
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                return False
+            raise
+        return True
+
+    def finish_action(self, group: str, instance_id: str, action: str, **facts: Any) -> None:
+        self.record_facts(group, instance_id, **{f"{action}_done": True}, **facts)
+
+    def record_facts(self, group: str, instance_id: str, **facts: Any) -> None:
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        sets: list[str] = []
+        for index, (name, value) in enumerate(facts.items()):
+            names[f"#f{index}"] = name
+            values[f":f{index}"] = Decimal(str(value)) if isinstance(value, float) else value
+            sets.append(f"#f{index} = :f{index}")
+        self._table.update_item(
+            Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
+            UpdateExpression="SET " + ", ".join(sets),
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+
+    def instances(self, group: str) -> list[InstanceRecord]:
+        """Every instance spotkeeper has a record of in this group."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":pk": _pk(group), ":prefix": "instance#"},
+            "ConsistentRead": True,
+        }
+        while True:
+            response = self._table.query(**kwargs)
+            items.extend(response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                break
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return [InstanceRecord.from_item(item["sk"].removeprefix("instance#"), item) for item in items]
+
+    def mark_draining(self, group: str, instance_id: str, at: float) -> bool:
+        return self._set_once(group, instance_id, "draining_since", at, {})
+
+    def mark_unhealthy(self, group: str, instance_id: str) -> bool:
+        return self._set_once(group, instance_id, "marked_unhealthy", True, {})
+
+    def record_probe(self, group: str, instance_id: str, healthy: bool) -> int:
+        """Count consecutive failed probes atomically; a success resets it. Returns the new count."""
+        key = {"pk": _pk(group), "sk": f"instance#{instance_id}"}
+        if healthy:
+            self._table.update_item(
+                Key=key,
+                UpdateExpression="SET probe_failures = :zero",
+                ExpressionAttributeValues={":zero": 0},
+            )
+            return 0
+        response = self._table.update_item(
+            Key=key,
+            UpdateExpression="ADD probe_failures :one",
+            ExpressionAttributeValues={":one": 1},
+            ReturnValues="UPDATED_NEW",
+        )
+        return int(response["Attributes"]["probe_failures"])
+
+    def _set_once(self, group: str, instance_id: str, attribute: str, value: Any, extra: dict[str, Any]) -> bool:
+        names = {"#a": attribute}
+        values: dict[str, Any] = {":v": Decimal(str(value)) if isinstance(value, float) else value}
+        sets = ["#a = :v"]
+        for index, (name, extra_value) in enumerate(extra.items()):
+            names[f"#e{index}"] = name
+            values[f":e{index}"] = extra_value
+            sets.append(f"#e{index} = :e{index}")
+        try:
+            self._table.update_item(
+                Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression="attribute_not_exists(#a)",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                return False
+            raise
+        return True
+
+    # pending launches -------------------------------------------------------------------------
+    def put_pending_launch(self, group: str, launch: PendingLaunch) -> bool:
+        """Record a launch hook we are waiting on. False if it was already recorded (a replay)."""
+        try:
+            self._table.put_item(
+                Item={
+                    "pk": _pk(group),
+                    "sk": f"launch#{launch.instance_id}",
+                    "instance_id": launch.instance_id,
+                    "hook_name": launch.hook_name,
+                    "token": launch.token,
+                    "started_at": Decimal(str(launch.started_at)),
+                    "deadline": Decimal(str(launch.deadline)),
+                    "status": "waiting",
+                },
+                ConditionExpression="attribute_not_exists(sk)",
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                return False
+            raise
+        return True
+
+    def get_pending_launch(self, group: str, instance_id: str) -> PendingLaunch | None:
+        item = self._table.get_item(Key={"pk": _pk(group), "sk": f"launch#{instance_id}"}, ConsistentRead=True).get(
+            "Item"
+        )
+        return PendingLaunch.from_item(item) if item else None
+
+    def waiting_launches(self, group: str) -> list[PendingLaunch]:
+        response = self._table.query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": _pk(group), ":prefix": "launch#"},
+            ConsistentRead=True,
+        )
+        launches = [PendingLaunch.from_item(item) for item in response.get("Items", [])]
+        return [launch for launch in launches if launch.status == "waiting"]
+
+    def finish_launch(self, group: str, instance_id: str, outcome: str) -> bool:
+        """Claim the right to complete a waiting launch hook with ``outcome`` (continued/abandoned).
+
+        True while the launch is waiting or already claimed for the same outcome, so a retry after a
+        failed AWS call redoes its (idempotent) action; False once the other outcome won the race.
+        """
+        try:
+            self._table.update_item(
+                Key={"pk": _pk(group), "sk": f"launch#{instance_id}"},
+                UpdateExpression="SET #s = :outcome",
+                ConditionExpression="#s = :waiting OR #s = :outcome",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={":outcome": outcome, ":waiting": "waiting"},
+            )
+        except ClientError as error:
+            if _is_conditional_failure(error):
+                return False
+            raise
+        return True
