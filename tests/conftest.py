@@ -87,7 +87,7 @@ class Stack:
 
     def eip_holder(self) -> str | None:
         address = self.session.client("ec2").describe_addresses(AllocationIds=[self.eip_allocation_id])["Addresses"][0]
-        return address.get("InstanceId")
+        return address.get("InstanceId") or None
 
 
 def create_stack(session: Any, group: str = GROUP, capacity_rebalance: bool = True) -> Stack:

@@ -140,7 +140,9 @@ class ServingInstanceBackend:
         self._cached_at = started
 
 
-def state_table_backend(settings: GatewaySettings, table_factory: Callable[[], Any] | None = None) -> ServingInstanceBackend:
+def state_table_backend(
+    settings: GatewaySettings, table_factory: Callable[[], Any] | None = None
+) -> ServingInstanceBackend:
     """A resolver over the state table, whose DynamoDB resource is built on first use."""
     if not settings.group_name or not settings.state_table_name:
         raise ValueError("GROUP_NAME and STATE_TABLE_NAME are required to read the serving instance")

@@ -85,9 +85,7 @@ class BackendProtocolError(GatewayError):
 def error_response(
     status_code: int, message: str, error_type: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    return JSONResponse(
-        status_code=status_code, content={"error": message, "error_type": error_type}, headers=headers
-    )
+    return JSONResponse(status_code=status_code, content={"error": message, "error_type": error_type}, headers=headers)
 
 
 def sse_error_event(message: str, error_type: str = GENERATION) -> bytes:
@@ -99,6 +97,10 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
     """One readable line from pydantic/FastAPI validation errors, e.g. ``parameters.top_p: must be < 1``."""
     parts = []
     for problem in errors[:5]:
+        if problem.get("type") == "json_invalid":
+            detail = (problem.get("ctx") or {}).get("error", "")
+            parts.append(f"body is not valid JSON ({detail})" if detail else "body is not valid JSON")
+            continue
         location = [str(part) for part in problem.get("loc", ()) if part != "body"]
         where = ".".join(location) or "body"
         parts.append(f"{where}: {problem.get('msg', 'invalid')}")

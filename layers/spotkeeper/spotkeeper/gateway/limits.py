@@ -16,8 +16,7 @@ from spotkeeper.gateway.settings import GatewaySettings
 def _check_input_length(length: int, settings: GatewaySettings) -> None:
     if length > settings.max_input_chars:
         raise InputValidationError(
-            f"Input validation error: inputs must have less than {settings.max_input_chars} characters. "
-            f"Given: {length}"
+            f"Input validation error: inputs must have less than {settings.max_input_chars} characters. Given: {length}"
         )
 
 

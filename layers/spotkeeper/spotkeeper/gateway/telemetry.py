@@ -8,8 +8,9 @@ flushed when the response, streamed or not, has ended.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +28,7 @@ class RequestRecord:
 
     started: float
     method: str
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     route: str = UNMATCHED_ROUTE
     status: int | None = None
     serving_instance_id: str | None = None
@@ -69,6 +71,7 @@ def publish(record: RequestRecord, settings: GatewaySettings, ended: float) -> N
         extra={
             "route": record.route,
             "method": record.method,
+            "request_id": record.request_id,
             "status": record.status,
             "latency_ms": latency_ms,
             "time_to_first_token_ms": first_token_ms,
@@ -82,9 +85,15 @@ def publish(record: RequestRecord, settings: GatewaySettings, ended: float) -> N
 class RequestTelemetry:
     """ASGI middleware: times every request and publishes its metrics once the response has ended."""
 
-    def __init__(self, app: ASGIApp, settings: Callable[[], GatewaySettings | None]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        settings: Callable[[], GatewaySettings | None],
+        route_of: Callable[[Scope], str | None] | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
+        self.route_of = route_of
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -100,10 +109,17 @@ class RequestTelemetry:
 
         try:
             await self.app(scope, receive, observe_status)
+        except Exception:
+            # Starlette's outermost error middleware turns it into a 500 after we have returned.
+            if record.status is None:
+                record.status = 500
+            raise
         finally:
             route = scope.get("route")
-            if route is not None and getattr(route, "path", None):
-                record.route = route.path
+            template = getattr(route, "path", None) if route is not None else None
+            if template is None and self.route_of is not None:
+                template = self.route_of(scope)
+            record.route = template or UNMATCHED_ROUTE
             settings = self.settings()
             if settings is not None:
                 publish(record, settings, time.perf_counter())

@@ -1,0 +1,142 @@
+"""Talking to TGI on the serving instance: one keep-alive client per process, bounded failover.
+
+A request that could not reach TGI at all (connection refused or reset, connect timeout, TGI answering 503)
+is retried once against a resolution of the serving instance made after the failure; if that fails too the
+client gets 503 with Retry-After. The bound on that path is about two connect timeouts plus one state-table
+read, never the generation's read timeout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import httpx
+
+from spotkeeper.gateway.backend import Backend, BackendResolver
+from spotkeeper.gateway.errors import BackendProtocolError, BackendTimeout, BackendUnavailable
+from spotkeeper.gateway.settings import GatewaySettings
+from spotkeeper.observability import logger
+
+# TGI's /health runs a one-token generation, so it is quick unless TGI is stuck.
+PROBE_READ_TIMEOUT_SECONDS = 10.0
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
+
+
+class _Unreachable(Exception):
+    """The request never got an answer from TGI; safe to try another resolution."""
+
+
+@dataclass
+class Upstream:
+    """An open response from TGI (body not read yet) and the backend that gave it."""
+
+    response: httpx.Response
+    backend: Backend
+
+    def relay_headers(self) -> dict[str, str]:
+        """TGI's own ``x-*`` headers (x-generated-tokens, x-compute-time, ...) are useful to clients."""
+        return {
+            name: value
+            for name, value in self.response.headers.items()
+            if name.lower().startswith("x-") and name.lower() not in _HOP_BY_HOP
+        }
+
+    async def close(self) -> None:
+        await self.response.aclose()
+
+
+def new_client(settings: GatewaySettings, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    timeout = httpx.Timeout(
+        connect=settings.connect_timeout_seconds,
+        read=settings.read_timeout_seconds,
+        write=settings.connect_timeout_seconds * 5,
+        pool=settings.connect_timeout_seconds,
+    )
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=32, keepalive_expiry=30.0)
+    return httpx.AsyncClient(timeout=timeout, limits=limits, transport=transport, follow_redirects=False)
+
+
+class TgiUpstream:
+    def __init__(self, client: httpx.AsyncClient, resolver: BackendResolver, settings: GatewaySettings) -> None:
+        self._client = client
+        self._resolver = resolver
+        self._settings = settings
+
+    async def open(
+        self,
+        method: str,
+        path: str,
+        json_body: object | None = None,
+        *,
+        request_id: str | None = None,
+        read_timeout: float | None = None,
+    ) -> Upstream:
+        """Send the request and return TGI's response with its body unread (so it can be streamed)."""
+        failure: Exception
+        try:
+            backend = await self._resolver.resolve()
+            return await self._send(backend, method, path, json_body, request_id, read_timeout)
+        except (_Unreachable, BackendUnavailable) as error:
+            failure = error
+        failed_at = self._resolver.now()
+        logger.warning("TGI unreachable, retrying with a fresh serving instance", extra={"reason": str(failure)})
+        backend = await self._resolver.resolve(fresher_than=failed_at)
+        try:
+            return await self._send(backend, method, path, json_body, request_id, read_timeout)
+        except _Unreachable as error:
+            raise BackendUnavailable(
+                f"TGI on the serving instance is unreachable ({error}): a failover is in progress",
+                self._settings.retry_after_seconds,
+            ) from error
+
+    async def _send(
+        self,
+        backend: Backend,
+        method: str,
+        path: str,
+        json_body: object | None,
+        request_id: str | None,
+        read_timeout: float | None,
+    ) -> Upstream:
+        headers = {"accept-encoding": "identity"}
+        if request_id:
+            headers["x-request-id"] = request_id
+        timeout = self._client.timeout
+        if read_timeout is not None:
+            timeout = httpx.Timeout(connect=timeout.connect, read=read_timeout, write=timeout.write, pool=timeout.pool)
+        request = self._client.build_request(
+            method, backend.url + path, json=json_body, headers=headers, timeout=timeout
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+            raise _Unreachable(_describe(error)) from error
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.WriteTimeout) as error:
+            # The connection broke before TGI answered (instance gone, connection reset).
+            raise _Unreachable(_describe(error)) from error
+        except httpx.ReadTimeout as error:
+            raise BackendTimeout(
+                f"TGI did not answer within {timeout.read:g} s",
+            ) from error
+        except httpx.HTTPError as error:
+            raise BackendProtocolError(f"unexpected answer from TGI: {_describe(error)}") from error
+        if response.status_code == 503:
+            # TGI still loading or going away: as unreachable as a closed port.
+            body = await _read_quietly(response)
+            raise _Unreachable(f"TGI answered 503 {body[:200]!r}")
+        return Upstream(response=response, backend=backend)
+
+
+async def _read_quietly(response: httpx.Response) -> bytes:
+    try:
+        return await response.aread()
+    except httpx.HTTPError:
+        return b""
+    finally:
+        await response.aclose()
+
+
+def _describe(error: Exception) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,86 @@
+"""The scheduled probe: metrics, adoption, consecutive failures and the Unhealthy mark."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import MODEL_ID
+from control import control_deps_for, instance_ids
+
+from spotkeeper_local.aws_events import scheduled
+from spotkeeper_local.emulated_fleet import EmulatedInstances
+from spotkeeper_local.lambda_runtime import invoke
+from spotkeeper_local.sim_clock import SimClock
+
+
+@pytest.fixture
+def world(stack):
+    clock = SimClock()
+    fleet = EmulatedInstances(stack.session.client("ec2"), MODEL_ID, clock)
+    [instance] = instance_ids(stack)
+    deps = control_deps_for(stack, clock=clock, tgi=fleet.tgi_client())
+    yield stack, clock, fleet, instance, deps
+    fleet.close()
+
+
+def emf_metrics(output: str) -> list[dict]:
+    documents = [json.loads(line) for line in output.splitlines() if line.startswith('{"_aws"')]
+    return [
+        {"name": m["Name"], "value": doc[m["Name"]], "dimensions": doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"]}
+        for doc in documents
+        for m in doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+    ]
+
+
+def test_probe_adopts_a_ready_instance_and_publishes_health(world, capsys):
+    stack, clock, fleet, instance, deps = world
+    fleet.boot(instance)
+    result = invoke("health", scheduled(), deps, clock=clock)
+    assert result["healthy"] is True and result["serving"] == instance
+    assert stack.eip_holder() == instance
+    published = {m["name"]: m for m in emf_metrics(capsys.readouterr().out)}
+    assert published["Healthy"]["value"] == [1.0]
+    assert published["ProbeLatency"]["value"][0] > 0
+    assert published["QueueSize"]["value"] == [0.0]
+    assert ["AutoScalingGroupName", "service"] in published["Healthy"]["dimensions"]
+
+
+def test_probe_without_any_ready_instance_reports_unhealthy_and_moves_nothing(world, capsys):
+    stack, clock, fleet, instance, deps = world
+    fleet.boot(instance, load_seconds=300)  # still loading: port closed
+    result = invoke("health", scheduled(), deps, clock=clock)
+    assert result["healthy"] is False and result["serving"] is None
+    assert stack.eip_holder() is None
+    assert {m["name"]: m["value"] for m in emf_metrics(capsys.readouterr().out)}["Healthy"] == [0.0]
+
+
+def test_unhealthy_after_n_consecutive_failures_marks_the_instance_once(world):
+    stack, clock, fleet, instance, deps = world
+    server = fleet.boot(instance)
+    invoke("health", scheduled(), deps, clock=clock)
+    stack.alerts()
+    server.set_unhealthy(True)
+    for _ in range(2):
+        invoke("health", scheduled(), deps, clock=clock)
+    assert stack.group_description()["Instances"][0]["HealthStatus"] == "Healthy"
+    for _ in range(3):  # the third failure marks it; later ones do not mark or alert again
+        invoke("health", scheduled(), deps, clock=clock)
+    assert stack.group_description()["Instances"][0]["HealthStatus"] == "Unhealthy"
+    alerts = stack.alerts()
+    assert [(a["attributes"]["event"], a["attributes"]["severity"]) for a in alerts] == [
+        ("instance-unhealthy", "critical")
+    ]
+
+
+def test_a_success_resets_the_failure_count(world):
+    stack, clock, fleet, instance, deps = world
+    server = fleet.boot(instance)
+    invoke("health", scheduled(), deps, clock=clock)
+    for _ in range(3):
+        server.set_unhealthy(True)
+        invoke("health", scheduled(), deps, clock=clock)
+        invoke("health", scheduled(), deps, clock=clock)
+        server.set_unhealthy(False)
+        invoke("health", scheduled(), deps, clock=clock)
+    assert stack.group_description()["Instances"][0]["HealthStatus"] == "Healthy"
