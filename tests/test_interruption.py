@@ -6,6 +6,7 @@ import logging
 
 import pytest
 from control import control_deps_for, instance_ids
+
 from spotkeeper.events import InvalidEvent
 from spotkeeper_local.aws_events import load_event, rebalance_recommendation, spot_interruption
 from spotkeeper_local.lambda_runtime import invoke

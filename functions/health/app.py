@@ -1,6 +1,7 @@
 """Every minute: probe TGI on the serving instance, publish its health, finish handed-over launches."""
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from spotkeeper.deps import control_deps
 from spotkeeper.events import ScheduledEvent, parse_event
 from spotkeeper.handlers import rejecting_invalid_events, tag_metrics

@@ -1,6 +1,7 @@
 """Spot interruption warnings and rebalance recommendations for instances of the group."""
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from spotkeeper.deps import control_deps
 from spotkeeper.events import InstanceAtRiskEvent, parse_event
 from spotkeeper.handlers import rejecting_invalid_events, tag_metrics

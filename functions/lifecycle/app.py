@@ -1,6 +1,7 @@
 """Launch and terminate lifecycle hooks of the group."""
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
+
 from spotkeeper.deps import control_deps
 from spotkeeper.events import LaunchLifecycleAction, LifecycleEvent, parse_event
 from spotkeeper.handlers import rejecting_invalid_events, tag_metrics
