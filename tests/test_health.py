@@ -84,3 +84,20 @@ def test_a_success_resets_the_failure_count(world):
         server.set_unhealthy(False)
         invoke("health", scheduled(), deps, clock=clock)
     assert stack.group_description()["Instances"][0]["HealthStatus"] == "Healthy"
+
+
+def test_probe_puts_back_an_eip_someone_moved_away(world, aws):
+    stack, clock, fleet, instance, deps = world
+    fleet.boot(instance)
+    invoke("health", scheduled(), deps, clock=clock)
+    stack.alerts()
+    # Given someone associated the EIP with another instance by hand
+    ec2 = aws.client("ec2")
+    other = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, SubnetId=stack.subnet_id)["Instances"][0]
+    ec2.associate_address(AllocationId=stack.eip_allocation_id, InstanceId=other["InstanceId"], AllowReassociation=True)
+    # When the probe runs (twice: the second finds nothing to repair)
+    first = invoke("health", scheduled(), deps, clock=clock)
+    invoke("health", scheduled(), deps, clock=clock)
+    # Then the EIP is back on the serving instance, with one alert
+    assert first["serving"] == instance and stack.eip_holder() == instance
+    assert [a["attributes"]["event"] for a in stack.alerts()] == ["eip-repaired"]

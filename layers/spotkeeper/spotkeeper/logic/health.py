@@ -27,6 +27,7 @@ class ProbeReport:
     consecutive_failures: int = 0
     marked_unhealthy: bool = False
     adopted: str | None = None
+    eip_repaired: bool = False
     launches: dict[str, str] = field(default_factory=dict)
 
 
@@ -45,6 +46,7 @@ def probe_endpoint(deps: ControlDeps) -> ProbeReport:
     report.serving_instance_id = endpoint.serving_instance_id
 
     if endpoint.serving_instance_id and endpoint.serving_address:
+        report.eip_repaired = repair_eip(endpoint.serving_instance_id, deps)
         readiness = deps.tgi.readiness(endpoint.serving_address, deps.env.model_id)
         report.healthy, report.reason, report.latency_ms = readiness.ready, readiness.reason, readiness.latency_ms
         if readiness.ready:
@@ -64,6 +66,23 @@ def probe_endpoint(deps: ControlDeps) -> ProbeReport:
     metrics.add_metric(name="CapacityMode", unit="Count", value=1 if endpoint.mode == "on-demand" else 0)
     logger.info("probe", extra={"probe": report.__dict__})
     return report
+
+
+def repair_eip(serving_instance_id: str, deps: ControlDeps) -> bool:
+    """Someone (a person, another tool) moved the Elastic IP off the serving instance: put it back."""
+    holder = deps.fleet.eip_holder()
+    if holder == serving_instance_id:
+        return False
+    deps.fleet.move_eip(serving_instance_id)
+    deps.alerts.send(
+        Alert(
+            "eip-repaired",
+            "warning",
+            f"Elastic IP was on {holder or 'nothing'}; moved back to the serving instance {serving_instance_id}",
+            {"instance_id": serving_instance_id, "found_on": holder},
+        )
+    )
+    return True
 
 
 def replace_unhealthy(instance_id: str, report: ProbeReport, deps: ControlDeps) -> bool:
