@@ -155,3 +155,12 @@ def aws() -> Iterator[Any]:
 @pytest.fixture
 def stack(aws: Any) -> Stack:
     return create_stack(aws)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from counts import COUNTS
+
+    if COUNTS:
+        terminalreporter.section("spotkeeper hardening counts")
+        for name, value in sorted(COUNTS.items()):
+            terminalreporter.write_line(f"{name}: {value}")

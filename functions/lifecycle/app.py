@@ -28,4 +28,4 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
         return on_instance_terminating(action, deps)
 
     # A redelivery while the first delivery is still waiting for TGI must not start a second wait.
-    return {"outcome": once_per_event(deps, event["id"], react)}
+    return {"outcome": once_per_event(deps, event["id"], react, context)}

@@ -24,29 +24,29 @@ RETRY_CONFIG = Config(
 class AwsClients:
     session: Any = None
 
-    def _session(self) -> Any:
+    def boto3_session(self) -> Any:
         if self.session is None:
             self.session = boto3.session.Session()
         return self.session
 
     @cached_property
     def autoscaling(self) -> Any:
-        return self._session().client("autoscaling", config=RETRY_CONFIG)
+        return self.boto3_session().client("autoscaling", config=RETRY_CONFIG)
 
     @cached_property
     def ec2(self) -> Any:
-        return self._session().client("ec2", config=RETRY_CONFIG)
+        return self.boto3_session().client("ec2", config=RETRY_CONFIG)
 
     @cached_property
     def sns(self) -> Any:
-        return self._session().client("sns", config=RETRY_CONFIG)
+        return self.boto3_session().client("sns", config=RETRY_CONFIG)
 
     @cached_property
     def cloudwatch(self) -> Any:
-        return self._session().client("cloudwatch", config=RETRY_CONFIG)
+        return self.boto3_session().client("cloudwatch", config=RETRY_CONFIG)
 
     def table(self, name: str) -> Any:
-        return self._session().resource("dynamodb", config=RETRY_CONFIG).Table(name)
+        return self.boto3_session().resource("dynamodb", config=RETRY_CONFIG).Table(name)
 
 
 def error_code(error: Exception) -> str:

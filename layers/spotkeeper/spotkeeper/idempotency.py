@@ -26,14 +26,13 @@ def _persistence(table_name: str, session: Any) -> DynamoDBPersistenceLayer:
     return DynamoDBPersistenceLayer(table_name=table_name, key_attr="pk", sort_key_attr="sk", boto3_session=session)
 
 
-def once_per_event(deps: Any, event_id: str, react: Callable[[], str]) -> str:
-    persistence = _persistence(deps.env.state_table_name, deps.clients._session())
+def once_per_event(deps: Any, event_id: str, react: Callable[[], str], lambda_context: Any) -> str:
+    persistence = _persistence(deps.env.state_table_name, deps.clients.boto3_session())
+    config = IdempotencyConfig(expires_after_seconds=24 * 3600)
+    # An invocation that dies mid-wait releases its claim when its own time is up, not after the record's TTL.
+    config.register_lambda_context(lambda_context)
 
-    @idempotent_function(
-        data_keyword_argument="event_id",
-        persistence_store=persistence,
-        config=IdempotencyConfig(expires_after_seconds=24 * 3600),
-    )
+    @idempotent_function(data_keyword_argument="event_id", persistence_store=persistence, config=config)
     def reaction(event_id: str) -> str:
         return react()
 

@@ -106,7 +106,8 @@ class PendingLaunch:
     token: str
     started_at: float
     deadline: float
-    status: str = "waiting"  # waiting | continued | abandoned
+    status: str = "waiting"  # waiting | continued | abandoned (claimed by whoever decided)
+    completed: bool = False  # the claimed outcome was carried out to the end
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -118,6 +119,7 @@ class PendingLaunch:
             started_at=float(item["started_at"]),
             deadline=float(item["deadline"]),
             status=item.get("status", "waiting"),
+            completed=bool(item.get("completed", False)),
         )
 
 
@@ -349,7 +351,15 @@ class StateStore:
             ConsistentRead=True,
         )
         launches = [PendingLaunch.from_item(item) for item in response.get("Items", [])]
-        return [launch for launch in launches if launch.status == "waiting"]
+        # Claimed but not completed: a reaction failed half-way; whoever looks next carries it through.
+        return [launch for launch in launches if not launch.completed]
+
+    def complete_launch(self, group: str, instance_id: str) -> None:
+        self._table.update_item(
+            Key={"pk": _pk(group), "sk": f"launch#{instance_id}"},
+            UpdateExpression="SET completed = :true",
+            ExpressionAttributeValues={":true": True},
+        )
 
     def finish_launch(self, group: str, instance_id: str, outcome: str) -> bool:
         """Claim the right to complete a waiting launch hook with ``outcome`` (continued/abandoned).

@@ -55,10 +55,17 @@ During a failover it answers `503` with `Retry-After`; every error has TGI's sha
 `{"error": "...", "error_type": "..."}`.
 """
 
+# One server-sent event: TGI sends a JSON document per `data:` line (OpenAI routes end with `data: [DONE]`).
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"data": {"type": "string", "description": "A JSON token event, TGI error event, or [DONE]"}},
+    "required": ["data"],
+}
+
 SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Server-sent events, one `data:` JSON per token, as TGI emits them",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
     }
 }
 JSON_OR_SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -66,7 +73,7 @@ JSON_OR_SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": "JSON, or server-sent events when `stream` is true",
         "content": {
             "application/json": {"schema": {"type": "object"}},
-            "text/event-stream": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": SSE_EVENT_SCHEMA},
         },
     }
 }
@@ -76,7 +83,7 @@ COMPAT_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": "A one-element JSON list (TGI's compatibility shape), or server-sent events when `stream`",
         "content": {
             "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
-            "text/event-stream": {"schema": {"type": "string"}},
+            "text/event-stream": {"schema": SSE_EVENT_SCHEMA},
         },
     }
 }

@@ -110,6 +110,7 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> str:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Request body is not decodable"},
     413: {"model": ErrorBody, "description": "Request body larger than MAX_BODY_BYTES"},
     422: {"model": ErrorBody, "description": "Input validation error (gateway limits or TGI's own)"},
     424: {"model": ErrorBody, "description": "Generation error (from TGI)"},

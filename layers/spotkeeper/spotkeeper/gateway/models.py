@@ -18,7 +18,7 @@ StopSequence = Annotated[str, Field(min_length=1, max_length=512)]
 
 
 class Grammar(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["json", "regex", "json_schema"]
     value: Any = Field(description="A JSON schema (json, json_schema) or a regular expression (regex)")
@@ -27,7 +27,7 @@ class Grammar(BaseModel):
 class GenerateParameters(BaseModel):
     """TGI's ``parameters`` object. Unknown names are refused so a typo is not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     adapter_id: str | None = Field(default=None, max_length=256)
     best_of: int | None = Field(default=None, gt=0, le=16)
@@ -53,7 +53,7 @@ class GenerateParameters(BaseModel):
 class GenerateRequest(BaseModel):
     """``POST /generate`` and ``POST /generate_stream``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     inputs: str = Field(min_length=1)
     parameters: GenerateParameters = Field(default_factory=GenerateParameters)
@@ -69,21 +69,21 @@ class CompatGenerateRequest(GenerateRequest):
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["text"]
     text: str
 
 
 class ImageUrl(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     url: str = Field(min_length=1)
     detail: str | None = None
 
 
 class ImagePart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     type: Literal["image_url"]
     image_url: ImageUrl
@@ -94,7 +94,7 @@ ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 class ChatMessage(BaseModel):
     # OpenAI keeps adding message fields; like TGI, unknown ones are accepted and dropped.
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
@@ -117,7 +117,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     include_usage: bool | None = None
 
@@ -125,7 +125,7 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions``: the OpenAI fields TGI implements; other OpenAI fields are dropped."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = Field(default=None, max_length=256)
     messages: list[ChatMessage] = Field(min_length=1, max_length=1024)
@@ -157,7 +157,7 @@ class ChatCompletionRequest(BaseModel):
 class CompletionRequest(BaseModel):
     """``POST /v1/completions``: the OpenAI fields TGI implements; other OpenAI fields are dropped."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str | None = Field(default=None, max_length=256)
     prompt: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]]

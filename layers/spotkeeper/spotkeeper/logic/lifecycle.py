@@ -39,10 +39,10 @@ def on_instance_launching(
     )
     if not deps.state.put_pending_launch(deps.group, launch):
         recorded = deps.state.get_pending_launch(deps.group, detail.instance_id)
-        if recorded is None or recorded.status != "waiting":
+        if recorded is None or recorded.completed:
             logger.info("launch already finished", extra={"instance_id": detail.instance_id})
             return "duplicate"
-        launch = recorded  # a redelivery: keep the original deadline
+        launch = recorded  # a redelivery, or the retry of a reaction that failed half-way: same deadline
     return wait_for_ready(launch, deps, remaining_seconds)
 
 
@@ -61,7 +61,11 @@ def wait_for_ready(launch: PendingLaunch, deps: ControlDeps, remaining_seconds: 
 
 def check_launch(launch: PendingLaunch, deps: ControlDeps) -> str:
     """One look at a waiting launch: promote it if ready, abandon it past its deadline."""
+    if launch.status == "abandoned":
+        return abandon(launch, deps, "deadline passed")  # decided before; carry it through
     address = deps.fleet.private_address(launch.instance_id)
+    if launch.status == "continued" and address is not None:
+        return promote(launch, address, deps)  # decided before a failure; carry it through
     if address is None:
         # The instance vanished (reclaimed, or terminated by hand) before it was ready.
         return abandon(launch, deps, "instance no longer exists")
@@ -97,6 +101,7 @@ def promote(launch: PendingLaunch, address: str, deps: ControlDeps) -> str:
                 {"instance_id": instance_id, "address": address, "retiring": retired},
             )
         )
+    deps.state.complete_launch(deps.group, instance_id)
     return "promoted" if moved else "continued"
 
 
@@ -160,6 +165,7 @@ def abandon(launch: PendingLaunch, deps: ControlDeps, reason: str) -> str:
             {"instance_id": launch.instance_id, "reason": reason},
         )
     )
+    deps.state.complete_launch(deps.group, launch.instance_id)
     return "abandoned"
 
 

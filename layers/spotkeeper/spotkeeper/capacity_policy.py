@@ -1,0 +1,203 @@
+"""The group's purchase options: its MixedInstancesPolicy, and the instance refresh that applies a change.
+
+The policy is always read in full, changed in one field and written back in full. AWS merges a partial
+MixedInstancesPolicy into the group's current one while moto replaces the whole policy with it; a full
+policy means the same thing to both, and nothing depends on how a partial one would be merged. After the
+write the policy is read back, so a write that did not take is an error (and the event is retried) rather
+than a mode recorded on a wish.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from spotkeeper.aws import error_code
+from spotkeeper.fleet import GroupNotFound
+from spotkeeper.observability import logger
+
+# Statuses of an instance refresh that is still replacing instances (or about to).
+ACTIVE_REFRESH = frozenset({"Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"})
+# Launch before terminate: never fewer healthy instances than desired, up to twice as many while replacing.
+MIN_HEALTHY_PERCENTAGE = 100
+MAX_HEALTHY_PERCENTAGE = 200
+
+
+class NoMixedInstancesPolicy(RuntimeError):
+    """The group launches from a plain launch template: there is no On-Demand base capacity to change."""
+
+
+class PolicyNotApplied(RuntimeError):
+    """The group's policy read back after a write does not say what was written."""
+
+
+@dataclass(frozen=True)
+class GroupCapacity:
+    """What the capacity decisions need to know about the group."""
+
+    name: str
+    instance_types: tuple[str, ...]  # in the order of the policy's overrides
+    subnet_ids: tuple[str, ...]
+    on_demand_base: int
+    instances: tuple[tuple[str, str | None, str], ...]  # (instance id, instance type, lifecycle state)
+    policy: dict[str, Any]
+
+    def instance_type_of(self, instance_id: str) -> str | None:
+        return next((kind for iid, kind, _ in self.instances if iid == instance_id), None)
+
+
+@dataclass(frozen=True)
+class InstanceRefresh:
+    refresh_id: str
+    status: str
+    started_at: float | None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_REFRESH
+
+
+def writable_policy(policy: dict[str, Any]) -> dict[str, Any]:
+    """The policy as DescribeAutoScalingGroups returned it, in the form UpdateAutoScalingGroup accepts.
+
+    Describe names a launch template by id *and* name; an update must name it by one of them. A Spot pool
+    count is only valid with the lowest-price strategy.
+    """
+    writable = copy.deepcopy(policy)
+    template = writable.get("LaunchTemplate", {})
+    _one_template_name(template.get("LaunchTemplateSpecification"))
+    for override in template.get("Overrides", []):
+        _one_template_name(override.get("LaunchTemplateSpecification"))
+    distribution = writable.get("InstancesDistribution", {})
+    if distribution.get("SpotAllocationStrategy", "lowest-price") != "lowest-price":
+        distribution.pop("SpotInstancePools", None)
+    return writable
+
+
+def _one_template_name(specification: dict[str, Any] | None) -> None:
+    if specification and specification.get("LaunchTemplateId"):
+        specification.pop("LaunchTemplateName", None)
+
+
+class CapacityPolicy:
+    """One Auto Scaling group's MixedInstancesPolicy and instance refreshes."""
+
+    def __init__(self, autoscaling: Any, ec2: Any, group_name: str) -> None:
+        self._autoscaling = autoscaling
+        self._ec2 = ec2
+        self.group_name = group_name
+
+    def _describe(self) -> dict[str, Any]:
+        groups = self._autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[self.group_name])[
+            "AutoScalingGroups"
+        ]
+        if not groups:
+            raise GroupNotFound(f"Auto Scaling group {self.group_name} does not exist")
+        return groups[0]
+
+    def read(self) -> GroupCapacity:
+        description = self._describe()
+        policy = description.get("MixedInstancesPolicy")
+        if not policy:
+            raise NoMixedInstancesPolicy(
+                f"group {self.group_name} has no MixedInstancesPolicy: spotkeeper cannot switch it between "
+                "Spot and On-Demand"
+            )
+        return GroupCapacity(
+            name=self.group_name,
+            instance_types=self._instance_types(policy),
+            subnet_ids=tuple(s for s in description.get("VPCZoneIdentifier", "").split(",") if s),
+            on_demand_base=int(policy.get("InstancesDistribution", {}).get("OnDemandBaseCapacity", 0)),
+            instances=tuple(
+                (i["InstanceId"], i.get("InstanceType"), i["LifecycleState"]) for i in description.get("Instances", [])
+            ),
+            policy=policy,
+        )
+
+    def _instance_types(self, policy: dict[str, Any]) -> tuple[str, ...]:
+        template = policy.get("LaunchTemplate", {})
+        listed = tuple(o["InstanceType"] for o in template.get("Overrides", []) if o.get("InstanceType"))
+        if listed:
+            return listed
+        # No overrides (or attribute-based ones): the launch template's own instance type is the only one.
+        specification = template.get("LaunchTemplateSpecification", {})
+        selector = (
+            {"LaunchTemplateId": specification["LaunchTemplateId"]}
+            if specification.get("LaunchTemplateId")
+            else {"LaunchTemplateName": specification.get("LaunchTemplateName", "")}
+        )
+        versions = self._ec2.describe_launch_template_versions(
+            **selector, Versions=[specification.get("Version") or "$Default"]
+        )["LaunchTemplateVersions"]
+        kind = versions[0].get("LaunchTemplateData", {}).get("InstanceType") if versions else None
+        return (kind,) if kind else ()
+
+    def set_on_demand_base(self, base: int) -> bool:
+        """Give the group ``base`` On-Demand instances before any Spot. False when it already had that."""
+        current = self.read()
+        if current.on_demand_base == base:
+            return False
+        policy = writable_policy(current.policy)
+        policy.setdefault("InstancesDistribution", {})["OnDemandBaseCapacity"] = base
+        self._autoscaling.update_auto_scaling_group(AutoScalingGroupName=self.group_name, MixedInstancesPolicy=policy)
+        applied = self.read()
+        if applied.on_demand_base != base:
+            raise PolicyNotApplied(
+                f"group {self.group_name}: OnDemandBaseCapacity is {applied.on_demand_base} after writing {base}"
+            )
+        logger.info(
+            "on-demand base capacity changed",
+            extra={"group": self.group_name, "from": current.on_demand_base, "to": base},
+        )
+        return True
+
+    # instance refresh -------------------------------------------------------------------------
+    def refreshes(self) -> list[InstanceRefresh]:
+        """The group's instance refreshes, newest first (as AWS lists them)."""
+        found: list[InstanceRefresh] = []
+        kwargs: dict[str, Any] = {"AutoScalingGroupName": self.group_name}
+        while True:
+            response = self._autoscaling.describe_instance_refreshes(**kwargs)
+            found.extend(
+                InstanceRefresh(r["InstanceRefreshId"], r["Status"], _epoch(r.get("StartTime")))
+                for r in response.get("InstanceRefreshes", [])
+            )
+            if not response.get("NextToken"):
+                return found
+            kwargs["NextToken"] = response["NextToken"]
+
+    def start_launch_before_terminate_refresh(self) -> tuple[str, bool]:
+        """Replace every instance of the group, each replacement healthy before its predecessor goes.
+
+        Returns (refresh id, started): AWS allows one active refresh per group, so when one is already
+        running (a racing or retried reaction started it) that one is returned with started False.
+        """
+        try:
+            response = self._autoscaling.start_instance_refresh(
+                AutoScalingGroupName=self.group_name,
+                Strategy="Rolling",
+                Preferences={
+                    "MinHealthyPercentage": MIN_HEALTHY_PERCENTAGE,
+                    "MaxHealthyPercentage": MAX_HEALTHY_PERCENTAGE,
+                    # Matching instances must be replaced too: the On-Demand one matches the launch template.
+                    "SkipMatching": False,
+                },
+            )
+        except ClientError as error:
+            if error_code(error) != "InstanceRefreshInProgress":
+                raise
+            active = next((r for r in self.refreshes() if r.active), None)
+            if active is None:
+                raise  # finished between the two calls: let the retry decide again
+            return active.refresh_id, False
+        return response["InstanceRefreshId"], True
+
+
+def _epoch(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return value.timestamp()
+    return None

@@ -1,0 +1,444 @@
+"""Capacity: fall back to On-Demand when Spot runs dry, forward to Spot when it returns; alarm alerts.
+
+Fallback (a launch failed for a Spot capacity or price reason, or the endpoint-down alarm fired): the group's
+MixedInstancesPolicy gets OnDemandBaseCapacity 1, then the mode switch is recorded with a conditional write
+so that, of any number of duplicated, racing or reordered triggers, exactly one switches and alerts. The
+policy is written before the mode: a reaction that dies in between is redone by its retry, while the
+reverse order would leave a recorded mode the group never got.
+
+Fall-forward (every five minutes, only while on On-Demand, not before MIN_ON_DEMAND_SECONDS): when Spot
+placement scores for the group's types in its zones reach SPOT_SCORE_THRESHOLD (or, without scores, the
+current Spot prices say Spot is offered and not scarce), OnDemandBaseCapacity goes back to 0 and an instance
+refresh with MinHealthyPercentage 100 replaces the On-Demand instance launch-before-terminate: the launch
+lifecycle hook proves the Spot instance serves before the On-Demand one is terminated.
+
+A trigger older than the last mode switch is stale and changes nothing, so a late launch failure from the
+Spot era cannot undo a fall-forward that came after it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cache
+from typing import Annotated
+
+from botocore.exceptions import ClientError
+from pydantic import Field
+
+from spotkeeper.alerts import Alert, AlertPublisher, Severity
+from spotkeeper.aws import AwsClients, error_code
+from spotkeeper.capacity_policy import CapacityPolicy, GroupCapacity, NoMixedInstancesPolicy
+from spotkeeper.clock import Clock, WallClock
+from spotkeeper.events import AlarmStateChange, LaunchUnsuccessful, ScheduledEvent
+from spotkeeper.idempotency import once_per_event
+from spotkeeper.observability import logger, metrics
+from spotkeeper.settings import CapacityEnv, capacity_env
+from spotkeeper.spot_market import (
+    ON_DEMAND_PRICES_AS_OF,
+    ON_DEMAND_PRICES_REGION,
+    ScoresUnavailable,
+    SpotMarket,
+    SpotPrice,
+    on_demand_price,
+)
+from spotkeeper.state import ON_DEMAND, SPOT, Endpoint, StateStore
+
+CapacityEvent = Annotated[LaunchUnsuccessful | AlarmStateChange | ScheduledEvent, Field(discriminator="detail_type")]
+
+# A Spot price at or above this share of the On-Demand price means Spot is scarce, not back.
+SCARCE_PRICE_SHARE = 0.9
+# A fall-forward alert that failed to go out is retried by the next scheduled runs for this long.
+ANNOUNCE_RETRY_SECONDS = 3600
+
+
+# --- wiring ---------------------------------------------------------------------------------------
+@dataclass
+class CapacityDeps:
+    env: CapacityEnv
+    clients: AwsClients
+    state: StateStore
+    alerts: AlertPublisher
+    policy: CapacityPolicy
+    market: SpotMarket
+    clock: Clock
+
+    @property
+    def group(self) -> str:
+        return self.env.group_name
+
+    @classmethod
+    def build(cls, env: CapacityEnv, clients: AwsClients | None = None, clock: Clock | None = None) -> CapacityDeps:
+        clients = clients or AwsClients()
+        return cls(
+            env=env,
+            clients=clients,
+            state=StateStore(clients.table(env.state_table_name)),
+            alerts=AlertPublisher(clients.sns, env.alert_topic_arn, env.group_name),
+            policy=CapacityPolicy(clients.autoscaling, clients.ec2, env.group_name),
+            market=SpotMarket(clients.ec2),
+            clock=clock or WallClock(),
+        )
+
+
+@cache
+def capacity_deps() -> CapacityDeps:
+    """The Lambda wiring: environment, real clients, wall clock. Built on the first event."""
+    return CapacityDeps.build(capacity_env())
+
+
+def react_to_capacity_event(event: LaunchUnsuccessful | AlarmStateChange | ScheduledEvent, deps: CapacityDeps) -> str:
+    if isinstance(event, LaunchUnsuccessful):
+        outcome = on_launch_unsuccessful(event, deps)
+    elif isinstance(event, AlarmStateChange):
+        outcome = on_alarm_state_change(event, deps)
+    else:
+        outcome = fall_forward_if_spot_is_back(deps)
+    publish_mode(deps)
+    return outcome
+
+
+def publish_mode(deps: CapacityDeps) -> None:
+    endpoint = deps.state.get_endpoint(deps.group)
+    on_demand = endpoint.mode == ON_DEMAND
+    metrics.add_metric(name="CapacityMode", unit="Count", value=1 if on_demand else 0)
+    on_demand_for = max(0.0, deps.clock.now() - (endpoint.mode_since or deps.clock.now())) if on_demand else 0.0
+    metrics.add_metric(name="FallbackActive", unit="Seconds", value=round(on_demand_for, 3))
+
+
+# --- launch failures ------------------------------------------------------------------------------
+# Error codes Auto Scaling quotes in a failed launch's StatusMessage when Spot has no capacity for the
+# request or will not sell at the price asked: EC2 API codes and Spot request status codes.
+SPOT_SHORTAGE_CODES = frozenset(
+    {
+        "InsufficientInstanceCapacity",
+        "InsufficientCapacity",
+        "UnfulfillableCapacity",
+        "MaxSpotInstanceCountExceeded",
+        "SpotMaxPriceTooLow",
+        "capacity-not-available",
+        "capacity-oversubscribed",
+        "price-too-low",
+    }
+)
+# The same reasons when only prose is quoted ("There is no Spot capacity available that matches your
+# request", "We currently do not have sufficient g5.2xlarge capacity ...", "Your Spot request price of
+# 0.5 is lower than the minimum required Spot request fulfillment price of 0.6").
+SPOT_SHORTAGE_PHRASES = (
+    "no spot capacity",
+    "no capacity available",
+    "not have sufficient",
+    "insufficient capacity",
+    "spot instance count exceeded",
+    "price too low",
+    "lower than the minimum required spot",
+)
+# "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity ..."
+_QUOTED = re.compile(r"Could not launch (?P<market>Spot|On-Demand) Instances\.\s*(?P<code>[A-Za-z][\w.-]*)\s+-")
+_ANY_CODE = re.compile(r"\b(" + "|".join(re.escape(code) for code in sorted(SPOT_SHORTAGE_CODES)) + r")\b")
+
+
+@dataclass(frozen=True)
+class LaunchFailure:
+    code: str | None  # the EC2 error code quoted in the message, when there is one
+    market: str | None  # "Spot" or "On-Demand", when the message says which launch failed
+    spot_shortage: bool  # Spot had no capacity or would not sell at our price: On-Demand can help
+
+    @property
+    def capacity(self) -> bool:
+        return self.code in SPOT_SHORTAGE_CODES
+
+
+def classify_launch_failure(message: str) -> LaunchFailure:
+    quoted = _QUOTED.search(message)
+    market = quoted.group("market") if quoted else None
+    code = quoted.group("code") if quoted else None
+    if code is None and (found := _ANY_CODE.search(message)):
+        code = found.group(1)
+    lowered = message.lower()
+    shortage = code in SPOT_SHORTAGE_CODES or (code is None and any(p in lowered for p in SPOT_SHORTAGE_PHRASES))
+    # An On-Demand launch that failed for capacity is not helped by more On-Demand.
+    return LaunchFailure(code=code, market=market, spot_shortage=shortage and market != "On-Demand")
+
+
+def on_launch_unsuccessful(event: LaunchUnsuccessful, deps: CapacityDeps) -> str:
+    detail = event.detail
+    if detail.group_name != deps.group:
+        logger.warning("launch failure of another group", extra={"group": detail.group_name})
+        return "ignored"
+    failure = classify_launch_failure(detail.status_message)
+    facts = {
+        "status_message": detail.status_message,
+        "code": failure.code,
+        "market": failure.market,
+        "activity_id": detail.activity_id,
+        "zone": detail.details.get("Availability Zone"),
+        "subnet": detail.details.get("Subnet ID"),
+    }
+    if failure.spot_shortage:
+        return fall_back_to_on_demand(
+            f"launch-unsuccessful: {failure.code or 'no Spot capacity'}", event.time.timestamp(), deps, facts
+        )
+    return alert_launch_failure(failure, facts, event.time.timestamp(), deps)
+
+
+def alert_launch_failure(failure: LaunchFailure, facts: dict, happened_at: float, deps: CapacityDeps) -> str:
+    """Alert, without falling back: On-Demand does not fix a bad AMI, a missing permission or a quota.
+
+    Auto Scaling retries a failed launch over and over; one alert per kind of failure per hour is enough.
+    """
+    kind = failure.code or "unknown"
+    severity: Severity = "critical" if failure.capacity else "warning"
+    summary = _first_sentence(facts["status_message"])
+    alert = Alert(
+        "launch-failed",
+        severity,
+        f"Launch failed in {deps.group} ({kind}), no fallback: {summary}",
+        {**facts, "fallback": False},
+    )
+    key = f"launch-failed#{deps.group}#{kind}#{math.floor(happened_at / 3600)}"
+    return "alerted" if _once(deps, key, lambda: deps.alerts.send(alert)) else "alert-suppressed"
+
+
+def _first_sentence(message: str) -> str:
+    sentence = message.split(". Launching EC2 instance failed")[0]
+    return sentence if len(sentence) <= 200 else sentence[:197] + "..."
+
+
+# --- fallback -------------------------------------------------------------------------------------
+def fall_back_to_on_demand(reason: str, happened_at: float, deps: CapacityDeps, facts: dict) -> str:
+    endpoint = deps.state.get_endpoint(deps.group)
+    if endpoint.mode == ON_DEMAND:
+        if endpoint.mode_reason == reason:
+            announce_fallback(endpoint, facts, deps)  # a retry of the switching reaction whose alert failed
+        return "already-on-demand"
+    if _before_last_switch(happened_at, endpoint):
+        logger.info("trigger is older than the last switch to Spot", extra={"reason": reason, "at": happened_at})
+        return "stale"
+    try:
+        deps.policy.set_on_demand_base(1)
+    except NoMixedInstancesPolicy as error:
+        alert = Alert("fallback-impossible", "critical", f"Cannot fall back to On-Demand: {error}", facts)
+        key = f"fallback-impossible#{deps.group}#{math.floor(happened_at / 3600)}"
+        _once(deps, key, lambda: deps.alerts.send(alert))
+        return "cannot-fall-back"
+    if not deps.state.set_mode(deps.group, ON_DEMAND, reason, deps.clock.now(), expected_mode=SPOT):
+        return "already-on-demand"  # a racing trigger switched first; it alerts
+    announce_fallback(deps.state.get_endpoint(deps.group), facts, deps)
+    return "fell-back"
+
+
+def announce_fallback(endpoint: Endpoint, facts: dict, deps: CapacityDeps) -> None:
+    alert = Alert(
+        "fallback-on-demand",
+        "critical",
+        f"{deps.group} falls back to On-Demand ({endpoint.mode_reason})",
+        {
+            **facts,
+            "reason": endpoint.mode_reason,
+            "mode": ON_DEMAND,
+            "since": endpoint.mode_since,
+            "on_demand_base_capacity": 1,
+            "fall_forward_after_seconds": deps.env.min_on_demand_seconds,
+        },
+    )
+    _once(deps, f"fallback#{deps.group}#{endpoint.mode_since}", lambda: deps.alerts.send(alert))
+
+
+def _before_last_switch(happened_at: float, endpoint: Endpoint) -> bool:
+    # Event times have whole seconds: compare at that resolution.
+    return endpoint.mode_since is not None and happened_at < math.floor(endpoint.mode_since)
+
+
+# --- alarms ---------------------------------------------------------------------------------------
+def on_alarm_state_change(event: AlarmStateChange, deps: CapacityDeps) -> str:
+    detail = event.detail
+    state = detail.state.value
+    if state not in ("ALARM", "OK"):
+        logger.info("alarm state not alerted", extra={"alarm": detail.alarm_name, "state": state})
+        return "ignored"
+    endpoint_down = detail.alarm_name == deps.env.endpoint_down_alarm_name
+    alert = alarm_alert(event, endpoint_down)
+    # One alert per transition, however often the event is delivered.
+    key = f"alarm#{detail.alarm_name}#{state}#{detail.state.timestamp or event.id}"
+    _once(deps, key, lambda: deps.alerts.send(alert))
+    if endpoint_down and state == "ALARM":
+        return fall_back_to_on_demand(
+            "endpoint-down alarm",
+            event.time.timestamp(),
+            deps,
+            {"alarm_name": detail.alarm_name, "alarm_reason": detail.state.reason},
+        )
+    return "alerted"
+
+
+def alarm_alert(event: AlarmStateChange, endpoint_down: bool) -> Alert:
+    detail = event.detail
+    name, state = detail.alarm_name, detail.state.value
+    previous = detail.previous_state.value if detail.previous_state else None
+    configuration = (detail.model_extra or {}).get("configuration") or {}
+    description = configuration.get("description") if isinstance(configuration, dict) else None
+    facts = {
+        "alarm_name": name,
+        "state": state,
+        "previous_state": previous,
+        "reason": detail.state.reason,
+        "changed_at": detail.state.timestamp,
+        "description": description,
+    }
+    if state == "ALARM":
+        severity: Severity = "critical" if endpoint_down else "warning"
+        action = ": falling back to On-Demand" if endpoint_down else ""
+        return Alert("alarm-raised", severity, f"{name} is in ALARM{action}", facts)
+    recovered = " again" if previous == "ALARM" else ""
+    return Alert("alarm-ok", "info", f"{name} is OK{recovered}", facts)
+
+
+# --- fall-forward ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SpotOutlook:
+    likely: bool
+    signal: str  # "placement-score" or "spot-price"
+    summary: str
+    best_score: int | None = None
+    prices: tuple[SpotPrice, ...] = ()
+
+
+def fall_forward_if_spot_is_back(deps: CapacityDeps) -> str:
+    endpoint = deps.state.get_endpoint(deps.group)
+    now = deps.clock.now()
+    if endpoint.mode != ON_DEMAND:
+        just_switched = endpoint.mode_since is not None and now - endpoint.mode_since < ANNOUNCE_RETRY_SECONDS
+        if just_switched and (endpoint.mode_reason or "").startswith("spot-back"):
+            announce_fall_forward(endpoint, None, None, deps)  # a no-op unless the first attempt failed
+        return "on-spot"
+    on_demand_for = now - (endpoint.mode_since or 0.0)
+    if on_demand_for < deps.env.min_on_demand_seconds:
+        return "too-soon"
+    group = deps.policy.read()
+    outlook = spot_outlook(group, deps, now)
+    logger.info("Spot outlook", extra={"likely": outlook.likely, "signal": outlook.signal, "why": outlook.summary})
+    if not outlook.likely:
+        return "spot-unlikely"
+    deps.policy.set_on_demand_base(0)
+    refresh_id = _refresh_since(endpoint.mode_since or 0.0, deps)
+    if refresh_id is None:
+        refresh_id, _ = deps.policy.start_launch_before_terminate_refresh()
+    reason = f"spot-back: {outlook.summary}"
+    if not deps.state.set_mode(deps.group, SPOT, reason, now, expected_mode=ON_DEMAND):
+        return "already-on-spot"  # a racing run switched first; it alerts
+    announce_fall_forward(deps.state.get_endpoint(deps.group), group, (refresh_id, outlook), deps)
+    return "refresh-started"
+
+
+def _refresh_since(since: float, deps: CapacityDeps) -> str | None:
+    """A refresh a previous, interrupted fall-forward already started: never start a second one."""
+    for refresh in deps.policy.refreshes():
+        if refresh.status in ("Failed", "Cancelled", "Cancelling", "RollbackSuccessful", "RollbackFailed"):
+            continue
+        if refresh.started_at is not None and refresh.started_at >= since:
+            return refresh.refresh_id
+    return None
+
+
+def spot_outlook(group: GroupCapacity, deps: CapacityDeps, now: float) -> SpotOutlook:
+    zones = deps.market.zones(group.subnet_ids)
+    zone_ids = {zone.zone_id for zone in zones}
+    threshold = deps.env.spot_score_threshold
+    try:
+        scores = [s for s in deps.market.placement_scores(group.instance_types) if s.zone_id in zone_ids]
+    except ScoresUnavailable as error:
+        scores, unavailable = [], str(error)
+    else:
+        unavailable = "no score for the group's zones"
+    if scores:
+        best = max(score.score for score in scores)
+        verdict = ">=" if best >= threshold else "<"
+        return SpotOutlook(best >= threshold, "placement-score", f"placement score {best} {verdict} {threshold}", best)
+    prices = deps.market.current_prices(group.instance_types, zones, now)
+    affordable = [
+        p
+        for p in prices
+        if (listed := on_demand_price(p.instance_type)) is None or p.usd_per_hour < listed * SCARCE_PRICE_SHARE
+    ]
+    if affordable:
+        cheapest = affordable[0]
+        summary = f"scores unavailable ({unavailable}); Spot {cheapest.instance_type} at ${cheapest.usd_per_hour:.4f}/h"
+        return SpotOutlook(True, "spot-price", summary, prices=tuple(prices))
+    return SpotOutlook(False, "spot-price", f"scores unavailable ({unavailable}); no affordable Spot price")
+
+
+def announce_fall_forward(
+    endpoint: Endpoint,
+    group: GroupCapacity | None,
+    started: tuple[str, SpotOutlook] | None,
+    deps: CapacityDeps,
+) -> None:
+    def send() -> None:
+        capacity = group or deps.policy.read()
+        refresh_id, outlook = started if started else (None, None)
+        saving = hourly_saving(capacity, outlook.prices if outlook else (), deps)
+        worth = f", saving about ${saving['usd_per_hour']:.2f}/h" if saving.get("usd_per_hour") is not None else ""
+        deps.alerts.send(
+            Alert(
+                "fall-forward-spot",
+                "info",
+                f"{deps.group} goes back to Spot: launch-before-terminate refresh{worth}",
+                {
+                    "reason": endpoint.mode_reason,
+                    "mode": SPOT,
+                    "since": endpoint.mode_since,
+                    "instance_refresh_id": refresh_id,
+                    "signal": outlook.signal if outlook else None,
+                    "best_score": outlook.best_score if outlook else None,
+                    "saving": saving,
+                },
+            )
+        )
+
+    _once(deps, f"fall-forward#{deps.group}#{endpoint.mode_since}", send)
+
+
+def hourly_saving(group: GroupCapacity, known_prices: tuple[SpotPrice, ...], deps: CapacityDeps) -> dict:
+    """On-Demand list price of the instance being replaced against the Spot price it will run at."""
+    serving_type = next((kind for _, kind, state in group.instances if state == "InService" and kind), None)
+    instance_type = serving_type or (group.instance_types[0] if group.instance_types else None)
+    listed = on_demand_price(instance_type)
+    prices = list(known_prices)
+    if not prices:
+        try:
+            zones = deps.market.zones(group.subnet_ids)
+            prices = deps.market.current_prices(group.instance_types, zones, deps.clock.now())
+        except ClientError as error:
+            # The saving only decorates the alert; the switch has happened either way.
+            logger.warning("Spot prices unavailable for the saving", extra={"code": error_code(error)})
+    same_type = [p for p in prices if p.instance_type == instance_type]
+    spot = (same_type or prices or [None])[0]
+    saving: dict = {
+        "on_demand_instance_type": instance_type,
+        "on_demand_usd_per_hour": listed,
+        "on_demand_prices_as_of": f"{ON_DEMAND_PRICES_AS_OF} ({ON_DEMAND_PRICES_REGION})",
+        "spot_instance_type": spot.instance_type if spot else None,
+        "spot_zone": spot.zone if spot else None,
+        "spot_usd_per_hour": spot.usd_per_hour if spot else None,
+        "usd_per_hour": None,
+    }
+    if listed is not None and spot is not None:
+        saving["usd_per_hour"] = round(listed - spot.usd_per_hour, 4)
+    return saving
+
+
+# --- once -----------------------------------------------------------------------------------------
+def _once(deps: CapacityDeps, key: str, action: Callable[[], None]) -> bool:
+    """Run ``action`` once for ``key`` (a failed run does not count). True when this call ran it."""
+    ran = {"now": False}
+
+    def react() -> str:
+        action()
+        ran["now"] = True
+        return "done"
+
+    once_per_event(deps, key, react)
+    return ran["now"]
