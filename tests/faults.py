@@ -7,6 +7,7 @@ retryable error and sends again, as it would against AWS.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class _Raw:
 
 def error_response(service: str, url: str, status: int, code: str, message: str) -> AWSResponse:
     if service == "dynamodb":
-        body = ('{"__type":"com.amazonaws.dynamodb.v20120810#%s","message":"%s"}' % (code, message)).encode()
+        body = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": message}).encode()
         headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-ErrorType": code}
     elif service == "ec2":
         body = (

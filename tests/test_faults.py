@@ -74,7 +74,7 @@ def test_launch_hook_that_fails_past_its_retries_is_redone_by_the_next_delivery(
     broken = faulty(control_deps_for(stack, clock=clock, tgi=fleet.tgi_client(), hooks=hooks), injector)
     event = GroupWatcher(stack.session.client("autoscaling"), stack.group, hooks).lifecycle_event(instance, LAUNCHING)
     try:
-        with pytest.raises(Exception, match="RequestLimitExceeded|InternalError"):
+        with pytest.raises(Exception, match=r"RequestLimitExceeded|InternalError"):
             invoke("lifecycle", event, broken, clock=clock)
         # Then nothing half-done is left as if finished: the hook is still pending
         assert hooks.results_for(instance, LAUNCHING) == [None]

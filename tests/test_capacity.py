@@ -1,0 +1,534 @@
+"""Capacity: fallback to On-Demand, fall-forward to Spot, alarm alerts, against moto.
+
+moto implements neither Spot placement scores nor instance refreshes (and its Spot price history is a fixed
+price from 2006): ``spotkeeper_local.spot_market_stand_ins`` stands in for those AWS calls on the clients.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from spotkeeper.aws import AwsClients
+from spotkeeper.events import InvalidEvent
+from spotkeeper.logic.capacity import CapacityDeps, classify_launch_failure
+from spotkeeper.settings import CapacityEnv
+from spotkeeper.state import ON_DEMAND, SPOT
+from spotkeeper_local.aws_events import aws_event, load_event
+from spotkeeper_local.lambda_runtime import invoke
+from spotkeeper_local.lifecycle_hooks import LifecycleHooks
+from spotkeeper_local.sim_clock import SimClock
+from spotkeeper_local.spot_market_stand_ins import InstanceRefreshStandIn, SpotMarketStandIn
+
+ENDPOINT_DOWN = "spotkeeper-endpoint-down"
+STACK_ALARMS = [ENDPOINT_DOWN, "spotkeeper-fallback-active", "spotkeeper-dlq-not-empty", "spotkeeper-function-errors"]
+MIN_ON_DEMAND = 1800
+
+NO_SPOT_CAPACITY = (
+    "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity available that "
+    "matches your request. Launching EC2 instance failed."
+)
+UNFULFILLABLE = (
+    "Could not launch Spot Instances. UnfulfillableCapacity - Unable to fulfill capacity due to your request "
+    "configuration. Please adjust your request and try again. Launching EC2 instance failed."
+)
+PRICE_TOO_LOW = (
+    "Could not launch Spot Instances. SpotMaxPriceTooLow - Your Spot request price of 0.5 is lower than the "
+    "minimum required Spot request fulfillment price of 0.6418. Launching EC2 instance failed."
+)
+MAX_SPOT_COUNT = (
+    "Could not launch Spot Instances. MaxSpotInstanceCountExceeded - Max spot instance count exceeded. "
+    "Launching EC2 instance failed."
+)
+ZONE_SHORT = (
+    "We currently do not have sufficient g5.2xlarge capacity in the Availability Zone you requested "
+    "(us-east-1a). Our system will be working on provisioning additional capacity. You can currently get "
+    "g5.2xlarge capacity by not specifying an Availability Zone in your request or choosing us-east-1b, "
+    "us-east-1c. Launching EC2 instance failed."
+)
+BAD_AMI = "The image id '[ami-0123456789abcdef0]' does not exist. Launching EC2 instance failed."
+FREE_TIER = (
+    "Could not launch Spot Instances. InvalidParameterCombination - The specified instance type is not eligible "
+    "for Free Tier. Launching EC2 instance failed."
+)
+ON_DEMAND_SHORT = (
+    "Could not launch On-Demand Instances. InsufficientInstanceCapacity - We currently do not have sufficient "
+    "g5.2xlarge capacity in the Availability Zone you requested (us-east-1a). Launching EC2 instance failed."
+)
+VCPU_LIMIT = (
+    "Could not launch On-Demand Instances. VcpuLimitExceeded - You have requested more vCPU capacity than your "
+    "current vCPU limit of 0 allows for the instance bucket that the specified instance type belongs to. "
+    "Launching EC2 instance failed."
+)
+
+
+# --- wiring shared with test_capacity_scenario -------------------------------------------------------
+class Capacity:
+    """The capacity function's deps on moto, with the Spot market and instance refresh stand-ins."""
+
+    def __init__(self, stack: Any, clock: SimClock, clients: AwsClients | None = None, **env: str) -> None:
+        self.stack = stack
+        self.clock = clock
+        self.clients = clients or AwsClients(stack.session)
+        self.market = SpotMarketStandIn(clock=clock.now)
+        self.market.install(self.clients.ec2)
+        self.hooks = LifecycleHooks()
+        self.refresh = InstanceRefreshStandIn(self.hooks, clock=clock.now)
+        self.refresh.install(self.clients.autoscaling)
+        settings = {
+            "MIN_ON_DEMAND_SECONDS": str(MIN_ON_DEMAND),
+            "SPOT_SCORE_THRESHOLD": "7",
+            "ENDPOINT_DOWN_ALARM_NAME": ENDPOINT_DOWN,
+            **env,
+        }
+        self.deps = CapacityDeps.build(
+            CapacityEnv.from_environ(stack.env(**settings)), clients=self.clients, clock=clock
+        )
+
+    def invoke(self, event: dict[str, Any]) -> str:
+        return invoke("capacity", event, self.deps, clock=self.clock)["outcome"]
+
+    def zone_id(self) -> str:
+        subnet = self.clients.ec2.describe_subnets(SubnetIds=[self.stack.subnet_id])["Subnets"][0]
+        return subnet["AvailabilityZoneId"]
+
+    def endpoint(self):
+        return self.deps.state.get_endpoint(self.stack.group)
+
+
+def launch_failure(stack: Any, message: str, at: float, zone: str = "us-east-1a") -> dict[str, Any]:
+    return aws_event(
+        "launch-unsuccessful-spot-capacity",
+        detail={
+            "AutoScalingGroupName": stack.group,
+            "StatusMessage": message,
+            "Description": f"Launching a new EC2 instance.  Status Reason: {message}",
+            "Details": {"Subnet ID": stack.subnet_id, "Availability Zone": zone},
+        },
+        at=at,
+    )
+
+
+def alarm_change(name: str, value: str, at: float, previous: str = "OK") -> dict[str, Any]:
+    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+    return aws_event(
+        "alarm-endpoint-down",
+        detail={
+            "alarmName": name,
+            "state": {"value": value, "reason": f"Threshold Crossed: {name} went to {value}", "timestamp": stamp},
+            "previousState": {"value": previous, "reason": "previous evaluation", "timestamp": stamp},
+        },
+        resources=[f"arn:aws:cloudwatch:us-east-1:123456789012:alarm:{name}"],
+        at=at,
+    )
+
+
+def schedule(at: float) -> dict[str, Any]:
+    return aws_event("capacity-schedule", at=at)
+
+
+def policy_of(stack: Any) -> dict[str, Any]:
+    return stack.group_description()["MixedInstancesPolicy"]
+
+
+def without_base(policy: dict[str, Any]) -> dict[str, Any]:
+    rest = copy.deepcopy(policy)
+    rest["InstancesDistribution"].pop("OnDemandBaseCapacity")
+    return rest
+
+
+def kinds(alerts: list[dict[str, Any]]) -> list[str]:
+    return [a["attributes"]["event"] for a in alerts]
+
+
+def fall_back(capacity: Capacity) -> None:
+    assert capacity.invoke(launch_failure(capacity.stack, NO_SPOT_CAPACITY, capacity.clock.now())) == "fell-back"
+    capacity.stack.alerts()  # drained: the tests below look at what comes after
+
+
+# --- recognising a Spot shortage ---------------------------------------------------------------------
+@pytest.mark.parametrize("message", [NO_SPOT_CAPACITY, UNFULFILLABLE, PRICE_TOO_LOW, MAX_SPOT_COUNT, ZONE_SHORT])
+def test_spot_capacity_and_price_reasons_are_a_spot_shortage(message):
+    assert classify_launch_failure(message).spot_shortage
+
+
+@pytest.mark.parametrize("message", [BAD_AMI, FREE_TIER, ON_DEMAND_SHORT, VCPU_LIMIT, "Launching EC2 instance failed."])
+def test_other_reasons_are_not_a_spot_shortage(message):
+    assert not classify_launch_failure(message).spot_shortage
+
+
+# --- fallback ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_spot_shortage_falls_back_once_under_duplicated_and_shuffled_delivery(stack, seed):
+    # Given a Spot group and several Spot shortage failures, each delivered three times, in any order
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    before = policy_of(stack)
+    failures = [
+        launch_failure(stack, message, clock.now() + offset)
+        for offset, message in enumerate([NO_SPOT_CAPACITY, UNFULFILLABLE, PRICE_TOO_LOW])
+    ]
+    deliveries = [event for event in failures for _ in range(3)]
+    random.Random(seed).shuffle(deliveries)
+    # When they are delivered
+    clock.advance(5)
+    outcomes = [capacity.invoke(event) for event in deliveries]
+    # Then the group got one On-Demand instance as its base, and nothing else in its policy changed
+    assert outcomes.count("fell-back") == 1
+    assert set(outcomes) == {"fell-back", "already-on-demand"}
+    after = policy_of(stack)
+    assert after["InstancesDistribution"]["OnDemandBaseCapacity"] == 1
+    assert without_base(after) == without_base(before)
+    # And the switch is recorded once, with when and why
+    endpoint = capacity.endpoint()
+    assert endpoint.mode == ON_DEMAND and endpoint.mode_since == clock.now()
+    assert endpoint.mode_reason.startswith("launch-unsuccessful: ")
+    # And one critical alert says so
+    alerts = stack.alerts()
+    assert [a["attributes"] for a in alerts] == [{"severity": "critical", "event": "fallback-on-demand"}]
+    assert stack.group in alerts[0]["subject"] and "On-Demand" in alerts[0]["subject"]
+    assert alerts[0]["body"]["on_demand_base_capacity"] == 1
+
+
+def test_launch_failure_for_another_reason_alerts_without_falling_back(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    before = policy_of(stack)
+    event = launch_failure(stack, BAD_AMI, clock.now(), zone="us-east-1b")
+    outcomes = [capacity.invoke(event) for _ in range(3)]
+    assert outcomes[0] == "alerted"
+    assert policy_of(stack) == before
+    assert capacity.endpoint().mode == SPOT
+    [alert] = stack.alerts()
+    assert alert["attributes"] == {"severity": "warning", "event": "launch-failed"}
+    assert "does not exist" in alert["subject"] and alert["body"]["fallback"] is False
+    assert alert["body"]["zone"] == "us-east-1b"
+
+
+def test_on_demand_capacity_failure_is_critical_but_no_fallback(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    assert capacity.invoke(launch_failure(stack, ON_DEMAND_SHORT, clock.now())) == "alerted"
+    assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
+    assert [a["attributes"] for a in stack.alerts()] == [{"severity": "critical", "event": "launch-failed"}]
+
+
+def test_sample_events_of_launch_failures(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    assert capacity.invoke(load_event("launch-unsuccessful-bad-ami")) == "alerted"
+    assert capacity.invoke(load_event("launch-unsuccessful-spot-capacity")) == "fell-back"
+    assert kinds(stack.alerts()) == ["launch-failed", "fallback-on-demand"]
+
+
+def test_failure_of_another_group_is_ignored(stack):
+    capacity = Capacity(stack, SimClock())
+    event = launch_failure(stack, NO_SPOT_CAPACITY, capacity.clock.now())
+    event["detail"]["AutoScalingGroupName"] = "someone-elses-group"
+    assert capacity.invoke(event) == "ignored"
+    assert capacity.endpoint().mode == SPOT and stack.alerts() == []
+
+
+def test_group_without_mixed_instances_policy_cannot_fall_back(aws):
+    from conftest import create_stack
+
+    stack = create_stack(aws)
+    autoscaling = aws.client("autoscaling")
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName="plain-group",
+        MinSize=1,
+        MaxSize=1,
+        LaunchTemplate={"LaunchTemplateId": stack.launch_template_id, "Version": "$Latest"},
+        VPCZoneIdentifier=stack.subnet_id,
+    )
+    stack.group = "plain-group"
+    capacity = Capacity(stack, SimClock())
+    event = launch_failure(stack, NO_SPOT_CAPACITY, capacity.clock.now())
+    assert [capacity.invoke(event) for _ in range(2)] == ["cannot-fall-back"] * 2
+    assert capacity.endpoint().mode == SPOT
+    [alert] = stack.alerts()
+    assert alert["attributes"] == {"severity": "critical", "event": "fallback-impossible"}
+
+
+def test_retry_after_the_alert_failed_alerts_once(stack, monkeypatch):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    real_send = capacity.deps.alerts.send
+    calls = {"n": 0}
+
+    def failing_once(alert):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("SNS unavailable")
+        real_send(alert)
+
+    monkeypatch.setattr(capacity.deps.alerts, "send", failing_once)
+    event = launch_failure(stack, NO_SPOT_CAPACITY, clock.now())
+    with pytest.raises(RuntimeError):
+        capacity.invoke(event)
+    # Lambda retries the same event, and its duplicate arrives too
+    assert capacity.invoke(event) == "already-on-demand"
+    assert capacity.invoke(event) == "already-on-demand"
+    assert kinds(stack.alerts()) == ["fallback-on-demand"]
+    assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 1
+
+
+# --- alarms ------------------------------------------------------------------------------------------
+def test_endpoint_down_alarm_falls_back_once(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    before = policy_of(stack)
+    alarm = alarm_change(ENDPOINT_DOWN, "ALARM", clock.now())
+    shortage = launch_failure(stack, NO_SPOT_CAPACITY, clock.now())
+    deliveries = [alarm, shortage, alarm, alarm, shortage]
+    random.Random(7).shuffle(deliveries)
+    outcomes = [capacity.invoke(event) for event in deliveries]
+    assert outcomes.count("fell-back") == 1
+    after = policy_of(stack)
+    assert after["InstancesDistribution"]["OnDemandBaseCapacity"] == 1
+    assert without_base(after) == without_base(before)
+    assert capacity.endpoint().mode == ON_DEMAND
+    alerts = stack.alerts()
+    assert sorted(kinds(alerts)) == ["alarm-raised", "fallback-on-demand"]
+    raised = next(a for a in alerts if a["attributes"]["event"] == "alarm-raised")
+    assert raised["attributes"]["severity"] == "critical"
+    assert raised["subject"] == f"[spotkeeper critical] {ENDPOINT_DOWN} is in ALARM: falling back to On-Demand"
+
+
+def test_endpoint_down_sample_alone_falls_back(stack):
+    capacity = Capacity(stack, SimClock())
+    assert capacity.invoke(load_event("alarm-endpoint-down")) == "fell-back"
+    assert capacity.endpoint().mode_reason == "endpoint-down alarm"
+    assert capacity.invoke(load_event("alarm-endpoint-recovered")) == "alerted"
+    assert kinds(stack.alerts()) == ["alarm-raised", "fallback-on-demand", "alarm-ok"]
+
+
+def test_every_alarm_transition_gives_one_readable_alert(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    for name in STACK_ALARMS:
+        raised = alarm_change(name, "ALARM", clock.now())
+        clock.advance(60)
+        cleared = alarm_change(name, "OK", clock.now(), previous="ALARM")
+        clock.advance(60)
+        for event in (raised, raised, cleared, cleared):
+            capacity.invoke(event)
+    ignored = alarm_change(STACK_ALARMS[1], "INSUFFICIENT_DATA", clock.now())
+    assert capacity.invoke(ignored) == "ignored"
+    alerts = [a for a in stack.alerts() if a["attributes"]["event"].startswith("alarm-")]
+    assert [(a["body"]["alarm_name"], a["body"]["state"]) for a in alerts] == [
+        (name, state) for name in STACK_ALARMS for state in ("ALARM", "OK")
+    ]
+    for alert in alerts:
+        name, state = alert["body"]["alarm_name"], alert["body"]["state"]
+        assert name in alert["subject"]
+        if state == "ALARM":
+            assert "is in ALARM" in alert["subject"] and alert["attributes"]["event"] == "alarm-raised"
+            assert alert["attributes"]["severity"] == ("critical" if name == ENDPOINT_DOWN else "warning")
+        else:
+            assert alert["subject"].endswith("is OK again") and alert["attributes"] == {
+                "severity": "info",
+                "event": "alarm-ok",
+            }
+        assert alert["body"]["reason"].startswith("Threshold Crossed")
+    # Only the endpoint-down alarm switched the group
+    assert capacity.endpoint().mode == ON_DEMAND
+
+
+def test_other_alarms_do_not_fall_back(stack):
+    capacity = Capacity(stack, SimClock())
+    assert capacity.invoke(alarm_change("spotkeeper-function-errors", "ALARM", capacity.clock.now())) == "alerted"
+    assert capacity.endpoint().mode == SPOT
+    assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
+
+
+# --- fall-forward ------------------------------------------------------------------------------------
+def test_fall_forward_does_nothing_while_on_spot(stack):
+    capacity = Capacity(stack, SimClock())
+    capacity.market.set_score(10)
+    assert capacity.invoke(schedule(capacity.clock.now())) == "on-spot"
+    assert capacity.refresh.started() == [] and capacity.market.score_calls() == []
+
+
+def test_fall_forward_waits_for_the_minimum_time_on_demand(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    fall_back(capacity)
+    capacity.market.set_score(10)
+    clock.advance(MIN_ON_DEMAND - 1)
+    assert capacity.invoke(schedule(clock.now())) == "too-soon"
+    assert capacity.refresh.started() == [] and capacity.market.score_calls() == []
+    assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 1
+
+
+def test_fall_forward_does_nothing_while_scores_are_low(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    fall_back(capacity)
+    clock.advance(MIN_ON_DEMAND)
+    capacity.market.set_score(6)  # one under the threshold
+    assert capacity.invoke(schedule(clock.now())) == "spot-unlikely"
+    assert capacity.refresh.started() == []
+    assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 1
+    assert capacity.endpoint().mode == ON_DEMAND and stack.alerts() == []
+    # The scores asked are for the group's types, one instance, per Availability Zone, in its region
+    [asked] = capacity.market.score_calls()
+    assert asked["InstanceTypes"] == ["g5.2xlarge", "g6.2xlarge"]
+    assert asked["TargetCapacity"] == 1 and asked["SingleAvailabilityZone"] is True
+    assert asked["RegionNames"] == ["us-east-1"]
+
+
+def test_a_high_score_in_a_zone_the_group_does_not_use_does_not_count(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    fall_back(capacity)
+    clock.advance(MIN_ON_DEMAND)
+    others = [zone_id for zone_id in capacity.market.zones if zone_id != capacity.zone_id()]
+    capacity.market.set_score(2)
+    capacity.market.set_score(10, others)
+    assert capacity.invoke(schedule(clock.now())) == "spot-unlikely"
+    capacity.market.set_score(7, [capacity.zone_id()])
+    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+
+
+def test_fall_forward_starts_exactly_one_refresh_when_spot_is_back(stack):
+    # Given a group on On-Demand for longer than the minimum, and Spot scoring 8 in its zone again
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    before = policy_of(stack)
+    fall_back(capacity)
+    clock.advance(MIN_ON_DEMAND + 60)
+    capacity.market.set_score(8, [capacity.zone_id()])
+    capacity.market.set_price("g5.2xlarge", 0.45)
+    capacity.market.set_price("g6.2xlarge", 0.52)
+    # When the schedule fires, is delivered twice, and fires again five minutes later
+    tick = schedule(clock.now())
+    outcomes = [capacity.invoke(tick), capacity.invoke(tick)]
+    clock.advance(300)
+    outcomes.append(capacity.invoke(schedule(clock.now())))
+    # Then one launch-before-terminate refresh was started, and the policy is back to Spot only
+    assert outcomes == ["refresh-started", "on-spot", "on-spot"]
+    [started] = capacity.refresh.started()
+    assert started["Preferences"]["MinHealthyPercentage"] == 100
+    assert started["Preferences"]["MaxHealthyPercentage"] == 200
+    assert policy_of(stack) == before
+    endpoint = capacity.endpoint()
+    assert endpoint.mode == SPOT and endpoint.mode_reason.startswith("spot-back: placement score 8")
+    # And one alert says so, with what it saves per hour (g5.2xlarge On-Demand list price against Spot)
+    [alert] = stack.alerts()
+    assert alert["attributes"] == {"severity": "info", "event": "fall-forward-spot"}
+    saving = alert["body"]["saving"]
+    assert saving["on_demand_instance_type"] == "g5.2xlarge" and saving["spot_usd_per_hour"] == 0.45
+    assert saving["usd_per_hour"] == pytest.approx(1.212 - 0.45)
+    assert "saving about $0.76/h" in alert["subject"]
+    assert alert["body"]["instance_refresh_id"] == capacity.refresh.refreshes[0].refresh_id
+
+
+def test_price_history_is_the_second_signal_when_scores_are_unavailable(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    fall_back(capacity)
+    clock.advance(MIN_ON_DEMAND)
+    capacity.market.withhold_scores("UnauthorizedOperation")
+    # No Spot price in the group's zone: nothing says Spot is back
+    assert capacity.invoke(schedule(clock.now())) == "spot-unlikely"
+    # A Spot price close to On-Demand means Spot is scarce
+    capacity.market.set_price("g5.2xlarge", 1.20, zones=["us-east-1a"])
+    assert capacity.invoke(schedule(clock.now())) == "spot-unlikely"
+    assert capacity.refresh.started() == []
+    # A Spot price well under On-Demand is the signal
+    capacity.market.set_price("g6.2xlarge", 0.40, zones=["us-east-1a"])
+    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    [alert] = stack.alerts()
+    assert alert["body"]["signal"] == "spot-price"
+    assert alert["body"]["saving"]["spot_instance_type"] == "g6.2xlarge"
+
+
+def test_interrupted_fall_forward_never_starts_a_second_refresh(stack, monkeypatch):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    fall_back(capacity)
+    clock.advance(MIN_ON_DEMAND)
+    capacity.market.set_score(9)
+    capacity.market.set_price("g5.2xlarge", 0.5)
+    # Given the reaction dies after starting the refresh, before recording the switch
+    real_set_mode = capacity.deps.state.set_mode
+
+    def dying_once(*args, **kwargs):
+        monkeypatch.setattr(capacity.deps.state, "set_mode", real_set_mode)
+        raise RuntimeError("Lambda timed out")
+
+    monkeypatch.setattr(capacity.deps.state, "set_mode", dying_once)
+    tick = schedule(clock.now())
+    with pytest.raises(RuntimeError):
+        capacity.invoke(tick)
+    assert len(capacity.refresh.started()) == 1
+    # When Lambda retries it
+    assert capacity.invoke(tick) == "refresh-started"
+    # Then the running refresh is kept: still one, and one alert
+    assert len(capacity.refresh.started()) == 1
+    assert kinds(stack.alerts()) == ["fall-forward-spot"]
+
+
+def test_fall_forward_alert_that_failed_is_sent_by_the_next_run(stack, monkeypatch):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    fall_back(capacity)
+    clock.advance(MIN_ON_DEMAND)
+    capacity.market.set_score(9)
+    capacity.market.set_price("g5.2xlarge", 0.5)
+    real_send = capacity.deps.alerts.send
+
+    def failing(alert):
+        monkeypatch.setattr(capacity.deps.alerts, "send", real_send)
+        raise RuntimeError("SNS unavailable")
+
+    monkeypatch.setattr(capacity.deps.alerts, "send", failing)
+    with pytest.raises(RuntimeError):
+        capacity.invoke(schedule(clock.now()))
+    clock.advance(300)
+    assert [capacity.invoke(schedule(clock.now())) for _ in range(2)] == ["on-spot", "on-spot"]
+    assert kinds(stack.alerts()) == ["fall-forward-spot"]
+    assert len(capacity.refresh.started()) == 1
+
+
+def test_late_spot_failure_after_fall_forward_changes_nothing(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    old_failure = launch_failure(stack, NO_SPOT_CAPACITY, clock.now())
+    assert capacity.invoke(old_failure) == "fell-back"
+    clock.advance(MIN_ON_DEMAND)
+    capacity.market.set_score(9)
+    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    # A redelivery of the failure from before the fall-forward arrives late
+    assert capacity.invoke(old_failure) == "stale"
+    assert capacity.endpoint().mode == SPOT
+    assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
+    # But a new failure after it falls back again
+    clock.advance(30)
+    assert capacity.invoke(launch_failure(stack, NO_SPOT_CAPACITY, clock.now())) == "fell-back"
+    assert capacity.endpoint().mode == ON_DEMAND
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda e: e["detail"].pop("StatusMessage"),
+        lambda e: e.update({"detail-type": "EC2 Instance Launch Successful"}),
+        lambda e: e.update({"source": "aws.ec2"}),
+    ],
+)
+def test_malformed_capacity_event_is_rejected_and_changes_nothing(stack, breakage, caplog):
+    capacity = Capacity(stack, SimClock())
+    event = load_event("launch-unsuccessful-spot-capacity")
+    breakage(event)
+    with caplog.at_level(logging.ERROR), pytest.raises(InvalidEvent) as error:
+        capacity.invoke(event)
+    assert error.value.event_id == event["id"] and event["id"] in caplog.text
+    assert capacity.endpoint().mode == SPOT and stack.alerts() == []
+    assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
