@@ -26,7 +26,10 @@ class ServedApp:
     """An ASGI app served by uvicorn in a thread, lifespan included (like run.sh under the adapter)."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1") -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+        # without it every keep-alive response waits ~40 ms for a delayed ACK (uvicorn binding its own
+        # --host/--port, as run.sh does, gets this right by itself).
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, 0))
         self.url = f"http://{host}:{self._socket.getsockname()[1]}"
@@ -69,6 +72,7 @@ def served_gateway(settings: GatewaySettings, resolver: BackendResolver | None =
 @contextmanager
 def running_emulator(host: str = "127.0.0.1", port: int = 0, **options: object) -> Iterator[TgiEmulator]:
     emulator = TgiEmulator(host=host, port=port, **options)  # type: ignore[arg-type]
+    without_delayed_acks(emulator)
     emulator.boot()
     try:
         if not emulator.wait_ready(10.0):
@@ -76,6 +80,16 @@ def running_emulator(host: str = "127.0.0.1", port: int = 0, **options: object) 
         yield emulator
     finally:
         emulator.stop()
+
+
+def without_delayed_acks(emulator: TgiEmulator) -> TgiEmulator:
+    """Test-only: the emulator's reserved socket is created without proto=IPPROTO_TCP, so asyncio leaves
+    TCP_NODELAY off and each keep-alive request costs ~40 ms of delayed ACK (real TGI's hyper sets it).
+    Accepted connections inherit the option from the listening socket on Linux."""
+    sock = getattr(emulator, "_sock", None)
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return emulator
 
 
 def gateway_settings(tgi_url: str | None = None, **overrides: object) -> GatewaySettings:

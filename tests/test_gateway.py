@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +186,16 @@ def test_unknown_route_and_wrong_method_are_tgi_shaped(client: httpx.Client) -> 
 def test_openapi_document_describes_tgi_and_openai_routes(client: httpx.Client) -> None:
     document = client.get("/openapi.json").json()
 
-    assert {"/generate", "/generate_stream", "/", "/info", "/health", "/v1/chat/completions", "/v1/completions"} <= set(
-        document["paths"]
-    )
+    assert {
+        "/generate",
+        "/generate_stream",
+        "/",
+        "/info",
+        "/health",
+        "/v1/chat/completions",
+        "/v1/completions",
+        "/v1/models",
+    } <= set(document["paths"])
     parameters = document["components"]["schemas"]["GenerateParameters"]["properties"]
     assert {"max_new_tokens", "temperature", "top_p", "stop", "details", "seed"} <= set(parameters)
 
@@ -236,20 +245,35 @@ def own_gateway(own_emulator: TgiEmulator) -> Iterator[ServedApp]:
         yield served
 
 
-def test_generation_errors_and_overload_pass_through(own_emulator: TgiEmulator, own_gateway: ServedApp) -> None:
-    with httpx.Client(base_url=own_gateway.url, timeout=10) as client:
-        # 429: TGI's only permit is held by a stream
-        with client.stream("POST", "/generate_stream", json={"inputs": "hold", "parameters": {"max_new_tokens": 10}}):
-            deadline = time.monotonic() + 5
-            while own_emulator.in_flight < 1 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            overloaded = client.post("/generate", json={"inputs": "hi"})
-        # 424: the generation fails on TGI
-        own_emulator.fail_generation_after(0, "Server error: CUDA out of memory")
-        failed = client.post("/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 3}})
+def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
 
+
+def test_overload_passes_through(own_emulator: TgiEmulator, own_gateway: ServedApp) -> None:
+    # Given TGI's only permit held by a long stream
+    holder = {"inputs": "hold", "parameters": {"max_new_tokens": MAX_NEW_TOKENS}}
+    with (
+        httpx.Client(base_url=own_gateway.url, timeout=10) as client,
+        client.stream("POST", "/generate_stream", json=holder),
+    ):
+        wait_for(lambda: own_emulator.in_flight >= 1)
+        # When another request comes
+        overloaded = client.post("/generate", json={"inputs": "hi"})
+
+    # Then TGI's 429 reaches the client unchanged
     assert overloaded.status_code == 429
     assert overloaded.json() == {"error": "Model is overloaded", "error_type": "overloaded"}
+
+
+def test_generation_errors_pass_through(own_emulator: TgiEmulator, own_gateway: ServedApp) -> None:
+    own_emulator.fail_generation_after(0, "Server error: CUDA out of memory")
+
+    failed = httpx.post(f"{own_gateway.url}/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 3}})
+
     assert failed.status_code == 424
     assert failed.json() == {
         "error": "Request failed during generation: Server error: CUDA out of memory",
@@ -281,13 +305,15 @@ def test_instance_dying_mid_stream_ends_with_an_error_event(own_emulator: TgiEmu
     # Given a stream in progress
     body = {"inputs": "reclaimed", "parameters": {"max_new_tokens": 16}}
     lines: list[str] = []
-    with httpx.Client(base_url=own_gateway.url, timeout=10) as client:
-        with client.stream("POST", "/generate_stream", json=body) as response:
-            for line in response.iter_lines():
-                lines.append(line)
-                # When Spot reclaims the instance after the second token
-                if sum(1 for seen in lines if seen.startswith("data:")) == 2:
-                    threading.Thread(target=own_emulator.kill).start()
+    with (
+        httpx.Client(base_url=own_gateway.url, timeout=10) as client,
+        client.stream("POST", "/generate_stream", json=body) as response,
+    ):
+        for line in response.iter_lines():
+            lines.append(line)
+            # When Spot reclaims the instance after the second token
+            if sum(1 for seen in lines if seen.startswith("data:")) == 2:
+                threading.Thread(target=own_emulator.kill).start()
 
     # Then the client got the tokens so far and TGI's error event, not a silent end of stream
     events = sse_payloads("\n".join(lines))
@@ -357,10 +383,8 @@ def test_backend_that_never_accepts_is_503_within_the_connect_timeout_bound() ->
     for _ in range(3):
         filler = socket.socket()
         filler.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             filler.connect((host, port))
-        except BlockingIOError:
-            pass
         fillers.append(filler)
     try:
         with served_gateway(limited(f"http://{host}:{port}", CONNECT_TIMEOUT_SECONDS=0.4)) as gateway:
@@ -453,8 +477,8 @@ def test_run_sh_serves_the_function_app_like_the_lambda_web_adapter_expects(emul
         "PORT": str(port),
         "TGI_URL": emulator.url,
     }
-    server = subprocess.Popen(  # noqa: S603 - our own script
-        ["bash", str(ROOT / "functions" / "gateway" / "run.sh")],
+    server = subprocess.Popen(  # noqa: S603 - our own script, run as Lambda runs it
+        [shutil.which("bash") or "/bin/bash", str(ROOT / "functions" / "gateway" / "run.sh")],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -478,3 +502,23 @@ def test_run_sh_serves_the_function_app_like_the_lambda_web_adapter_expects(emul
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_plain_text_rejections_from_tgi_reach_clients_in_tgi_shape() -> None:
+    # Given a TGI that answers an empty 404 (a version without /v1/models) and a plain-text 400
+    def old_tgi(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            return httpx.Response(404)
+        return httpx.Response(400, text="Failed to parse the request body as JSON")
+
+    served = ServedApp(create_app(limited("http://tgi.invalid"), transport=httpx.MockTransport(old_tgi))).start()
+    try:
+        models = httpx.get(f"{served.url}/v1/models")
+        generated = httpx.post(f"{served.url}/generate", json={"inputs": "hi"})
+    finally:
+        served.stop()
+
+    assert models.status_code == 404
+    assert models.json() == {"error": "Not Found", "error_type": "not_found"}
+    assert generated.status_code == 400
+    assert generated.json() == {"error": "Failed to parse the request body as JSON", "error_type": "bad_request"}

@@ -169,3 +169,7 @@ def test_openai_completions_streaming(openai_client: OpenAI) -> None:
 
     assert pieces == expected_tokens(prompt, STREAMED_TOKENS)
     assert_streamed_one_by_one(started, arrivals, STREAMED_TOKENS)
+
+
+def test_openai_model_list(openai_client: OpenAI, emulator: TgiEmulator) -> None:
+    assert [model.id for model in openai_client.models.list()] == [emulator.model_id]

@@ -20,7 +20,7 @@ import pytest
 from spotkeeper.gateway import GatewaySettings
 from spotkeeper.state import StateStore
 from spotkeeper_local.tgi_emulator import TgiEmulator, expected_text, expected_tokens
-from tests.gateway_harness import free_port, served_gateway
+from tests.gateway_harness import free_port, served_gateway, without_delayed_acks
 
 GROUP = "spotkeeper-tgi"
 TABLE = "spotkeeper-state"
@@ -71,8 +71,8 @@ def shared_port() -> int:
 @pytest.fixture
 def instances() -> Iterator[tuple[TgiEmulator, TgiEmulator]]:
     port = shared_port()
-    old = TgiEmulator(host=OLD, port=port, token_delay=0.02)
-    new = TgiEmulator(host=NEW, port=port, token_delay=0.02, load_seconds=0.3)
+    old = without_delayed_acks(TgiEmulator(host=OLD, port=port, token_delay=0.02))
+    new = without_delayed_acks(TgiEmulator(host=NEW, port=port, token_delay=0.02, load_seconds=0.3))
     old.boot()
     assert old.wait_ready(5)
     try:

@@ -12,21 +12,20 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     negative_data_rejection,
     response_schema_conformance,
     status_code_conformance,
 )
-from schemathesis.checks import not_a_server_error
 
 from spotkeeper.gateway import create_app
 from tests.gateway_harness import ServedApp, gateway_settings, running_emulator, served_gateway
 
-
 # Per operation and generation mode; with schemathesis' coverage phase this is a few hundred requests per
 # operation, and the file stays well under a minute on two cores.
-MAX_EXAMPLES = 15
+MAX_EXAMPLES = 40
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +36,11 @@ def session() -> Iterator[requests.Session]:
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[ServedApp]:
-    with running_emulator() as emulator:
-        with served_gateway(gateway_settings(emulator.url, MAX_NEW_TOKENS=8, MAX_INPUT_CHARS=2000)) as served:
-            yield served
+    with (
+        running_emulator() as emulator,
+        served_gateway(gateway_settings(emulator.url, MAX_NEW_TOKENS=8, MAX_INPUT_CHARS=2000)) as served,
+    ):
+        yield served
 
 
 # The gateway's own document, as it serves it at /openapi.json (built from the same app factory; loaded at

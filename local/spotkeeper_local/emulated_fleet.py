@@ -1,7 +1,9 @@
 """One emulated TGI server per EC2 instance of the embedded AWS, each on its own loopback address.
 
 The control functions reach TGI at an instance's private IP; locally that IP is mapped to the emulator
-started for the instance, so the same TgiClient code runs unchanged.
+started for the instance, so the same TgiClient code runs unchanged. With ``port`` set (the local drill, whose
+instances get loopback private IPs from the embedded EC2), each emulator listens on the instance's own private
+IP and that port, so no mapping is needed at all.
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ class EmulatedInstances:
         clock: Any,
         load_seconds: float | Callable[[str], float] = 0.0,
         token_delay: float = 0.0,
+        port: int | None = None,
     ) -> None:
         self._ec2 = ec2
         self.model_id = model_id
         self.clock = clock
         self._load_seconds = load_seconds
         self.token_delay = token_delay
+        self.port = port
         self.servers: dict[str, TgiEmulator] = {}
         self._by_address: dict[str, str] = {}
         if hasattr(clock, "on_advance"):
@@ -51,9 +55,15 @@ class EmulatedInstances:
         """The instance came up: its TGI container starts loading the model."""
         if instance_id in self.servers:
             return self.servers[instance_id]
+        if self.port is not None:
+            host, port = self.private_address(instance_id), self.port
+            if host is None:
+                raise ValueError(f"{instance_id} has no private IP to listen on")
+        else:
+            host, port = next_loopback_host(), 0
         server = TgiEmulator(
-            host=next_loopback_host(),
-            port=0,
+            host=host,
+            port=port,
             model_id=model_id or self.model_id,
             load_seconds=self.load_seconds_for(instance_id) if load_seconds is None else load_seconds,
             clock=self.clock.now,
@@ -93,4 +103,4 @@ class EmulatedInstances:
 
     def close(self) -> None:
         for server in self.servers.values():
-            server.stop()
+            server.kill()

@@ -770,7 +770,9 @@ class TgiEmulator:
     # ---------------------------------------------------------------- lifecycle internals
 
     def _bind_socket(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio then sets TCP_NODELAY, as TGI (axum) does; without it every
+        # keep-alive request waits ~40 ms on delayed ACKs.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         try:
             # A replaced server rebinds the same address while old connections sit in TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

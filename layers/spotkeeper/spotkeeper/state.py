@@ -361,19 +361,30 @@ class StateStore:
             ExpressionAttributeValues={":true": True},
         )
 
-    def finish_launch(self, group: str, instance_id: str, outcome: str) -> bool:
+    def finish_launch(
+        self, group: str, instance_id: str, outcome: str, owner: str, at: float, stale_after: float = 120.0
+    ) -> bool:
         """Claim the right to complete a waiting launch hook with ``outcome`` (continued/abandoned).
 
-        True while the launch is waiting or already claimed for the same outcome, so a retry after a
-        failed AWS call redoes its (idempotent) action; False once the other outcome won the race.
+        True for exactly one of racing claimers. The same owner (the retry of the same event) may claim again
+        to redo its idempotent actions after a failure, and anyone may take over a claim for the same outcome
+        that is ``stale_after`` seconds old and still not completed (its claimer died half-way). False once the
+        launch is completed or the other outcome won.
         """
         try:
             self._table.update_item(
                 Key={"pk": _pk(group), "sk": f"launch#{instance_id}"},
-                UpdateExpression="SET #s = :outcome",
-                ConditionExpression="#s = :waiting OR #s = :outcome",
+                UpdateExpression="SET #s = :outcome, claimed_by = :owner, claimed_at = :now",
+                ConditionExpression="attribute_not_exists(completed) AND (#s = :waiting OR "
+                "(#s = :outcome AND (claimed_by = :owner OR claimed_at < :stale)))",
                 ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={":outcome": outcome, ":waiting": "waiting"},
+                ExpressionAttributeValues={
+                    ":outcome": outcome,
+                    ":waiting": "waiting",
+                    ":owner": owner,
+                    ":now": Decimal(str(at)),
+                    ":stale": Decimal(str(at - stale_after)),
+                },
             )
         except ClientError as error:
             if _is_conditional_failure(error):

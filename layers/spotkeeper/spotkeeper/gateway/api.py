@@ -163,8 +163,12 @@ async def _finish_json(
         body = json.loads(content) if content else None
     except ValueError:
         body = None
-    if status >= 500 and not (isinstance(body, dict) and "error" in body):
-        raise BackendProtocolError(f"TGI answered {status} without an error body")
+    if status >= 400 and not (isinstance(body, dict) and "error" in body):
+        # Plain-text rejections (axum's 400/415, an empty 404) still reach clients in TGI's error shape.
+        if status >= 500:
+            raise BackendProtocolError(f"TGI answered {status} without an error body")
+        detail = content.decode(errors="replace").strip()[:500] or upstream.response.reason_phrase
+        return error_response(status, detail, _error_type_for(status), upstream.relay_headers())
     if status == 200 and count_tokens is not None and record is not None:
         record.tokens_out = count_tokens(upstream.response, body)
     return Response(
@@ -365,6 +369,18 @@ def create_app(
     async def info(request: Request, runtime: GatewayRuntime = runtime_dependency) -> Response:
         record = request_record(request.scope)
         upstream = await _open(runtime, record, "GET", "/info", read_timeout=PROBE_READ_TIMEOUT_SECONDS)
+        return await _finish_json(runtime, upstream, record, None)
+
+    @app.get(
+        "/v1/models",
+        tags=["OpenAI"],
+        summary="The served model (OpenAI-compatible model list)",
+        response_model=None,
+        responses={200: {"content": {"application/json": {"schema": {"type": "object"}}}}, 503: ERROR_RESPONSES[503]},
+    )
+    async def models(request: Request, runtime: GatewayRuntime = runtime_dependency) -> Response:
+        record = request_record(request.scope)
+        upstream = await _open(runtime, record, "GET", "/v1/models", read_timeout=PROBE_READ_TIMEOUT_SECONDS)
         return await _finish_json(runtime, upstream, record, None)
 
     @app.get(

@@ -116,9 +116,7 @@ class TgiUpstream:
             # The connection broke before TGI answered (instance gone, connection reset).
             raise _Unreachable(_describe(error)) from error
         except httpx.ReadTimeout as error:
-            raise BackendTimeout(
-                f"TGI did not answer within {timeout.read:g} s",
-            ) from error
+            raise BackendTimeout(f"TGI did not answer within {timeout.read} s") from error
         except httpx.HTTPError as error:
             raise BackendProtocolError(f"unexpected answer from TGI: {_describe(error)}") from error
         if response.status_code == 503:

@@ -7,6 +7,7 @@ a ready instance when nothing is recorded as serving (first deploy, attach mode,
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from spotkeeper.alerts import Alert
@@ -33,8 +34,9 @@ class ProbeReport:
 
 def probe_endpoint(deps: ControlDeps) -> ProbeReport:
     report = ProbeReport()
+    run = f"probe-{uuid.uuid4()}"
     for launch in deps.state.waiting_launches(deps.group):
-        outcome = check_launch(launch, deps)
+        outcome = check_launch(launch, deps, owner=run)
         if outcome == "waiting":
             deps.fleet.heartbeat(launch.hook_name, launch.token, launch.instance_id)
         report.launches[launch.instance_id] = outcome

@@ -43,13 +43,15 @@ def on_instance_launching(
             logger.info("launch already finished", extra={"instance_id": detail.instance_id})
             return "duplicate"
         launch = recorded  # a redelivery, or the retry of a reaction that failed half-way: same deadline
-    return wait_for_ready(launch, deps, remaining_seconds)
+    return wait_for_ready(launch, deps, remaining_seconds, owner=event.id)
 
 
-def wait_for_ready(launch: PendingLaunch, deps: ControlDeps, remaining_seconds: Callable[[], float]) -> str:
+def wait_for_ready(
+    launch: PendingLaunch, deps: ControlDeps, remaining_seconds: Callable[[], float], owner: str
+) -> str:
     """Poll the new instance until it is ready, its deadline passes, or this invocation must hand over."""
     while True:
-        outcome = check_launch(launch, deps)
+        outcome = check_launch(launch, deps, owner)
         if outcome != "waiting":
             return outcome
         if remaining_seconds() < deps.env.ready_poll_seconds + deps.env.handover_margin_seconds:
@@ -59,28 +61,31 @@ def wait_for_ready(launch: PendingLaunch, deps: ControlDeps, remaining_seconds: 
         deps.clock.sleep(deps.env.ready_poll_seconds)
 
 
-def check_launch(launch: PendingLaunch, deps: ControlDeps) -> str:
-    """One look at a waiting launch: promote it if ready, abandon it past its deadline."""
+def check_launch(launch: PendingLaunch, deps: ControlDeps, owner: str) -> str:
+    """One look at a waiting launch: promote it if ready, abandon it past its deadline.
+
+    ``owner`` names who looks (the launch event, or one probe run): a claim survives only its owner's retries.
+    """
     if launch.status == "abandoned":
-        return abandon(launch, deps, "deadline passed")  # decided before; carry it through
+        return abandon(launch, deps, "deadline passed", owner)  # decided before; carry it through
     address = deps.fleet.private_address(launch.instance_id)
     if launch.status == "continued" and address is not None:
-        return promote(launch, address, deps)  # decided before a failure; carry it through
+        return promote(launch, address, deps, owner)  # decided before a failure; carry it through
     if address is None:
         # The instance vanished (reclaimed, or terminated by hand) before it was ready.
-        return abandon(launch, deps, "instance no longer exists")
+        return abandon(launch, deps, "instance no longer exists", owner)
     readiness = deps.tgi.readiness(address, deps.env.model_id)
     if readiness.ready:
-        return promote(launch, address, deps)
+        return promote(launch, address, deps, owner)
     if deps.clock.now() >= launch.deadline:
-        return abandon(launch, deps, f"TGI not ready before the deadline ({readiness.reason})")
+        return abandon(launch, deps, f"TGI not ready before the deadline ({readiness.reason})", owner)
     logger.debug("not ready yet", extra={"instance_id": launch.instance_id, "reason": readiness.reason})
     return "waiting"
 
 
-def promote(launch: PendingLaunch, address: str, deps: ControlDeps) -> str:
+def promote(launch: PendingLaunch, address: str, deps: ControlDeps, owner: str) -> str:
     """The new instance is ready: EIP to it, record it as serving, CONTINUE, retire what it replaces."""
-    if not deps.state.finish_launch(deps.group, launch.instance_id, "continued"):
+    if not deps.state.finish_launch(deps.group, launch.instance_id, "continued", owner, deps.clock.now()):
         return "duplicate"
     instance_id = launch.instance_id
     record = deps.state.get_instance(deps.group, instance_id)
@@ -153,8 +158,8 @@ def retire_replaced(deps: ControlDeps, keep: str) -> list[str]:
     return retired
 
 
-def abandon(launch: PendingLaunch, deps: ControlDeps, reason: str) -> str:
-    if not deps.state.finish_launch(deps.group, launch.instance_id, "abandoned"):
+def abandon(launch: PendingLaunch, deps: ControlDeps, reason: str, owner: str) -> str:
+    if not deps.state.finish_launch(deps.group, launch.instance_id, "abandoned", owner, deps.clock.now()):
         return "duplicate"
     deps.fleet.complete_lifecycle_action(launch.hook_name, launch.token, launch.instance_id, ABANDON)
     deps.alerts.send(
