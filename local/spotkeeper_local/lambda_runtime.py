@@ -67,3 +67,45 @@ def invoke(name: str, event: dict[str, Any], deps: Any = None, clock: Any = None
     return module.lambda_handler(
         event, LambdaContext(function_name=f"spotkeeper-{name}", timeout_seconds=timeout, clock=clock)
     )
+
+
+def invoke_async(
+    name: str,
+    event: dict[str, Any],
+    deps: Any,
+    on_failure: Any,
+    retries: int = 2,
+    clock: Any = None,
+    function_arn: str | None = None,
+) -> Any:
+    """Lambda's asynchronous invocation, which moto cannot run: the first try plus ``retries`` retries, then
+    the OnFailure destination receives AWS's invocation record with the original event as ``requestPayload``.
+
+    ``on_failure(record)`` stands for the destination (e.g. a send to the SQS dead-letter queue).
+    Returns the handler's result, or None when the event went to the destination.
+    """
+    error: BaseException | None = None
+    for _attempt in range(1 + retries):
+        try:
+            return invoke(name, event, deps, clock=clock)
+        except Exception as failure:  # Lambda records any unhandled error the same way
+            error = failure
+    arn = function_arn or f"arn:aws:lambda:us-east-1:123456789012:function:spotkeeper-{name}"
+    import datetime
+
+    on_failure(
+        {
+            "version": "1.0",
+            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "requestContext": {
+                "requestId": str(uuid.uuid4()),
+                "functionArn": f"{arn}:$LATEST",
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": 1 + retries,
+            },
+            "requestPayload": event,
+            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+            "responsePayload": {"errorMessage": str(error), "errorType": type(error).__name__},
+        }
+    )
+    return None
