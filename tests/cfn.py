@@ -130,14 +130,14 @@ class Stack:
         condition = self.template["Resources"][logical_id].get("Condition")
         return condition is None or self.condition(condition)
 
-    def resolve(self, node: Any) -> Any:  # noqa: C901, PLR0911, PLR0912 - one branch per intrinsic function
+    def resolve(self, node: Any) -> Any:
         if isinstance(node, list):
             items = [self.resolve(item) for item in node]
             return [item for item in items if item is not NO_VALUE]
         if not isinstance(node, dict):
             return node
         if len(node) == 1:
-            (key, arg), = node.items()
+            ((key, arg),) = node.items()
             if key == "Ref":
                 return self._ref(arg)
             if key == "Condition":
@@ -272,7 +272,7 @@ def _field_matches(matchers: list[Any], actual: Any) -> bool:
     return False
 
 
-def _value_matches(matcher: Any, value: Any) -> bool:  # noqa: PLR0911 - one branch per operator
+def _value_matches(matcher: Any, value: Any) -> bool:
     if not isinstance(matcher, dict):
         # EventBridge compares exact values, type included: the string "1" does not match the number 1.
         if _is_number(matcher) and _is_number(value):
@@ -280,7 +280,7 @@ def _value_matches(matcher: Any, value: Any) -> bool:  # noqa: PLR0911 - one bra
         return type(matcher) is type(value) and matcher == value
     if len(matcher) != 1:
         raise ValueError(f"one operator per matcher, got {matcher!r}")
-    (operator, operand), = matcher.items()
+    ((operator, operand),) = matcher.items()
     if operator == "prefix":
         return isinstance(value, str) and value.startswith(operand)
     if operator == "suffix":

@@ -119,8 +119,8 @@ def create_stack(session: Any, group: str = GROUP, capacity_rebalance: bool = Tr
         },
     )
     for name, transition in (
-        ("spotkeeper-launching", "autoscaling:EC2_INSTANCE_LAUNCHING"),
-        ("spotkeeper-terminating", "autoscaling:EC2_INSTANCE_TERMINATING"),
+        ("spotkeeper-launch", "autoscaling:EC2_INSTANCE_LAUNCHING"),
+        ("spotkeeper-terminate", "autoscaling:EC2_INSTANCE_TERMINATING"),
     ):
         autoscaling.put_lifecycle_hook(
             LifecycleHookName=name, AutoScalingGroupName=group, LifecycleTransition=transition, HeartbeatTimeout=900

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+
 from spotkeeper.aws import AwsClients
 from spotkeeper.events import InvalidEvent
 from spotkeeper.logic.capacity import CapacityDeps, classify_launch_failure
@@ -162,7 +163,7 @@ def test_other_reasons_are_not_a_spot_shortage(message):
 
 
 # --- fallback ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_spot_shortage_falls_back_once_under_duplicated_and_shuffled_delivery(stack, seed):
     # Given a Spot group and several Spot shortage failures, each delivered three times, in any order
     clock = SimClock()
@@ -296,15 +297,22 @@ def test_endpoint_down_alarm_falls_back_once(stack):
     assert sorted(kinds(alerts)) == ["alarm-raised", "fallback-on-demand"]
     raised = next(a for a in alerts if a["attributes"]["event"] == "alarm-raised")
     assert raised["attributes"]["severity"] == "critical"
-    assert raised["subject"] == f"[spotkeeper critical] {ENDPOINT_DOWN} is in ALARM: falling back to On-Demand"
+    assert raised["subject"].startswith(f"[spotkeeper critical] {ENDPOINT_DOWN} is in ALARM: ")
 
 
 def test_endpoint_down_sample_alone_falls_back(stack):
     capacity = Capacity(stack, SimClock())
     assert capacity.invoke(load_event("alarm-endpoint-down")) == "fell-back"
     assert capacity.endpoint().mode_reason == "endpoint-down alarm"
+    alerts = {a["attributes"]["event"]: a for a in stack.alerts()}
+    assert set(alerts) == {"alarm-raised", "fallback-on-demand"}
+    raised = alerts["alarm-raised"]
+    assert raised["subject"] == f"[spotkeeper critical] {ENDPOINT_DOWN} is in ALARM: falling back to On-Demand"
+    assert raised["body"]["description"].startswith("No healthy TGI")
     assert capacity.invoke(load_event("alarm-endpoint-recovered")) == "alerted"
-    assert kinds(stack.alerts()) == ["alarm-raised", "fallback-on-demand", "alarm-ok"]
+    [recovered] = stack.alerts()
+    assert recovered["subject"] == f"[spotkeeper info] {ENDPOINT_DOWN} is OK again"
+    assert capacity.endpoint().mode == ON_DEMAND  # recovery is the fall-forward's call, not the alarm's
 
 
 def test_every_alarm_transition_gives_one_readable_alert(stack):
@@ -515,20 +523,24 @@ def test_late_spot_failure_after_fall_forward_changes_nothing(stack):
 
 
 # --- bad input ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "breakage",
-    [
-        lambda e: e["detail"].pop("StatusMessage"),
-        lambda e: e.update({"detail-type": "EC2 Instance Launch Successful"}),
-        lambda e: e.update({"source": "aws.ec2"}),
-    ],
-)
-def test_malformed_capacity_event_is_rejected_and_changes_nothing(stack, breakage, caplog):
+BREAKAGES = [
+    lambda e: e["detail"].pop("StatusMessage"),
+    lambda e: e.update({"detail-type": "EC2 Instance Launch Successful"}),
+    lambda e: e.update({"source": "aws.ec2"}),
+    lambda e: e["detail"]["state"].update({"value": "ALARMING"}),
+    lambda e: e["detail"].pop("alarmName"),
+]
+
+
+def test_malformed_capacity_events_are_rejected_and_change_nothing(stack, caplog):
     capacity = Capacity(stack, SimClock())
-    event = load_event("launch-unsuccessful-spot-capacity")
-    breakage(event)
-    with caplog.at_level(logging.ERROR), pytest.raises(InvalidEvent) as error:
-        capacity.invoke(event)
-    assert error.value.event_id == event["id"] and event["id"] in caplog.text
+    samples = ["launch-unsuccessful-spot-capacity"] * 3 + ["alarm-endpoint-down"] * 2
+    for sample, breakage in zip(samples, BREAKAGES, strict=True):
+        event = load_event(sample)
+        breakage(event)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR), pytest.raises(InvalidEvent) as error:
+            capacity.invoke(event)
+        assert error.value.event_id == event["id"] and event["id"] in caplog.text
     assert capacity.endpoint().mode == SPOT and stack.alerts() == []
     assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0

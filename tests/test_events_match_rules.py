@@ -49,6 +49,7 @@ EXPECTED_ROUTES: dict[str, set[tuple[str, str]]] = {
     "alarm-endpoint-recovered.json": {ALARM_STATE},
     # Scheduled events are not pattern-matched: the schedule targets its function directly.
     "schedule.json": set(),
+    "capacity-schedule.json": set(),
     # Negatives. Another group's hook never reaches us.
     "lifecycle-launch-other-group.json": set(),
     # EC2 events cannot be filtered on the group: these reach the interruption function, whose code checks
@@ -107,14 +108,23 @@ def test_another_stack_name_does_not_receive_the_samples(template: dict[str, Any
         assert routes == ec2_routes, sample
 
 
-def test_schedule_sample_names_the_health_probe_rule(template: dict[str, Any]) -> None:
+@pytest.mark.parametrize(
+    ("sample", "function", "event_name", "schedule"),
+    [
+        ("schedule.json", "HealthFunction", "Probe", "rate(1 minute)"),
+        ("capacity-schedule.json", "CapacityFunction", "FallForward", "rate(5 minutes)"),
+    ],
+)
+def test_schedule_samples_name_their_rules(
+    template: dict[str, Any], sample: str, function: str, event_name: str, schedule: str
+) -> None:
     stack = Stack(template)
-    probe = next(r for r in stack_rules(stack) if (r.function, r.event) == ("HealthFunction", "Probe"))
-    event = load_event("schedule.json")
+    rule = next(r for r in stack_rules(stack) if (r.function, r.event) == (function, event_name))
+    event = load_event(sample)
     assert event["detail-type"] == "Scheduled Event"
     assert event["source"] == "aws.events"
-    assert event["resources"] == [f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{probe.name}"]
-    assert probe.schedule == "rate(1 minute)"
+    assert event["resources"] == [f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{rule.name}"]
+    assert rule.schedule == schedule
 
 
 def test_alarm_samples_describe_the_templates_endpoint_down_alarm(template: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ Spot era cannot undo a fall-forward that came after it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Callable
@@ -30,10 +31,10 @@ from pydantic import Field
 
 from spotkeeper.alerts import Alert, AlertPublisher, Severity
 from spotkeeper.aws import AwsClients, error_code
+from spotkeeper.capacity_journal import CapacityJournal
 from spotkeeper.capacity_policy import CapacityPolicy, GroupCapacity, NoMixedInstancesPolicy
 from spotkeeper.clock import Clock, WallClock
 from spotkeeper.events import AlarmStateChange, LaunchUnsuccessful, ScheduledEvent
-from spotkeeper.idempotency import once_per_event
 from spotkeeper.observability import logger, metrics
 from spotkeeper.settings import CapacityEnv, capacity_env
 from spotkeeper.spot_market import (
@@ -63,6 +64,7 @@ class CapacityDeps:
     alerts: AlertPublisher
     policy: CapacityPolicy
     market: SpotMarket
+    journal: CapacityJournal
     clock: Clock
 
     @property
@@ -72,6 +74,7 @@ class CapacityDeps:
     @classmethod
     def build(cls, env: CapacityEnv, clients: AwsClients | None = None, clock: Clock | None = None) -> CapacityDeps:
         clients = clients or AwsClients()
+        clock = clock or WallClock()
         return cls(
             env=env,
             clients=clients,
@@ -79,7 +82,8 @@ class CapacityDeps:
             alerts=AlertPublisher(clients.sns, env.alert_topic_arn, env.group_name),
             policy=CapacityPolicy(clients.autoscaling, clients.ec2, env.group_name),
             market=SpotMarket(clients.ec2),
-            clock=clock or WallClock(),
+            journal=CapacityJournal(clients.table(env.state_table_name), env.group_name, clock.now),
+            clock=clock,
         )
 
 
@@ -189,21 +193,20 @@ def alert_launch_failure(failure: LaunchFailure, facts: dict, happened_at: float
 
     Auto Scaling retries a failed launch over and over; one alert per kind of failure per hour is enough.
     """
-    kind = failure.code or "unknown"
     severity: Severity = "critical" if failure.capacity else "warning"
     summary = _first_sentence(facts["status_message"])
-    alert = Alert(
-        "launch-failed",
-        severity,
-        f"Launch failed in {deps.group} ({kind}), no fallback: {summary}",
-        {**facts, "fallback": False},
-    )
-    key = f"launch-failed#{deps.group}#{kind}#{math.floor(happened_at / 3600)}"
+    # SNS cuts subjects at 100 characters: the reason first, the group and the full message in the body.
+    quoted = f" ({failure.code})" if failure.code else ""
+    alert = Alert("launch-failed", severity, f"Launch failed{quoted}: {summary}", {**facts, "fallback": False})
+    kind = failure.code or hashlib.sha256(summary.encode()).hexdigest()[:16]
+    key = f"launch-failed#{kind}#{math.floor(happened_at / 3600)}"
     return "alerted" if _once(deps, key, lambda: deps.alerts.send(alert)) else "alert-suppressed"
 
 
 def _first_sentence(message: str) -> str:
-    sentence = message.split(". Launching EC2 instance failed")[0]
+    sentence = message.split(" Launching EC2 instance failed")[0].removesuffix(".")
+    if failure_quoted := _QUOTED.search(sentence):
+        sentence = sentence[failure_quoted.end() :].strip()  # the code is in the subject already
     return sentence if len(sentence) <= 200 else sentence[:197] + "..."
 
 
@@ -221,7 +224,7 @@ def fall_back_to_on_demand(reason: str, happened_at: float, deps: CapacityDeps, 
         deps.policy.set_on_demand_base(1)
     except NoMixedInstancesPolicy as error:
         alert = Alert("fallback-impossible", "critical", f"Cannot fall back to On-Demand: {error}", facts)
-        key = f"fallback-impossible#{deps.group}#{math.floor(happened_at / 3600)}"
+        key = f"fallback-impossible#{math.floor(happened_at / 3600)}"
         _once(deps, key, lambda: deps.alerts.send(alert))
         return "cannot-fall-back"
     if not deps.state.set_mode(deps.group, ON_DEMAND, reason, deps.clock.now(), expected_mode=SPOT):
@@ -244,7 +247,7 @@ def announce_fallback(endpoint: Endpoint, facts: dict, deps: CapacityDeps) -> No
             "fall_forward_after_seconds": deps.env.min_on_demand_seconds,
         },
     )
-    _once(deps, f"fallback#{deps.group}#{endpoint.mode_since}", lambda: deps.alerts.send(alert))
+    _once(deps, f"fallback#{endpoint.mode_since}", lambda: deps.alerts.send(alert))
 
 
 def _before_last_switch(happened_at: float, endpoint: Endpoint) -> bool:
@@ -260,21 +263,31 @@ def on_alarm_state_change(event: AlarmStateChange, deps: CapacityDeps) -> str:
         logger.info("alarm state not alerted", extra={"alarm": detail.alarm_name, "state": state})
         return "ignored"
     endpoint_down = detail.alarm_name == deps.env.endpoint_down_alarm_name
-    alert = alarm_alert(event, endpoint_down)
-    # One alert per transition, however often the event is delivered.
-    key = f"alarm#{detail.alarm_name}#{state}#{detail.state.timestamp or event.id}"
-    _once(deps, key, lambda: deps.alerts.send(alert))
+    outcome = "alerted"
     if endpoint_down and state == "ALARM":
-        return fall_back_to_on_demand(
+        # Switch first, so the alert says what actually happened.
+        outcome = fall_back_to_on_demand(
             "endpoint-down alarm",
             event.time.timestamp(),
             deps,
             {"alarm_name": detail.alarm_name, "alarm_reason": detail.state.reason},
         )
-    return "alerted"
+    alert = alarm_alert(event, FALLBACK_OUTCOMES.get(outcome) if endpoint_down else None)
+    # One alert per transition, however often the event is delivered.
+    key = f"alarm#{detail.alarm_name}#{state}#{detail.state.timestamp or event.id}"
+    _once(deps, key, lambda: deps.alerts.send(alert))
+    return outcome
 
 
-def alarm_alert(event: AlarmStateChange, endpoint_down: bool) -> Alert:
+FALLBACK_OUTCOMES = {
+    "fell-back": "falling back to On-Demand",
+    "already-on-demand": "already on On-Demand",
+    "stale": "older than the last switch to Spot",
+    "cannot-fall-back": "no fallback possible",
+}
+
+
+def alarm_alert(event: AlarmStateChange, action: str | None = None) -> Alert:
     detail = event.detail
     name, state = detail.alarm_name, detail.state.value
     previous = detail.previous_state.value if detail.previous_state else None
@@ -289,9 +302,8 @@ def alarm_alert(event: AlarmStateChange, endpoint_down: bool) -> Alert:
         "description": description,
     }
     if state == "ALARM":
-        severity: Severity = "critical" if endpoint_down else "warning"
-        action = ": falling back to On-Demand" if endpoint_down else ""
-        return Alert("alarm-raised", severity, f"{name} is in ALARM{action}", facts)
+        severity: Severity = "critical" if action else "warning"
+        return Alert("alarm-raised", severity, f"{name} is in ALARM{f': {action}' if action else ''}", facts)
     recovered = " again" if previous == "ALARM" else ""
     return Alert("alarm-ok", "info", f"{name} is OK{recovered}", facts)
 
@@ -318,6 +330,9 @@ def fall_forward_if_spot_is_back(deps: CapacityDeps) -> str:
     if on_demand_for < deps.env.min_on_demand_seconds:
         return "too-soon"
     group = deps.policy.read()
+    if not group.instance_types:
+        logger.warning("the group names no instance types: Spot placement cannot be scored")
+        return "spot-unlikely"
     outlook = spot_outlook(group, deps, now)
     logger.info("Spot outlook", extra={"likely": outlook.likely, "signal": outlook.signal, "why": outlook.summary})
     if not outlook.likely:
@@ -385,7 +400,7 @@ def announce_fall_forward(
             Alert(
                 "fall-forward-spot",
                 "info",
-                f"{deps.group} goes back to Spot: launch-before-terminate refresh{worth}",
+                f"Back on Spot: a refresh replaces the On-Demand instance{worth}",
                 {
                     "reason": endpoint.mode_reason,
                     "mode": SPOT,
@@ -398,11 +413,11 @@ def announce_fall_forward(
             )
         )
 
-    _once(deps, f"fall-forward#{deps.group}#{endpoint.mode_since}", send)
+    _once(deps, f"fall-forward#{endpoint.mode_since}", send)
 
 
 def hourly_saving(group: GroupCapacity, known_prices: tuple[SpotPrice, ...], deps: CapacityDeps) -> dict:
-    """On-Demand list price of the instance being replaced against the Spot price it will run at."""
+    """On-Demand list price of the instance being replaced against the Spot price its successor will cost."""
     serving_type = next((kind for _, kind, state in group.instances if state == "InService" and kind), None)
     instance_type = serving_type or (group.instance_types[0] if group.instance_types else None)
     listed = on_demand_price(instance_type)
@@ -414,8 +429,9 @@ def hourly_saving(group: GroupCapacity, known_prices: tuple[SpotPrice, ...], dep
         except ClientError as error:
             # The saving only decorates the alert; the switch has happened either way.
             logger.warning("Spot prices unavailable for the saving", extra={"code": error_code(error)})
-    same_type = [p for p in prices if p.instance_type == instance_type]
-    spot = (same_type or prices or [None])[0]
+    # The group's Spot allocation favours the cheap pools with capacity: the cheapest current price is what
+    # the replacement most likely runs at.
+    spot = min(prices, key=lambda p: p.usd_per_hour) if prices else None
     saving: dict = {
         "on_demand_instance_type": instance_type,
         "on_demand_usd_per_hour": listed,
@@ -433,12 +449,4 @@ def hourly_saving(group: GroupCapacity, known_prices: tuple[SpotPrice, ...], dep
 # --- once -----------------------------------------------------------------------------------------
 def _once(deps: CapacityDeps, key: str, action: Callable[[], None]) -> bool:
     """Run ``action`` once for ``key`` (a failed run does not count). True when this call ran it."""
-    ran = {"now": False}
-
-    def react() -> str:
-        action()
-        ran["now"] = True
-        return "done"
-
-    once_per_event(deps, key, react)
-    return ran["now"]
+    return deps.journal.once(key, action)

@@ -46,9 +46,7 @@ def on_instance_launching(
     return wait_for_ready(launch, deps, remaining_seconds, owner=event.id)
 
 
-def wait_for_ready(
-    launch: PendingLaunch, deps: ControlDeps, remaining_seconds: Callable[[], float], owner: str
-) -> str:
+def wait_for_ready(launch: PendingLaunch, deps: ControlDeps, remaining_seconds: Callable[[], float], owner: str) -> str:
     """Poll the new instance until it is ready, its deadline passes, or this invocation must hand over."""
     while True:
         outcome = check_launch(launch, deps, owner)

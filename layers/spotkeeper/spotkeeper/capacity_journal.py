@@ -1,0 +1,70 @@
+"""What the capacity function has already told people: each alert of a switch or a transition goes out once.
+
+Items share the state table: pk=group#<name>, sk=once#<what>. A claim is a conditional write; a claimed
+action that failed (SNS down) is released so the retry can do it, and a claimant that died holding it
+loses it when its lease runs out. Items expire (the table's TTL attribute) two days after the claim,
+longer than EventBridge and Lambda keep retrying an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from spotkeeper.aws import error_code
+from spotkeeper.observability import logger
+
+LEASE_SECONDS = 60
+KEEP_SECONDS = 2 * 24 * 3600
+
+
+class CapacityJournal:
+    def __init__(self, table: Any, group: str, now: Callable[[], float]) -> None:
+        self._table = table
+        self._group = group
+        self._now = now
+
+    def _key(self, what: str) -> dict[str, str]:
+        return {"pk": f"group#{self._group}", "sk": f"once#{what}"}
+
+    def once(self, what: str, action: Callable[[], None]) -> bool:
+        """Run ``action`` unless it already ran (or is running) for ``what``. True when this call ran it."""
+        now = self._now()
+        try:
+            self._table.update_item(
+                Key=self._key(what),
+                UpdateExpression="SET claimed_until = :lease, expiration = :expires",
+                ConditionExpression="attribute_not_exists(sk) OR (attribute_not_exists(done) AND "
+                "(attribute_not_exists(claimed_until) OR claimed_until < :now))",
+                ExpressionAttributeValues={
+                    ":lease": Decimal(str(now + LEASE_SECONDS)),
+                    ":expires": int(now + KEEP_SECONDS),
+                    ":now": Decimal(str(now)),
+                },
+            )
+        except ClientError as error:
+            if error_code(error) == "ConditionalCheckFailedException":
+                logger.info("already done", extra={"what": what})
+                return False
+            raise
+        try:
+            action()
+        except Exception:
+            self._release(what)
+            raise
+        self._table.update_item(
+            Key=self._key(what),
+            UpdateExpression="SET done = :true REMOVE claimed_until",
+            ExpressionAttributeValues={":true": True},
+        )
+        return True
+
+    def _release(self, what: str) -> None:
+        try:
+            self._table.update_item(Key=self._key(what), UpdateExpression="REMOVE claimed_until")
+        except ClientError as error:
+            # The lease runs out by itself; the retry just waits for it.
+            logger.warning("could not release a claim", extra={"what": what, "code": error_code(error)})
