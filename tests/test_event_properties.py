@@ -30,6 +30,9 @@ CASES = [
     ("lifecycle", "lifecycle-launch"),
     ("lifecycle", "lifecycle-terminate"),
     ("health", "schedule"),
+    ("capacity", "launch-unsuccessful-spot-capacity"),
+    ("capacity", "alarm-endpoint-down"),
+    ("capacity", "capacity-schedule"),
 ]
 
 json_values = st.recursive(
@@ -73,6 +76,7 @@ def side_effects(stack: Any, hooks: LifecycleHooks) -> tuple:
     table = stack.session.client("dynamodb").scan(TableName=stack.table_name)["Items"]
     return (
         group["DesiredCapacity"],
+        str(group.get("MixedInstancesPolicy")),
         sorted((i["InstanceId"], i["HealthStatus"]) for i in group["Instances"]),
         stack.eip_holder(),
         len(hooks.calls),
@@ -88,11 +92,17 @@ def test_mutated_events_are_handled_or_rejected_cleanly(function, sample, caplog
         stack = create_stack(boto3.session.Session(region_name="us-east-1"))
         clock, hooks = SimClock(), LifecycleHooks()
         fleet = EmulatedInstances(stack.session.client("ec2"), MODEL_ID, clock)
-        deps = control_deps_for(stack, clock=clock, tgi=fleet.tgi_client(), hooks=hooks)
+        if function == "capacity":
+            from test_capacity import Capacity
+
+            capacity = Capacity(stack, clock)
+            deps, hooks = capacity.deps, capacity.hooks
+        else:
+            deps = control_deps_for(stack, clock=clock, tgi=fleet.tgi_client(), hooks=hooks)
         original = load_event(sample)
         outcomes: dict[str, int] = {"rejected": 0, "handled": 0}
 
-        @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
         @given(event=mutated(original))
         def check(event: dict) -> None:
             caplog.clear()
