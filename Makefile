@@ -4,6 +4,7 @@ SHELL := /bin/bash
 
 VENV     ?= .venv
 SAM_VENV ?= .venv-sam
+CHECKOV_VENV ?= .venv-checkov
 PY       := $(VENV)/bin/python
 # Python 3.13 is the Lambda runtime. pyenv installs keep it off the default PATH.
 PY313    := $(shell PYENV_VERSION=3.13.0 python3.13 -c 'import sys; print(sys.executable)' 2>/dev/null || command -v python3.13 2>/dev/null)
@@ -12,7 +13,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 # sam build resolves "python3.13" on PATH for the runtime; the venv has it.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help dev check-python lint cfn-lint sam-validate build unit test demo bench format clean
+.PHONY: help dev check-python lint cfn-lint checkov sam-validate build unit test demo bench format clean
 
 help:
 	@echo "make demo   - the game day drill on an embedded local AWS"
@@ -37,7 +38,14 @@ $(SAM_VENV)/.stamp: | check-python
 	$(SAM_VENV)/bin/uv pip install -q --python $(SAM_VENV)/bin/python aws-sam-cli==1.170.0
 	@touch $@
 
-dev: $(VENV)/.stamp $(SAM_VENV)/.stamp
+# checkov pins its own dependency tree, so it gets a venv of its own.
+$(CHECKOV_VENV)/.stamp: | check-python
+	@test -x $(CHECKOV_VENV)/bin/python || $(PY313) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q --disable-pip-version-check uv
+	$(CHECKOV_VENV)/bin/uv pip install -q --python $(CHECKOV_VENV)/bin/python checkov==3.3.30
+	@touch $@
+
+dev: $(VENV)/.stamp $(SAM_VENV)/.stamp $(CHECKOV_VENV)/.stamp
 
 format: $(VENV)/.stamp
 	$(VENV)/bin/ruff format .
@@ -50,6 +58,11 @@ lint: $(VENV)/.stamp
 cfn-lint: $(VENV)/.stamp
 	$(VENV)/bin/cfn-lint template.yaml
 
+# Skips are written next to each resource (Metadata.checkov.skip) with the reason.
+checkov: $(CHECKOV_VENV)/.stamp
+	BC_SKIP_MAPPING=TRUE $(CHECKOV_VENV)/bin/checkov -f template.yaml --framework cloudformation --skip-download \
+	  --compact --quiet
+
 sam-validate: $(SAM_VENV)/.stamp
 	AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing $(SAM_VENV)/bin/sam validate --lint --region $(AWS_DEFAULT_REGION)
 
@@ -59,16 +72,15 @@ build: $(SAM_VENV)/.stamp $(VENV)/.stamp
 unit: $(VENV)/.stamp
 	$(PY) -m pytest
 
-test: lint cfn-lint sam-validate build unit
+test: lint cfn-lint checkov sam-validate build unit
 
-demo:
-	@echo "make demo: the game day drill has not landed yet (issue: Game day)."
-	@echo "Until it does, 'make test' runs the moto scenario of a Spot interruption."
-	@exit 1
+demo: $(VENV)/.stamp
+	PYTHONPATH=layers/spotkeeper:local $(PY) -m spotkeeper_local.drill
 
-bench:
-	@echo "make bench: the benchmarks have not landed yet (issue: Benchmarks)."
-	@exit 1
+# Gateway overhead, cold starts, reactions, failover and cost; tables on stdout, build/bench/results.json.
+# BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--quick" or "--only cold".
+bench: $(VENV)/.stamp $(SAM_VENV)/.stamp
+	PYTHONPATH=layers/spotkeeper:local $(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf .aws-sam .pytest_cache .ruff_cache

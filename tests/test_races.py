@@ -95,7 +95,6 @@ def reactions(world: World, warning: dict, launch_event: dict) -> dict[str, Any]
     parsed_warning = parse_event(warning, SpotInterruptionWarning)
     parsed_launch = parse_event(launch_event, LaunchLifecycleAction)
 
-
     def launch(deps: ControlDeps) -> str:
         # As the lifecycle handler does: a second delivery while the first is still waiting is dropped.
         context = LambdaContext("spotkeeper-lifecycle", timeout_seconds=300, clock=world.clock)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,9 @@ class LifecycleHooks:
 
     actions: dict[str, LifecycleAction] = field(default_factory=dict)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Called with ("complete" | "heartbeat", action) after each accepted call: the group stand-in of the drill
+    # finishes the launch or termination the action was holding.
+    listeners: list[Callable[[str, LifecycleAction], None]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def open(self, group: str, hook: str, instance_id: str, transition: str) -> LifecycleAction:
@@ -93,32 +97,56 @@ class LifecycleHooks:
                     "CompleteLifecycleAction",
                 )
             action.result = params["LifecycleActionResult"]
+        self._notify("complete", action)
         return {}
 
     def heartbeat(self, params: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             self.calls.append(("RecordLifecycleActionHeartbeat", dict(params)))
-            self._find(params, "RecordLifecycleActionHeartbeat").heartbeats += 1
+            action = self._find(params, "RecordLifecycleActionHeartbeat")
+            action.heartbeats += 1
+        self._notify("heartbeat", action)
         return {}
+
+    def expire(self, token: str, default_result: str) -> bool:
+        """The heartbeat timeout passed: AWS completes the action with the hook's DefaultResult."""
+        with self._lock:
+            action = self.actions.get(token)
+            if action is None or action.result is not None:
+                return False
+            action.result = default_result
+        self._notify("complete", action)
+        return True
+
+    def _notify(self, what: str, action: LifecycleAction) -> None:
+        for listener in list(self.listeners):
+            listener(what, action)
 
     def install(self, autoscaling_client: Any) -> None:
         """Answer the two calls on this client instead of sending them to moto."""
-        events = autoscaling_client.meta.events
+        answer_locally(autoscaling_client, "CompleteLifecycleAction", self.complete)
+        answer_locally(autoscaling_client, "RecordLifecycleActionHeartbeat", self.heartbeat)
 
-        def remember_params(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-            context["spotkeeper_api_params"] = dict(params)
 
-        def answer(operation: str, handler: Any) -> Any:
-            def before_call(context: dict[str, Any], **_: Any) -> Any:
-                parsed = handler(context.get("spotkeeper_api_params", {}))
-                parsed["ResponseMetadata"] = {"HTTPStatusCode": 200, "RequestId": str(uuid.uuid4())}
-                return _FakeHttp(), parsed
+def answer_locally(
+    autoscaling_client: Any, operation: str, handler: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    """Answer ``operation`` on this Auto Scaling client with ``handler(params)`` instead of sending it to moto.
 
-            events.register(f"before-parameter-build.auto-scaling.{operation}", remember_params)
-            events.register(f"before-call.auto-scaling.{operation}", before_call)
+    ``handler`` returns the parsed response, or raises botocore's ClientError as AWS would answer.
+    """
+    events = autoscaling_client.meta.events
 
-        answer("CompleteLifecycleAction", self.complete)
-        answer("RecordLifecycleActionHeartbeat", self.heartbeat)
+    def remember_params(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["spotkeeper_api_params"] = dict(params)
+
+    def before_call(context: dict[str, Any], **_: Any) -> Any:
+        parsed = handler(context.get("spotkeeper_api_params", {}))
+        parsed["ResponseMetadata"] = {"HTTPStatusCode": 200, "RequestId": str(uuid.uuid4())}
+        return _FakeHttp(), parsed
+
+    events.register(f"before-parameter-build.auto-scaling.{operation}", remember_params)
+    events.register(f"before-call.auto-scaling.{operation}", before_call)
 
 
 class _FakeHttp:
@@ -135,8 +163,8 @@ class GroupWatcher:
         autoscaling: Any,
         group: str,
         hooks: LifecycleHooks,
-        launch_hook: str = "spotkeeper-launching",
-        terminate_hook: str = "spotkeeper-terminating",
+        launch_hook: str = "spotkeeper-launch",
+        terminate_hook: str = "spotkeeper-terminate",
     ) -> None:
         self._autoscaling = autoscaling
         self.group = group

@@ -23,6 +23,7 @@ CONTINUE = "CONTINUE"
 ABANDON = "ABANDON"
 RETIRE = "retire"
 RESTORE_DESIRED = "restore-desired"
+HEARTBEAT_EVERY_SECONDS = 60.0
 
 
 def on_instance_launching(
@@ -48,10 +49,15 @@ def on_instance_launching(
 
 def wait_for_ready(launch: PendingLaunch, deps: ControlDeps, remaining_seconds: Callable[[], float], owner: str) -> str:
     """Poll the new instance until it is ready, its deadline passes, or this invocation must hand over."""
+    last_heartbeat = deps.clock.now()
     while True:
         outcome = check_launch(launch, deps, owner)
         if outcome != "waiting":
             return outcome
+        if deps.clock.now() - last_heartbeat >= HEARTBEAT_EVERY_SECONDS:
+            # Keeps the hook pending past its HeartbeatTimeout while a large model loads.
+            deps.fleet.heartbeat(launch.hook_name, launch.token, launch.instance_id)
+            last_heartbeat = deps.clock.now()
         if remaining_seconds() < deps.env.ready_poll_seconds + deps.env.handover_margin_seconds:
             deps.fleet.heartbeat(launch.hook_name, launch.token, launch.instance_id)
             logger.info("handing the launch over to the scheduled probe", extra={"instance_id": launch.instance_id})
@@ -149,10 +155,13 @@ def retire_replaced(deps: ControlDeps, keep: str) -> list[str]:
         if group.instance(record.instance_id) is None:
             deps.state.finish_action(deps.group, record.instance_id, RETIRE)
             continue
-        if deps.state.claim_action(deps.group, record.instance_id, RETIRE, owner=keep):
-            deps.fleet.retire(record.instance_id)
+        if deps.state.claim_action(deps.group, record.instance_id, RETIRE, owner=keep) and deps.fleet.retire(
+            record.instance_id
+        ):
             deps.state.finish_action(deps.group, record.instance_id, RETIRE)
             retired.append(record.instance_id)
+        # A retire that found the instance already leaving (Spot took it first) did not decrement desired
+        # capacity: the instance stays un-retired, and its terminate hook gives the extra capacity back.
     return retired
 
 
@@ -175,7 +184,6 @@ def abandon(launch: PendingLaunch, deps: ControlDeps, reason: str, owner: str) -
 def on_instance_terminating(event: TerminateLifecycleAction, deps: ControlDeps) -> str:
     detail = event.detail
     instance_id = detail.instance_id
-    first = deps.state.mark_draining(deps.group, instance_id, at=deps.clock.now())
     group = deps.fleet.describe_group()
     record = deps.state.get_instance(deps.group, instance_id)
     # If Spot took it before its replacement was ready, give back the extra capacity asked for it, before the
@@ -192,6 +200,9 @@ def on_instance_terminating(event: TerminateLifecycleAction, deps: ControlDeps) 
     handed_to = None
     if endpoint.serving_instance_id == instance_id:
         handed_to = hand_over_serving(instance_id, group, deps)
+    # Marked draining only after the hand-over, so the gateway never sees a draining serving instance while a
+    # ready one is there to take over.
+    first = deps.state.mark_draining(deps.group, instance_id, at=deps.clock.now())
     address = deps.fleet.private_address(instance_id)
     drained = drain(address, deps) if address else "gone"
     completed = deps.fleet.complete_lifecycle_action(

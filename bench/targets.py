@@ -1,0 +1,122 @@
+"""The issue's targets, each checked against this run's numbers: PASS, MISS, or not measured."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+CONTROL_COLD_RATIO = 1.5
+GATEWAY_COLD_RATIO = 2.0
+GATEWAY_P50_RATIO = {1: 1.05, 32: 1.10}
+TTFT_OVERHEAD_MS = 5.0
+WARNING_TO_REPLACEMENT_CALLS = 3
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    limit: str
+    measured: str
+    verdict: str  # "PASS", "MISS" or "NOT MEASURED"
+
+    def as_json(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "NOT MEASURED" if ok is None else ("PASS" if ok else "MISS")
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:g}{unit}"
+
+
+def gateway_targets(gateway: dict[str, Any] | None) -> list[Target]:
+    levels = {level["clients"]: level for level in (gateway or {}).get("levels", [])}
+    found = []
+    for clients, limit in GATEWAY_P50_RATIO.items():
+        ratio = levels[clients]["generate"]["p50_ratio"] if clients in levels else None
+        found.append(
+            Target(
+                f"gateway p50 / direct p50, /generate, {clients} client(s)",
+                f"<= {limit:g}",
+                _fmt(ratio),
+                _verdict(None if ratio is None else ratio <= limit),
+            )
+        )
+    for clients in sorted(levels) or [1]:
+        overhead = levels[clients]["stream_ttft"]["p50_overhead_ms"] if clients in levels else None
+        found.append(
+            Target(
+                f"streaming time-to-first-token overhead (p50), {clients} client(s)",
+                f"<= {TTFT_OVERHEAD_MS:g} ms",
+                _fmt(overhead, " ms"),
+                _verdict(None if overhead is None else overhead <= TTFT_OVERHEAD_MS),
+            )
+        )
+    return found
+
+
+def cold_start_targets(cold: dict[str, Any] | None) -> list[Target]:
+    results = (cold or {}).get("targets", {})
+    found = []
+    for name in ("interruption", "lifecycle", "health", "capacity", "authorizer", "gateway"):
+        limit = GATEWAY_COLD_RATIO if name == "gateway" else CONTROL_COLD_RATIO
+        ratio = results.get(name, {}).get("ratio_to_boto3")
+        found.append(
+            Target(
+                f"cold start of {name} (import + clients) / import boto3",
+                f"<= {limit:g}x",
+                _fmt(ratio, "x"),
+                _verdict(None if ratio is None else ratio <= limit),
+            )
+        )
+    return found
+
+
+def reaction_targets(reaction: dict[str, Any] | None) -> list[Target]:
+    calls = (reaction or {}).get("warning_to_replacement_calls")
+    return [
+        Target(
+            "Spot warning -> replacement launch requested",
+            f"<= {WARNING_TO_REPLACEMENT_CALLS} AWS API calls",
+            _fmt(calls, " calls"),
+            _verdict(None if calls is None else calls <= WARNING_TO_REPLACEMENT_CALLS),
+        )
+    ]
+
+
+def failover_targets(failover: dict[str, Any] | None, load_seconds: tuple[float, ...]) -> list[Target]:
+    rows = (failover or {}).get("rows", [])
+    found = []
+    for load in load_seconds:
+        rebalance = next((r for r in rows if r["scenario"] == "rebalance" and r["load_seconds"] == load), None)
+        found.append(
+            Target(
+                f"scenario 2 (rebalance first), model load {load:g} s: failed requests",
+                "0",
+                "n/a" if rebalance is None else f"{rebalance['failed']} of {rebalance['sent']}",
+                _verdict(None if rebalance is None else rebalance["failed"] == 0),
+            )
+        )
+    for load in load_seconds:
+        row = next((r for r in rows if r["scenario"] == "interruption" and r["load_seconds"] == load), None)
+        bound = row.get("downtime_bound_seconds") if row else None
+        found.append(
+            Target(
+                f"scenario 1 (interruption), model load {load:g} s: downtime",
+                "n/a" if bound is None else f"<= {bound:g} s (max(0, launch-to-ready - 120) + 10)",
+                "n/a" if row is None else f"{row['downtime_seconds']:g} s",
+                _verdict(None if row is None or bound is None else row["downtime_seconds"] <= bound),
+            )
+        )
+    return found
+
+
+def evaluate(results: dict[str, Any], load_seconds: tuple[float, ...]) -> list[Target]:
+    return [
+        *gateway_targets(results.get("gateway_overhead")),
+        *cold_start_targets(results.get("cold_start")),
+        *reaction_targets(results.get("reaction")),
+        *failover_targets(results.get("failover"), load_seconds),
+    ]

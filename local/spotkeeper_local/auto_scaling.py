@@ -1,0 +1,666 @@
+"""Auto Scaling and EC2 behaviour the drill needs and moto does not have, for the groups it is attached to.
+
+moto launches and terminates a group's instances at once: no instance waits in ``Pending:Wait`` or
+``Terminating:Wait``, lifecycle hooks are stored but never run, Spot capacity never runs out, Capacity
+Rebalancing is ignored and nothing is emitted to EventBridge. ``GroupStandIn`` stands in for exactly that, in
+the embedded moto server's own process (it changes moto's models directly, like a second AWS service would):
+
+* a new instance of a group with a launch hook waits in ``Pending:Wait`` until its lifecycle action is
+  completed (CONTINUE -> ``InService``; ABANDON or the heartbeat timeout's ABANDON -> terminated, and the group
+  tries again); instances in ``Pending`` states count toward desired capacity, as in AWS;
+* every way an instance leaves (TerminateInstanceInAutoScalingGroup, a scale-in, EC2 terminating it, Spot
+  reclaiming it) goes through ``Terminating:Wait`` and the terminate hook, and the group launches a replacement
+  only if it is below desired capacity once the termination has completed;
+* Spot reclaims an instance: EC2 terminates it (its TGI emulator dies with it), the group notices;
+* Capacity Rebalancing: on a rebalance recommendation the group launches a replacement and terminates the
+  at-risk instance once the replacement is ``InService``;
+* the Spot market: when Spot capacity is out, a launch that would be Spot fails with the reason AWS gives and an
+  ``EC2 Instance Launch Unsuccessful`` event, and the group retries (at once when its policy changes); On-Demand
+  launches still succeed. Which launches are Spot follows the group's MixedInstancesPolicy (On-Demand base
+  capacity first);
+* instance refresh (StartInstanceRefresh, DescribeInstanceRefreshes, CancelInstanceRefresh, answered on the
+  clients given to ``answer_refreshes_on``), carried out as Auto Scaling does with MinHealthyPercentage 100:
+  per instance the replacement launches (and waits for its launch hook), then the old one terminates (through
+  its terminate hook).
+
+Lifecycle actions are the ``LifecycleHooks`` of ``lifecycle_hooks.py`` (which answers CompleteLifecycleAction and
+RecordLifecycleActionHeartbeat on the control plane's clients). What happened is queued in ``events`` (to put on
+the bus), ``booted`` / ``gone`` (instances whose TGI starts / dies) and ``log`` (for the drill's timeline).
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from spotkeeper_local.aws_events import aws_event
+from spotkeeper_local.lifecycle_hooks import (
+    LAUNCHING,
+    TERMINATING,
+    LifecycleAction,
+    LifecycleHooks,
+    answer_locally,
+    lifecycle_event,
+)
+
+ACCOUNT_ID = "123456789012"
+REGION = "us-east-1"
+SPOT = "spot"
+ON_DEMAND = "on-demand"
+PENDING_STATES = frozenset({"Pending", "Pending:Wait", "Pending:Proceed"})
+# How often a group below desired capacity tries again after a failed launch.
+LAUNCH_RETRY_SECONDS = 60.0
+NO_SPOT_CAPACITY = (
+    "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity available that "
+    "matches your request. Launching EC2 instance failed."
+)
+
+_registry: dict[str, GroupStandIn] = {}
+_patch_lock = threading.Lock()
+
+
+def _backends() -> tuple[Any, Any]:
+    from moto.autoscaling.models import autoscaling_backends
+    from moto.ec2.models import ec2_backends
+
+    return autoscaling_backends[ACCOUNT_ID][REGION], ec2_backends[ACCOUNT_ID][REGION]
+
+
+def _install_patches() -> None:
+    """Route moto's group capacity changes through the stand-in of each attached group (others unchanged)."""
+    from moto.autoscaling import models
+
+    with _patch_lock:
+        if getattr(models, "_spotkeeper_stand_in", False):
+            return
+        group_class, backend_class = models.FakeAutoScalingGroup, models.AutoScalingBackend
+        original_active = group_class.active_instances
+        original_set_desired = group_class.set_desired_capacity
+        original_replace = group_class.replace_autoscaling_group_instances
+        original_terminate = backend_class.terminate_instance
+        original_notify = backend_class.notify_terminate_instances
+
+        def active_instances(self: Any) -> list[Any]:
+            stand_in = _registry.get(self.name)
+            return stand_in.counted(self) if stand_in else original_active(self)
+
+        def set_desired_capacity(self: Any, new_capacity: int | None) -> None:
+            stand_in = _registry.get(self.name)
+            if stand_in is None:
+                original_set_desired(self, new_capacity)
+            else:
+                stand_in.set_desired(self, new_capacity)
+
+        def replace_autoscaling_group_instances(self: Any, count_needed: int, propagated_tags: dict) -> None:
+            stand_in = _registry.get(self.name)
+            if stand_in is None:
+                original_replace(self, count_needed, propagated_tags)
+            else:
+                stand_in.launch(self, count_needed, lambda: original_replace(self, 1, dict(propagated_tags)))
+
+        def terminate_instance(self: Any, instance_id: str, should_decrement: bool) -> Any:
+            for group in self.autoscaling_groups.values():
+                stand_in = _registry.get(group.name)
+                if stand_in is not None and any(s.instance.id == instance_id for s in group.instance_states):
+                    return stand_in.terminate_in_group(group, instance_id, should_decrement)
+            return original_terminate(self, instance_id, should_decrement)
+
+        def notify_terminate_instances(self: Any, instance_ids: list[str]) -> None:
+            # EC2's TerminateInstances on a member: the group notices and runs its terminate hook.
+            handled = set()
+            for group in self.autoscaling_groups.values():
+                stand_in = _registry.get(group.name)
+                if stand_in is None:
+                    continue
+                for instance_id in instance_ids:
+                    if any(s.instance.id == instance_id for s in group.instance_states):
+                        stand_in.begin_termination(group, instance_id, "EC2 terminated it")
+                        handled.add(instance_id)
+            rest = [i for i in instance_ids if i not in handled]
+            if rest:
+                original_notify(self, rest)
+
+        group_class.active_instances = active_instances
+        group_class.set_desired_capacity = set_desired_capacity
+        group_class.replace_autoscaling_group_instances = replace_autoscaling_group_instances
+        backend_class.terminate_instance = terminate_instance
+        backend_class.notify_terminate_instances = notify_terminate_instances
+        models._spotkeeper_stand_in = True
+
+
+def _validation_error(message: str) -> Exception:
+    from moto.autoscaling.exceptions import ValidationError
+
+    return ValidationError(message)
+
+
+@dataclass
+class SpotMarket:
+    """Whether EC2 has Spot capacity for the group's instance types right now."""
+
+    capacity: bool = True
+
+    def has_capacity(self) -> bool:
+        return self.capacity
+
+
+ACTIVE_REFRESH = ("Pending", "InProgress", "Cancelling")
+
+
+@dataclass
+class _Refresh:
+    refresh_id: str
+    preferences: dict[str, Any]
+    started_at: float
+    to_replace: list[str]
+    status: str = "Pending"
+    status_reason: str = ""
+    ended_at: float | None = None
+    replaced: list[str] = field(default_factory=list)
+    replacement: str | None = None  # launched for the instance being replaced now
+    tried_at: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_REFRESH
+
+    def describe(self, group: str) -> dict[str, Any]:
+        total = max(1, len(self.to_replace))
+        described: dict[str, Any] = {
+            "InstanceRefreshId": self.refresh_id,
+            "AutoScalingGroupName": group,
+            "Status": self.status,
+            "StatusReason": self.status_reason,
+            "StartTime": datetime.fromtimestamp(self.started_at, UTC),
+            "PercentageComplete": 100 if self.status == "Successful" else int(100 * len(self.replaced) / total),
+            "InstancesToUpdate": len(self.to_replace) - len(self.replaced),
+            "Preferences": self.preferences,
+            "Strategy": "Rolling",
+        }
+        if self.ended_at is not None:
+            described["EndTime"] = datetime.fromtimestamp(self.ended_at, UTC)
+        return described
+
+
+def _client_error(operation: str, code: str, message: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+
+@dataclass
+class _Hold:
+    action: LifecycleAction
+    deadline: float
+    timeout: float
+    default_result: str
+    reason: str = ""
+
+
+@dataclass
+class GroupStandIn:
+    """Stands in for Auto Scaling's lifecycle of one group of the embedded moto (see the module docstring)."""
+
+    group_name: str
+    hooks: LifecycleHooks
+    clock: Any
+    market: SpotMarket = field(default_factory=SpotMarket)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    booted: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    log: list[tuple[float, str]] = field(default_factory=list)
+    purchase: dict[str, str] = field(default_factory=dict)  # instance -> spot / on-demand
+    _holds: dict[str, _Hold] = field(default_factory=dict)  # token -> what the action holds
+    refreshes: list[_Refresh] = field(default_factory=list)  # newest first, as AWS lists them
+    _replacing: dict[str, str] = field(default_factory=dict)  # replacement -> instance it replaces
+    _failed_launch_at: float | None = None
+    _failed_with_base: int | None = None
+    _lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def attach(self, launching: bool = True) -> GroupStandIn:
+        """Take over the group. Its instances (moto launched them with the stack) are launching now, as in AWS:
+        each waits in Pending:Wait for its launch hook; with ``launching`` False they are simply InService."""
+        _install_patches()
+        _registry[self.group_name] = self
+        self.hooks.listeners.append(self._on_action)
+        with self._lock:
+            group = self._group()
+            for state in list(group.instance_states):
+                purchase = self.purchase.setdefault(state.instance.id, self._next_purchase(group))
+                self._describe_instance(group, state.instance, purchase)
+                if launching:
+                    self._launched(group, state)
+                else:
+                    self.booted.append(state.instance.id)
+        return self
+
+    def on_demand_base(self) -> int:
+        return self._on_demand_base(self._group())
+
+    def detach(self) -> None:
+        _registry.pop(self.group_name, None)
+        if self._on_action in self.hooks.listeners:
+            self.hooks.listeners.remove(self._on_action)
+
+    # moto's view ---------------------------------------------------------------------------------
+    def _group(self) -> Any:
+        autoscaling, _ = _backends()
+        return autoscaling.autoscaling_groups[self.group_name]
+
+    def _hook(self, group: Any, transition: str) -> Any:
+        autoscaling, _ = _backends()
+        return next(
+            (
+                hook
+                for hook in autoscaling.lifecycle_hooks.values()
+                if hook.auto_scaling_group_name == group.name and hook.lifecycle_transition == transition
+            ),
+            None,
+        )
+
+    def _state(self, group: Any, instance_id: str) -> Any:
+        return next((s for s in group.instance_states if s.instance.id == instance_id), None)
+
+    def counted(self, group: Any) -> list[Any]:
+        """Instances that count toward desired capacity: pending or in service, not leaving; an at-risk instance
+        stops counting once its Capacity Rebalancing replacement does."""
+        states = [
+            s for s in group.instance_states if s.lifecycle_state == "InService" or s.lifecycle_state in PENDING_STATES
+        ]
+        replaced = {old for new, old in self._replacing.items() if any(s.instance.id == new for s in states)}
+        return [s for s in states if s.instance.id not in replaced]
+
+    def _say(self, text: str) -> None:
+        self.log.append((self.clock.now(), text))
+
+    # capacity ------------------------------------------------------------------------------------
+    def set_desired(self, group: Any, new_capacity: int | None) -> None:
+        with self._lock:
+            group.desired_capacity = group.min_size if new_capacity is None else new_capacity
+            counted = self.counted(group)
+            missing = group.desired_capacity - len(counted)
+            if missing > 0:
+                group.replace_autoscaling_group_instances(missing, group.get_propagated_tags())
+            elif missing < 0:
+                # AWS's default termination policy balances zones, then allocation strategies, then takes the
+                # oldest launch template, then the instance closest to its next billing hour. One zone and one
+                # template here, and no billing hours: the oldest instance goes.
+                for state in sorted(counted, key=lambda s: s.instance.launch_time)[:-missing]:
+                    self.begin_termination(group, state.instance.id, "scale-in")
+
+    @staticmethod
+    def _on_demand_base(group: Any) -> int:
+        distribution = (group.mixed_instances_policy or {}).get("InstancesDistribution", {})
+        return int(distribution.get("OnDemandBaseCapacity", 0))
+
+    def _next_purchase(self, group: Any) -> str:
+        distribution = (group.mixed_instances_policy or {}).get("InstancesDistribution", {})
+        if not group.mixed_instances_policy:
+            return ON_DEMAND
+        base = self._on_demand_base(group)
+        above = int(distribution.get("OnDemandPercentageAboveBaseCapacity", 100))
+        on_demand = sum(1 for s in self.counted(group) if self.purchase.get(s.instance.id) == ON_DEMAND)
+        if on_demand < base:
+            return ON_DEMAND
+        return ON_DEMAND if above >= 50 else SPOT
+
+    def launch(self, group: Any, count: int, launch_one: Callable[[], None]) -> list[str]:
+        """The group launches ``count`` instances, each Spot or On-Demand as its policy says."""
+        launched: list[str] = []
+        with self._lock:
+            for _ in range(count):
+                purchase = self._next_purchase(group)
+                if purchase == SPOT and not self.market.has_capacity():
+                    self._launch_failed(group)
+                    return launched
+                before = {s.instance.id for s in group.instance_states}
+                launch_one()
+                for state in group.instance_states:
+                    if state.instance.id in before:
+                        continue
+                    self.purchase[state.instance.id] = purchase
+                    self._describe_instance(group, state.instance, purchase)
+                    launched.append(state.instance.id)
+                    self._launched(group, state)
+            self._failed_launch_at = None
+        return launched
+
+    def _launch_extra(self, group: Any) -> str | None:
+        """One instance above desired capacity (a replacement launched before its predecessor goes)."""
+        before = {s.instance.id for s in group.instance_states}
+        group.replace_autoscaling_group_instances(1, group.get_propagated_tags())
+        return next((s.instance.id for s in group.instance_states if s.instance.id not in before), None)
+
+    def _describe_instance(self, group: Any, instance: Any, purchase: str) -> None:
+        overrides = (group.mixed_instances_policy or {}).get("LaunchTemplate", {}).get("Overrides", [])
+        if overrides and overrides[0].get("InstanceType"):
+            # A prioritized / price-capacity-optimized choice from a healthy market: the first type listed.
+            instance.instance_type = overrides[0]["InstanceType"]
+        instance.lifecycle = SPOT if purchase == SPOT else None
+        state = self._state(group, instance.id)
+        if state is not None:
+            state.instance_type = instance.instance_type
+
+    def _launched(self, group: Any, state: Any) -> None:
+        instance_id = state.instance.id
+        hook = self._hook(group, LAUNCHING)
+        self.booted.append(instance_id)
+        if hook is None:
+            state.lifecycle_state = "InService"
+            self._say(f"{instance_id} launched ({self.purchase[instance_id]}), InService (no hook)")
+            self._in_service(group, instance_id)
+            return
+        state.lifecycle_state = "Pending:Wait"
+        action = self.hooks.open(group.name, hook.name, instance_id, LAUNCHING)
+        self._hold(action, float(hook.heartbeat_timeout), hook.default_result)
+        self.events.append(lifecycle_event(group.name, hook.name, instance_id, LAUNCHING, action.token))
+        self._say(f"{instance_id} launched ({self.purchase[instance_id]}), Pending:Wait")
+
+    def _launch_failed(self, group: Any) -> None:
+        now = self.clock.now()
+        self._failed_launch_at = now
+        self._failed_with_base = self._on_demand_base(group)
+        subnet = (group.vpc_zone_identifier or "").split(",")[0]
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        self.events.append(
+            aws_event(
+                "launch-unsuccessful-spot-capacity",
+                detail={
+                    "AutoScalingGroupName": group.name,
+                    "StatusMessage": NO_SPOT_CAPACITY,
+                    "Description": f"Launching a new EC2 instance.  Status Reason: {NO_SPOT_CAPACITY}",
+                    "Details": {"Subnet ID": subnet, "Availability Zone": f"{REGION}a"},
+                    "StartTime": stamp,
+                    "EndTime": stamp,
+                    "Cause": (
+                        f"At {stamp} an instance was started in response to a difference between desired and actual "
+                        f"capacity, increasing the capacity from {len(self.counted(group))} to "
+                        f"{group.desired_capacity}."
+                    ),
+                },
+                resources=[group.arn],
+                at=now,
+            )
+        )
+        self._say("Spot launch failed: InsufficientInstanceCapacity")
+
+    # lifecycle actions -----------------------------------------------------------------------------
+    def _hold(self, action: LifecycleAction, timeout: float, default_result: str, reason: str = "") -> None:
+        self._holds[action.token] = _Hold(action, self.clock.now() + timeout, timeout, default_result, reason)
+
+    def _on_action(self, what: str, action: LifecycleAction) -> None:
+        with self._lock:
+            hold = self._holds.get(action.token)
+            if hold is None:
+                return
+            if what == "heartbeat":
+                hold.deadline = self.clock.now() + hold.timeout
+                return
+            del self._holds[action.token]
+            group = self._group()
+            if action.transition == LAUNCHING:
+                self._finish_launch(group, action.instance_id, action.result or "ABANDON")
+            else:
+                self._finish_termination(group, action.instance_id, action.result or "CONTINUE", hold.reason)
+
+    def _finish_launch(self, group: Any, instance_id: str, result: str) -> None:
+        state = self._state(group, instance_id)
+        if state is None:
+            return
+        if result == "CONTINUE":
+            state.lifecycle_state = "InService"
+            self._say(f"{instance_id} InService (launch hook CONTINUE)")
+            self._in_service(group, instance_id)
+            return
+        self._say(f"{instance_id} launch ABANDONed: terminated, group retries")
+        refresh = self._active_refresh()
+        if refresh is not None and refresh.replacement == instance_id:
+            self._end_refresh(refresh, "Failed", f"launch of {instance_id} was abandoned by its lifecycle hook")
+        self._remove(group, state)
+        self.set_desired(group, group.desired_capacity)
+
+    def _in_service(self, group: Any, instance_id: str) -> None:
+        """A replacement launched ahead of its predecessor is in service: the predecessor goes now."""
+        old = self._replacing.get(instance_id)
+        if old is None or self._state(group, old) is None:
+            return
+        refresh = self._active_refresh()
+        why = "instance refresh" if refresh and refresh.replacement == instance_id else "Capacity Rebalancing"
+        self.begin_termination(group, old, f"{why}: replacement InService")
+
+    def terminate_in_group(self, group: Any, instance_id: str, should_decrement: bool) -> Any:
+        """TerminateInstanceInAutoScalingGroup, as AWS answers it."""
+        from moto.autoscaling.models import TerminateInstanceActivity
+
+        with self._lock:
+            state = self._state(group, instance_id)
+            if state is None or not (state.lifecycle_state == "InService" or state.lifecycle_state in PENDING_STATES):
+                where = state.lifecycle_state if state is not None else "not in the group"
+                raise _validation_error(f"The instance {instance_id} is not in a state to be terminated ({where}).")
+            original_size = group.desired_capacity
+            if should_decrement:
+                if group.desired_capacity - 1 < group.min_size:
+                    raise _validation_error(
+                        f"Currently, desiredSize equals minSize ({group.min_size}). Terminating instance without "
+                        "replacement will violate group's min size constraint. Either set "
+                        "shouldDecrementDesiredCapacity flag to false or lower group's min size."
+                    )
+                group.desired_capacity -= 1
+            self.begin_termination(group, instance_id, "terminate API call")
+            return TerminateInstanceActivity(state.instance, original_size)
+
+    def begin_termination(self, group: Any, instance_id: str, reason: str) -> None:
+        """The instance leaves: Terminating:Wait and the terminate hook, or straight out without one."""
+        with self._lock:
+            state = self._state(group, instance_id)
+            if state is None or state.lifecycle_state.startswith("Terminating"):
+                return
+            for token, hold in list(self._holds.items()):
+                # A launch still waiting for its hook ends with the instance.
+                if hold.action.instance_id == instance_id and hold.action.transition == LAUNCHING:
+                    del self._holds[token]
+                    self.hooks.expire(token, "ABANDON")
+            hook = self._hook(group, TERMINATING)
+            if hook is None:
+                self._say(f"{instance_id} terminating ({reason}, no hook)")
+                self._finish_termination(group, instance_id, "", reason)
+                return
+            state.lifecycle_state = "Terminating:Wait"
+            action = self.hooks.open(group.name, hook.name, instance_id, TERMINATING)
+            self._hold(action, float(hook.heartbeat_timeout), hook.default_result, reason)
+            self.events.append(lifecycle_event(group.name, hook.name, instance_id, TERMINATING, action.token))
+            self._say(f"{instance_id} Terminating:Wait ({reason})")
+
+    def _finish_termination(self, group: Any, instance_id: str, result: str, reason: str) -> None:
+        state = self._state(group, instance_id)
+        if state is None:
+            return
+        self._remove(group, state)
+        self._say(f"{instance_id} terminated" + (f" (terminate hook {result})" if result else ""))
+        refresh = self._active_refresh()
+        if refresh is not None and instance_id in refresh.to_replace and instance_id not in refresh.replaced:
+            refresh.replaced.append(instance_id)
+            refresh.replacement = None
+            self._advance_refresh(group, refresh)
+        # The group replaces it only now, and only if it is below desired capacity.
+        if len(self.counted(group)) < (group.desired_capacity or 0):
+            self.set_desired(group, group.desired_capacity)
+
+    def _remove(self, group: Any, state: Any) -> None:
+        _, ec2 = _backends()
+        group.instance_states = [s for s in group.instance_states if s is not state]
+        self._replacing = {new: old for new, old in self._replacing.items() if state.instance.id not in (new, old)}
+        refresh = self._active_refresh()
+        if refresh is not None and refresh.replacement == state.instance.id:
+            refresh.replacement = None  # its replacement died before it served: the refresh launches another
+        instance = state.instance
+        if instance._state.name not in ("shutting-down", "terminated"):
+            ec2.terminate_instances([instance.id])
+        _disassociate_addresses(ec2, instance.id)
+        self.gone.append(instance.id)
+
+    # what EC2 and the Spot service do ----------------------------------------------------------------
+    def reclaim(self, instance_id: str) -> None:
+        """Spot takes the instance back (two minutes after its warning): EC2 terminates it, the group notices."""
+        with self._lock:
+            _, ec2 = _backends()
+            instance = ec2.get_instance(instance_id)
+            if instance._state.name != "terminated":
+                ec2.terminate_instances([instance_id])
+            _disassociate_addresses(ec2, instance_id)
+            self.gone.append(instance_id)
+            self._say(f"{instance_id} terminated by EC2 (Spot reclaim)")
+            group = self._group()
+            if self._state(group, instance_id) is not None:
+                self.begin_termination(group, instance_id, "Spot reclaimed it")
+
+    def rebalance_recommendation(self, instance_id: str) -> None:
+        """With Capacity Rebalancing on, the group launches a replacement for an instance at elevated risk."""
+        with self._lock:
+            group = self._group()
+            state = self._state(group, instance_id)
+            if not group.capacity_rebalance or state is None or state.lifecycle_state != "InService":
+                return
+            if instance_id in self._replacing.values():
+                return
+            self._say(f"Capacity Rebalancing replaces {instance_id}")
+            new = self._launch_extra(group)
+            if new is not None:
+                self._replacing[new] = instance_id
+
+    def tick(self) -> None:
+        """Time passed: expire lifecycle actions past their heartbeat timeout; retry failed launches."""
+        now = self.clock.now()
+        with self._lock:
+            for token, hold in list(self._holds.items()):
+                if now >= hold.deadline and self.hooks.expire(token, hold.default_result):
+                    self._say(
+                        f"{hold.action.instance_id}: {hold.action.hook} timed out, {hold.default_result} by default"
+                    )
+            group = self._group()
+            if (
+                self._failed_launch_at is not None
+                and (
+                    now - self._failed_launch_at >= LAUNCH_RETRY_SECONDS
+                    or self._on_demand_base(group) != self._failed_with_base
+                )
+                and len(self.counted(group)) < (group.desired_capacity or 0)
+            ):
+                self._failed_launch_at = None
+                self.set_desired(group, group.desired_capacity)
+            refresh = self._active_refresh()
+            if refresh is not None:
+                self._advance_refresh(group, refresh)
+
+    # instance refresh ----------------------------------------------------------------------------------
+    def answer_refreshes_on(self, autoscaling_client: Any) -> None:
+        answer_locally(autoscaling_client, "StartInstanceRefresh", self._start_refresh)
+        answer_locally(autoscaling_client, "DescribeInstanceRefreshes", self._describe_refreshes)
+        answer_locally(autoscaling_client, "CancelInstanceRefresh", self._cancel_refresh)
+
+    def _active_refresh(self) -> _Refresh | None:
+        return next((r for r in self.refreshes if r.active), None)
+
+    def _start_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
+        operation = "StartInstanceRefresh"
+        if params.get("AutoScalingGroupName") != self.group_name:
+            raise _client_error(
+                operation, "ValidationError", f"AutoScalingGroup name not found - {params.get('AutoScalingGroupName')}"
+            )
+        preferences = dict(params.get("Preferences") or {})
+        low, high = preferences.get("MinHealthyPercentage", 90), preferences.get("MaxHealthyPercentage")
+        if not 0 <= low <= 100 or (high is not None and (not 100 <= high <= 200 or high - low > 100)):
+            raise _client_error(
+                operation, "ValidationError", "MinHealthyPercentage 0-100, MaxHealthyPercentage 100-200"
+            )
+        if low < 100:
+            raise _client_error(operation, "ValidationError", "the drill plays only launch-before-terminate refreshes")
+        with self._lock:
+            if self._active_refresh() is not None:
+                raise _client_error(
+                    operation,
+                    "InstanceRefreshInProgress",
+                    "An Instance Refresh is already in progress and blocks the execution of this Instance Refresh.",
+                )
+            group = self._group()
+            refresh = _Refresh(
+                refresh_id=str(uuid.uuid4()),
+                preferences=preferences,
+                started_at=self.clock.now(),
+                to_replace=[s.instance.id for s in self.counted(group) if s.lifecycle_state == "InService"],
+            )
+            self.refreshes.insert(0, refresh)
+            self._say(f"instance refresh replaces {', '.join(refresh.to_replace) or 'nothing'}")
+        return {"InstanceRefreshId": refresh.refresh_id}
+
+    def _describe_refreshes(self, params: dict[str, Any]) -> dict[str, Any]:
+        wanted = set(params.get("InstanceRefreshIds") or [])
+        with self._lock:
+            found = [
+                r.describe(self.group_name)
+                for r in self.refreshes
+                if params.get("AutoScalingGroupName") == self.group_name and (not wanted or r.refresh_id in wanted)
+            ]
+        return {"InstanceRefreshes": found}
+
+    def _cancel_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            refresh = self._active_refresh() if params.get("AutoScalingGroupName") == self.group_name else None
+            if refresh is None:
+                raise _client_error(
+                    "CancelInstanceRefresh",
+                    "ActiveInstanceRefreshNotFound",
+                    "No in progress or pending Instance Refresh found",
+                )
+            self._end_refresh(refresh, "Cancelled", "cancelled")
+        return {"InstanceRefreshId": refresh.refresh_id}
+
+    def _end_refresh(self, refresh: _Refresh, status: str, reason: str = "") -> None:
+        refresh.status, refresh.status_reason, refresh.ended_at = status, reason, self.clock.now()
+        self._say(f"instance refresh {status.lower()}{': ' + reason if reason and status != 'Successful' else ''}")
+
+    def _advance_refresh(self, group: Any, refresh: _Refresh) -> None:
+        """Launch the next replacement when nothing is in flight; a failed launch is tried again later."""
+        refresh.status = "InProgress"
+        if refresh.replacement is not None:
+            return  # waiting for it to be InService, then for its predecessor to terminate
+        remaining = [i for i in refresh.to_replace if i not in refresh.replaced]
+        for old in list(remaining):
+            if self._state(group, old) is None:
+                refresh.replaced.append(old)  # gone meanwhile: nothing to replace
+                remaining.remove(old)
+        if not remaining:
+            self._end_refresh(refresh, "Successful")
+            return
+        now = self.clock.now()
+        if refresh.tried_at is not None and now - refresh.tried_at < LAUNCH_RETRY_SECONDS:
+            return
+        refresh.tried_at = now
+        new = self._launch_extra(group)
+        if new is not None:
+            refresh.replacement = new
+            self._replacing[new] = remaining[0]
+
+    # what the drill reads ------------------------------------------------------------------------------
+    def take(self) -> tuple[list[dict[str, Any]], list[str], list[str], list[tuple[float, str]]]:
+        with self._lock:
+            taken = (self.events, self.booted, self.gone, self.log)
+            self.events, self.booted, self.gone, self.log = [], [], [], []
+        return taken
+
+    def desired(self) -> int:
+        return int(self._group().desired_capacity or 0)
+
+    def members(self) -> list[tuple[str, str]]:
+        return [(s.instance.id, s.lifecycle_state) for s in self._group().instance_states]
+
+
+def _disassociate_addresses(ec2: Any, instance_id: str) -> None:
+    """EC2 takes an Elastic IP off an instance when the instance terminates."""
+    for address in ec2.describe_addresses():
+        if address.instance is not None and address.instance.id == instance_id:
+            ec2.disassociate_address(address=address.public_ip)

@@ -1,0 +1,612 @@
+"""One scenario's world: the stack deployed into the embedded AWS, its instances' TGI, the gateway, the clients.
+
+Time is simulated and advanced one second at a time (``SteppedClock``); at every second the world
+(``DrillWorld._tick``) lets the TGI emulators finish loading, fires what is due (the scenario's scripted
+actions, the template's schedules, lifecycle-hook timeouts, the group's launch retries), puts the events AWS
+would emit on the EventBridge bus, sends the clients' requests, and delivers what reached the functions' queues
+by invoking their real handlers in-process.
+
+Handlers sleep on the same clock (a launch hook polling TGI, a terminate hook draining), so the world keeps
+turning while one of them waits: events that arrive meanwhile are delivered to concurrent invocations, as
+Lambda runs them, at most ``MAX_CONCURRENT_INVOCATIONS`` deep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer
+
+from spotkeeper.aws import AwsClients
+from spotkeeper.deps import ControlDeps
+from spotkeeper.settings import CapacityEnv, ControlEnv
+from spotkeeper_local.auto_scaling import ACCOUNT_ID, REGION, GroupStandIn, SpotMarket
+from spotkeeper_local.aws_events import aws_event
+from spotkeeper_local.embedded_aws import DeployedStack, EmbeddedAws, LocalTemplate
+from spotkeeper_local.emulated_fleet import EmulatedInstances
+from spotkeeper_local.lambda_runtime import invoke, load_function
+from spotkeeper_local.lifecycle_hooks import LifecycleHooks
+from spotkeeper_local.load import ElasticIpRouter, LoadGenerator, RequestOutcome
+from spotkeeper_local.report import TimelineEntry
+from spotkeeper_local.sim_clock import SimClock
+from spotkeeper_local.spot_market_stand_ins import SpotMarketStandIn
+
+MAX_CONCURRENT_INVOCATIONS = 3
+# Lambda's asynchronous invocation retries a failed event twice (the template's EventInvokeConfig), about one and
+# two minutes later, then hands it to the OnFailure destination, the dead-letter queue.
+RETRY_DELAYS = (60.0, 120.0)
+# The Lambda Web Adapter's own settings: locally uvicorn serves the app directly.
+ADAPTER_ENV = ("AWS_LAMBDA_EXEC_WRAPPER", "AWS_LWA_INVOKE_MODE", "AWS_LWA_READINESS_CHECK_PATH", "PORT")
+# Spot prices the market stand-in quotes (USD/hour); they only size the saving in the fall-forward alert.
+SPOT_PRICES = {"g5.2xlarge": 0.45, "g6.2xlarge": 0.39, "g6e.2xlarge": 0.9}
+SHORT_NAMES = {
+    "EC2 Spot Instance Interruption Warning": "interruption warning",
+    "EC2 Instance Rebalance Recommendation": "rebalance",
+    "EC2 Instance-launch Lifecycle Action": "launch hook",
+    "EC2 Instance-terminate Lifecycle Action": "terminate hook",
+    "EC2 Instance Launch Unsuccessful": "launch unsuccessful",
+    "CloudWatch Alarm State Change": "alarm",
+    "Scheduled Event": "schedule",
+}
+
+
+class SteppedClock(SimClock):
+    """A simulated clock whose sleeps pass one second at a time, so what is due at a second happens then."""
+
+    step = 1.0
+
+    def sleep(self, seconds: float) -> None:
+        remaining = float(seconds)
+        while remaining > 1e-9:
+            step = min(self.step, remaining)
+            self.advance(step)
+            remaining -= step
+
+
+class GatewayServer:
+    """functions/gateway/app.py's ASGI app under uvicorn on 127.0.0.1, configured by the function's environment."""
+
+    def __init__(self, environment: dict[str, str]) -> None:
+        self._environment = environment
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self.url = ""
+
+    def start(self) -> GatewayServer:
+        import uvicorn
+
+        for name, value in self._environment.items():
+            if name not in ADAPTER_ENV:
+                os.environ[name] = value
+        os.environ.pop("TGI_URL", None)  # the serving instance comes from the state table
+        app = load_function("gateway").app
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and without it
+        # every response waits out Nagle's algorithm against the client's delayed ACK (40 ms a request).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, lifespan="on", http="h11")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self._thread.start()
+        for _ in range(500):
+            if self._server.started:
+                return self
+            if not self._thread.is_alive():
+                break
+            time.sleep(0.01)
+        raise RuntimeError("the gateway did not start (see build/drill/drill.log)")
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            if self._thread is not None:
+                self._thread.join(10)
+            self._server = None
+
+
+@dataclass
+class Invocation:
+    function: str
+    event: dict[str, Any]
+    started: float
+    ended: float
+    outcome: Any = None
+    error: str | None = None
+
+
+@dataclass
+class DrillWorld:
+    """Everything one scenario runs on. Build it with ``DrillWorld.deploy``; ``close`` it at the end."""
+
+    aws: EmbeddedAws
+    stack: DeployedStack
+    clock: SteppedClock
+    clients: AwsClients
+    hooks: LifecycleHooks
+    group: GroupStandIn
+    spot_scores: SpotMarketStandIn
+    fleet: EmulatedInstances
+    deps: dict[str, Any]
+    load_seconds: float
+    timeline: list[TimelineEntry] = field(default_factory=list)
+    invocations: list[Invocation] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+    launched_at: dict[str, float] = field(default_factory=dict)
+    ready_at: dict[str, float] = field(default_factory=dict)
+    origin: float = 0.0
+    load: LoadGenerator | None = None
+    gateway: GatewayServer | None = None
+    router: ElasticIpRouter | None = None
+    serving_log: list[tuple[float, str | None, bool]] = field(default_factory=list)  # (t, serving, its TGI ready)
+    mode_log: list[tuple[float, str]] = field(default_factory=list)
+    via: str = ""  # what the clients talk to: the gateway, or the elastic ip
+    concurrency: int = MAX_CONCURRENT_INVOCATIONS
+    eip_lost_from: str | None = None  # the instance the EIP was on when it last went to nothing
+    _actions: list[tuple[float, int, str, Callable[[], None]]] = field(default_factory=list)
+    _next_fire: dict[str, float] = field(default_factory=dict)
+    _dirty: bool = False
+    _pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _depth: int = 0
+    _seen: dict[str, Any] = field(default_factory=dict)
+    _tgi_states: dict[str, str] = field(default_factory=dict)
+    _seq: int = 0
+    _closed: bool = False
+    _clients: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def sqs(self) -> Any:
+        if "sqs" not in self._clients:
+            self._clients["sqs"] = self.clients.boto3_session().client("sqs")
+        return self._clients["sqs"]
+
+    @property
+    def events_client(self) -> Any:
+        if "events" not in self._clients:
+            self._clients["events"] = self.clients.boto3_session().client("events")
+        return self._clients["events"]
+
+    # building -----------------------------------------------------------------------------------------
+    @classmethod
+    def deploy(
+        cls,
+        aws: EmbeddedAws,
+        template: LocalTemplate,
+        stack_name: str,
+        parameters: dict[str, str],
+        load_seconds: float,
+        spotkeeper: bool = True,
+        first_load_seconds: float = 60.0,
+    ) -> DrillWorld:
+        """Deploy the stack and take over its group. The instance the stack launches loads its model in
+        ``first_load_seconds``; every later one in ``load_seconds``."""
+        stack = aws.deploy(template, stack_name, parameters)
+        clock = SteppedClock()
+        session = aws.session()
+        clients = AwsClients(session)
+        if not spotkeeper:
+            _plain_group(session, stack)
+        hooks = LifecycleHooks()
+        hooks.install(clients.autoscaling)
+        group = GroupStandIn(stack.group, hooks, clock, market=SpotMarket())
+        group.answer_refreshes_on(clients.autoscaling)
+        spot_scores = SpotMarketStandIn(default_score=9, clock=clock.now)
+        spot_scores.install(clients.ec2)
+        env = stack.function_env
+        model_id = env["lifecycle"]["MODEL_ID"]
+        tgi_port = int(env["lifecycle"]["TGI_PORT"])
+        from moto.autoscaling.models import autoscaling_backends
+
+        firsts = {
+            state.instance.id
+            for state in autoscaling_backends[ACCOUNT_ID][REGION].autoscaling_groups[stack.group].instance_states
+        }
+        fleet = EmulatedInstances(
+            clients.ec2,
+            model_id,
+            clock,
+            load_seconds=lambda instance_id: first_load_seconds if instance_id in firsts else load_seconds,
+            port=tgi_port,
+        )
+        deps: dict[str, Any] = {
+            name: ControlDeps.build(ControlEnv.from_environ(env[name]), clients=clients, clock=clock)
+            for name in ("interruption", "lifecycle", "health")
+            if name in env
+        }
+        if "capacity" in env:
+            from spotkeeper.logic.capacity import CapacityDeps
+
+            deps["capacity"] = CapacityDeps.build(
+                CapacityEnv.from_environ(env["capacity"]), clients=clients, clock=clock
+            )
+        world = cls(aws, stack, clock, clients, hooks, group, spot_scores, fleet, deps, load_seconds)
+        world.origin = clock.now()
+        for instance_type, price in SPOT_PRICES.items():
+            spot_scores.set_price(instance_type, price)
+        now = clock.now()
+        for rule in stack.schedules:
+            world._next_fire[rule.name] = now + rule.period_seconds
+        clock.on_advance(world._tick)
+        group.attach(launching=spotkeeper)
+        world._pump_group()
+        return world
+
+    def start_gateway(self) -> str:
+        self.gateway = GatewayServer(self.stack.function_env["gateway"]).start()
+        return self.gateway.url
+
+    def start_eip_router(self) -> str:
+        address = self.stack.outputs["EipAddress"]
+        port = int(self.stack.function_env["lifecycle"]["TGI_PORT"])
+        self.router = ElasticIpRouter(address, port, self._eip_target).start()
+        return self.router.url
+
+    def start_load(self, base_url: str, interval: float, via: str, keep_alive: bool = True) -> None:
+        """t = 0 of the scenario: what happened before (the stack coming up) moves to negative times."""
+        now = self.clock.now()
+        shift = now - self.origin
+        self.timeline = [TimelineEntry(round(e.t - shift, 1), e.event, e.action) for e in self.timeline]
+        for alert in self.alerts:
+            alert["t"] = round(alert["t"] - shift, 1)
+        self.serving_log = [(t - shift, s, r) for t, s, r in self.serving_log]
+        self.mode_log = [(t - shift, m) for t, m in self.mode_log]
+        self.origin = now
+        self.load = LoadGenerator(base_url, self.clock, self.origin, interval=interval, keep_alive=keep_alive)
+        self.load.start()
+        self.via = via
+        self.note("clients start", f"one request every {interval:g} s via the {via}")
+
+    def close(self) -> None:
+        self._closed = True
+        if self.load is not None:
+            self.load.stop()
+        if self.router is not None:
+            self.router.stop()
+        if self.gateway is not None:
+            self.gateway.stop()
+        self.fleet.close()
+        self.group.detach()
+
+    # time ---------------------------------------------------------------------------------------------
+    def t(self, at: float | None = None) -> float:
+        """Simulated seconds since the scenario's t = 0."""
+        return (self.clock.now() if at is None else at) - self.origin
+
+    def at(self, t: float, label: str, action: Callable[[], None]) -> None:
+        """Run ``action`` at scenario time ``t``."""
+        self._seq += 1
+        self._actions.append((self.origin + t, self._seq, label, action))
+        self._actions.sort(key=lambda item: (item[0], item[1]))
+
+    def run_until(self, done: Callable[[], bool], limit: float) -> bool:
+        """Advance time second by second until ``done()`` or ``limit`` seconds passed. True if done."""
+        deadline = self.clock.now() + limit
+        while self.clock.now() < deadline:
+            if done():
+                return True
+            self.clock.advance(1.0)
+        return done()
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(lambda: False, seconds)
+
+    def note(self, event: str, action: str = "") -> None:
+        self.timeline.append(TimelineEntry(round(self.t(), 1), event, action))
+
+    # the AWS side the drill plays ----------------------------------------------------------------------
+    def put_event(self, event: dict[str, Any]) -> None:
+        """Put an AWS-shaped event on the default bus: the template's rules route it."""
+        self.events_client.put_events(
+            Entries=[
+                {
+                    "Source": event["source"],
+                    "DetailType": event["detail-type"],
+                    "Detail": json.dumps(event["detail"]),
+                    "Resources": event.get("resources", []),
+                    "Time": datetime.fromtimestamp(self.clock.now(), UTC),
+                }
+            ]
+        )
+        self._dirty = True
+
+    def _fire_schedules(self, now: float) -> None:
+        sqs = self.sqs
+        for rule in self.stack.schedules:
+            while self._next_fire[rule.name] <= now:
+                self._next_fire[rule.name] += rule.period_seconds
+                if not rule.targets:
+                    continue
+                event = aws_event(
+                    "schedule",
+                    resources=[f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{rule.name}"],
+                    at=now,
+                )
+                for queue in rule.targets:
+                    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps(event))
+                self._dirty = True
+
+    # every simulated second ------------------------------------------------------------------------------
+    def _tick(self, now: float) -> None:
+        if self._closed:
+            return
+        self.group.tick()
+        self._pump_group()
+        while self._actions and self._actions[0][0] <= now:
+            _, _, label, action = self._actions.pop(0)
+            action()
+            self._pump_group()
+        self._fire_schedules(now)
+        self._watch(now)
+        if self.load is not None:
+            before = len(self.load.outcomes)
+            self.load.due(now)
+            self._watch_clients(self.load.outcomes[before:])
+        self._deliver()
+
+    def _pump_group(self) -> None:
+        events, booted, gone, log = self.group.take()
+        for at, text in log:
+            self.timeline.append(TimelineEntry(round(self.t(at), 1), text))
+        for instance_id in gone:
+            self.fleet.kill(instance_id)
+        for instance_id in booted:
+            self.launched_at.setdefault(instance_id, self.clock.now())
+            self.fleet.boot(instance_id)
+        for event in events:
+            self.put_event(event)
+
+    def _watch(self, now: float) -> None:
+        holder = self.eip_holder()
+        if holder != self._seen.get("eip", "unset"):
+            if holder is None and self._seen.get("eip") not in (None, "unset"):
+                self.eip_lost_from = self._seen["eip"]
+            self._seen["eip"] = holder
+            self.note(f"EIP now on {holder or 'nothing'}")
+        for instance_id, server in self.fleet.servers.items():
+            state = server.state
+            if self._tgi_states.get(instance_id) != state:
+                self._tgi_states[instance_id] = state
+                if state == "ready":
+                    self.ready_at[instance_id] = now
+                    took = now - self.launched_at.get(instance_id, now)
+                    self.note(f"{instance_id} TGI ready ({took:.0f} s after launch)")
+        endpoint = self.endpoint()
+        serving = endpoint.get("serving_instance_id")
+        if serving != self._seen.get("serving", "unset"):
+            self._seen["serving"] = serving
+            self.note(f"state table: serving instance {serving or 'none'}")
+        server = self.fleet.servers.get(serving or "")
+        self.serving_log.append((self.t(now), serving, bool(server and server.state == "ready")))
+        mode = endpoint.get("mode", "spot")
+        if mode != self._seen.get("mode", "spot"):
+            self._seen["mode"] = mode
+            self.note(f"state table: capacity mode {mode}")
+        self.mode_log.append((self.t(now), mode))
+        base = self.group.on_demand_base()
+        if base != self._seen.get("base", base):
+            self.note(f"group MixedInstancesPolicy: OnDemandBaseCapacity {self._seen.get('base')} -> {base}")
+        self._seen["base"] = base
+
+    def _watch_clients(self, outcomes: list[RequestOutcome]) -> None:
+        for outcome in outcomes:
+            last = self._seen.get("client_ok")
+            if outcome.ok != last:
+                self._seen["client_ok"] = outcome.ok
+                if outcome.ok and last is not None:
+                    self.timeline.append(TimelineEntry(outcome.at, "clients: served again"))
+                elif not outcome.ok:
+                    why = f"{outcome.status} {outcome.detail}" if outcome.status else outcome.detail
+                    self.timeline.append(TimelineEntry(outcome.at, f"clients: requests fail ({why.strip()[:60]})"))
+
+    # delivering to the functions ---------------------------------------------------------------------------
+    def _deliver(self) -> None:
+        """Invoke the handler of every event that reached a function's queue, oldest first.
+
+        An invocation that sleeps lets the clock run; the ticks meanwhile deliver the next events to concurrent
+        invocations, as Lambda would, up to ``concurrency`` deep (1: one invocation at a time, events wait).
+        """
+        while self._depth < self.concurrency:
+            if self._dirty:
+                self._dirty = False
+                self._collect()
+            if not self._pending:
+                return
+            function, event = self._pending.pop(0)
+            self._depth += 1
+            try:
+                self.invoke(function, event)
+            finally:
+                self._depth -= 1
+
+    def _collect(self) -> None:
+        from moto.sqs.models import sqs_backends
+
+        backend = sqs_backends[ACCOUNT_ID][REGION]
+        arrived: list[tuple[int, str, dict[str, Any]]] = []
+        for function, queue in self.stack.inboxes.items():
+            model = backend.queues.get(queue.rsplit("/", 1)[-1])
+            if model is not None and not model.approximate_number_of_messages:
+                continue  # asking moto's model first spares an API call for every empty queue
+            while messages := self.sqs.receive_message(
+                QueueUrl=queue, MaxNumberOfMessages=10, AttributeNames=["SentTimestamp"]
+            ).get("Messages", []):
+                for message in messages:
+                    self.sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+                    sent = int(message.get("Attributes", {}).get("SentTimestamp", 0))
+                    arrived.append((sent, function, _as_delivered(json.loads(message["Body"]))))
+        arrived.sort(key=lambda item: item[0])
+        self._pending.extend((function, event) for _, function, event in arrived)
+
+    def invoke(self, function: str, event: dict[str, Any], attempt: int = 1) -> Invocation:
+        deps = self.deps.get(function)
+        started = self.clock.now()
+        record = Invocation(function, event, started, started)
+        if deps is None:
+            record.error = f"no handler for {function}"
+        else:
+            try:
+                timeout = self.stack.function_timeout.get(function, 60.0)
+                record.outcome = invoke(function, event, deps, clock=self.clock, timeout=timeout)
+            except Exception as error:
+                record.error = f"{type(error).__name__}: {error}"[:300]
+        record.ended = self.clock.now()
+        self.invocations.append(record)
+        self._describe_invocation(record, attempt)
+        self._read_alerts()
+        if record.error and deps is not None:
+            if attempt <= len(RETRY_DELAYS):
+                self.at(
+                    self.t() + RETRY_DELAYS[attempt - 1],
+                    f"retry {function}",
+                    lambda: self.invoke(function, event, attempt + 1),
+                )
+            else:
+                self.sqs.send_message(
+                    QueueUrl=self.stack.dlq_url, MessageBody=json.dumps(_failure_record(function, event, record))
+                )
+                self.note(f"{function}: event sent to the dead-letter queue after {attempt} attempts")
+        return record
+
+    def _describe_invocation(self, record: Invocation, attempt: int) -> None:
+        event = record.event
+        detail = event.get("detail", {}) if isinstance(event.get("detail"), dict) else {}
+        about = detail.get("instance-id") or detail.get("EC2InstanceId") or ""
+        what = f"{SHORT_NAMES.get(event.get('detail-type', ''), event.get('detail-type', '?'))} {about}".strip()
+        took = record.ended - record.started
+        timing = f" (took {took:.0f} s)" if took >= 1 else ""
+        retry = f" [attempt {attempt}]" if attempt > 1 else ""
+        if record.error:
+            self.note(f"-> {record.function}: {what}{retry}", f"FAILED {record.error}{timing}")
+            return
+        outcome = record.outcome
+        if record.function == "health" and isinstance(outcome, dict):
+            interesting = outcome.get("launches") or not outcome.get("healthy")
+            key = (outcome.get("healthy"), outcome.get("serving"))
+            if not interesting and self._seen.get("health") == key:
+                return
+            self._seen["health"] = key
+            text = f"healthy={outcome.get('healthy')} serving={outcome.get('serving')}"
+            if outcome.get("launches"):
+                text += f" launches={outcome['launches']}"
+        else:
+            text = outcome.get("outcome") if isinstance(outcome, dict) and "outcome" in outcome else str(outcome)
+        self.note(f"-> {record.function}: {what}{retry}", f"{text}{timing}")
+
+    def _read_alerts(self) -> None:
+        from moto.sqs.models import sqs_backends
+
+        model = sqs_backends[ACCOUNT_ID][REGION].queues.get(self.stack.alert_inbox_url.rsplit("/", 1)[-1])
+        if model is not None and not model.approximate_number_of_messages:
+            return
+        sqs = self.sqs
+        while True:
+            messages = sqs.receive_message(
+                QueueUrl=self.stack.alert_inbox_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"]
+            ).get("Messages", [])
+            if not messages:
+                return
+            for message in messages:
+                sqs.delete_message(QueueUrl=self.stack.alert_inbox_url, ReceiptHandle=message["ReceiptHandle"])
+                body = json.loads(message["Body"])
+                if "Message" in body and "Type" in body:  # an SNS envelope (raw delivery off)
+                    body = json.loads(body["Message"])
+                alert = {
+                    "t": round(self.t(), 1),
+                    "event": body.get("event"),
+                    "severity": body.get("severity"),
+                    "summary": body.get("summary"),
+                }
+                self.alerts.append(alert)
+                self.note(f"alert [{alert['severity']}] {alert['event']}", str(alert["summary"]))
+
+    # what AWS looks like now (read from the embedded AWS's own models: no API call per second) ----------------
+    def eip_holder(self) -> str | None:
+        from moto.ec2.models import ec2_backends
+
+        addresses = ec2_backends[ACCOUNT_ID][REGION].address_by_allocation([self.stack.eip_allocation_id])
+        instance = addresses[0].instance if addresses else None
+        return instance.id if instance is not None else None
+
+    def _eip_target(self) -> tuple[str, int] | None:
+        from moto.ec2.models import ec2_backends
+
+        addresses = ec2_backends[ACCOUNT_ID][REGION].address_by_allocation([self.stack.eip_allocation_id])
+        instance = addresses[0].instance if addresses else None
+        if instance is None or instance._state.name != "running":
+            return None
+        return instance.private_ip_address, int(self.stack.function_env["lifecycle"]["TGI_PORT"])
+
+    def endpoint(self) -> dict[str, Any]:
+        from moto.dynamodb.models import dynamodb_backends
+
+        backend = dynamodb_backends[ACCOUNT_ID][REGION]
+        item = backend.get_item(
+            self.stack.table_name, {"pk": {"S": f"group#{self.stack.group}"}, "sk": {"S": "endpoint"}}
+        )
+        if item is None:
+            return {}
+        deserializer = TypeDeserializer()
+        return {k: deserializer.deserialize(v) for k, v in item.to_json()["Attributes"].items()}
+
+    def private_ip(self, instance_id: str) -> str | None:
+        from moto.ec2.models import ec2_backends
+
+        return ec2_backends[ACCOUNT_ID][REGION].get_instance(instance_id).private_ip_address
+
+
+def _plain_group(session: Any, stack: DeployedStack) -> None:
+    """The baseline: the same group and EIP run by hand, with none of spotkeeper's reactions.
+
+    The rules lose their targets (moto delivers to a disabled rule's targets: removing them is what disabling
+    means here), the group loses its lifecycle hooks and Capacity Rebalancing, as the group ops build by hand.
+    """
+    events = session.client("events")
+    for rule in stack.rules:
+        events.disable_rule(Name=rule)
+        targets = events.list_targets_by_rule(Rule=rule)["Targets"]
+        if targets:
+            events.remove_targets(Rule=rule, Ids=[t["Id"] for t in targets])
+    stack.schedules = [type(rule)(rule.name, rule.period_seconds, ()) for rule in stack.schedules]
+    autoscaling = session.client("autoscaling")
+    for hook in autoscaling.describe_lifecycle_hooks(AutoScalingGroupName=stack.group)["LifecycleHooks"]:
+        autoscaling.delete_lifecycle_hook(AutoScalingGroupName=stack.group, LifecycleHookName=hook["LifecycleHookName"])
+    from moto.autoscaling.models import autoscaling_backends
+
+    autoscaling_backends[ACCOUNT_ID][REGION].autoscaling_groups[stack.group].capacity_rebalance = False
+
+
+def _as_delivered(event: dict[str, Any]) -> dict[str, Any]:
+    """moto's SQS target leaves the envelope's ``account`` out; EventBridge always sends it."""
+    event.setdefault("account", ACCOUNT_ID)
+    return event
+
+
+def _failure_record(function: str, event: dict[str, Any], failed: Invocation) -> dict[str, Any]:
+    """What Lambda sends an OnFailure destination once the retries are exhausted."""
+    error_type, _, message = (failed.error or "").partition(": ")
+    return {
+        "version": "1.0",
+        "timestamp": datetime.fromtimestamp(failed.ended, UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z"),
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:spotkeeper-{function}:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": 1 + len(RETRY_DELAYS),
+        },
+        "requestPayload": event,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": {"errorMessage": message, "errorType": error_type},
+    }

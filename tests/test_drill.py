@@ -1,0 +1,278 @@
+"""`make demo`'s game day drill, run the way `make demo` runs it and judged from its --json report.
+
+The drill's own checks are not trusted here: each outcome is recomputed from the raw data of the report
+(every request's time and result, where the EIP and the serving instance ended, what was launched when).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spotkeeper_local import drill
+from spotkeeper_local.aws_game_day import GameDayError, run_game_day, stack_outputs
+
+ROOT = Path(__file__).resolve().parents[1]
+LOAD_SECONDS = 180.0
+SPOT_NOTICE = 120.0
+
+
+def longest_without_success(requests: list[list[Any]], end: float) -> float:
+    marks = [0.0, *(t for t, ok in requests if ok), end]
+    return max(after - before for before, after in itertools.pairwise(marks))
+
+
+@pytest.fixture(scope="module")
+def played(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path]:
+    out = tmp_path_factory.mktemp("drill")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["layers/spotkeeper", "local"])}
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        env.pop(name, None)
+    finished = subprocess.run(  # noqa: S603 - the drill itself, as `make demo` runs it
+        [sys.executable, "-m", "spotkeeper_local.drill", "--json", "--out", str(out), "--load-seconds", "180"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert finished.returncode == 0, f"drill failed:\n{finished.stderr[-4000:]}\n{finished.stdout[-4000:]}"
+    return json.loads(finished.stdout), out
+
+
+@pytest.fixture(scope="module")
+def report(played: tuple[dict[str, Any], Path]) -> dict[str, Any]:
+    return played[0]
+
+
+def test_the_drill_plays_every_scenario_in_well_under_a_minute(report):
+    # Given the drill ran with its defaults (a 3-minute model load)
+    # Then it played the four scenarios on a simulated clock, quickly in wall time
+    assert set(report["scenarios"]) == {"interruption", "rebalance", "capacity", "baseline"}
+    assert report["load_seconds"] == LOAD_SECONDS
+    # A drill in real time would take about 40 minutes; simulated, it takes about half a minute.
+    assert report["wall_seconds"] < 90
+    for scenario in report["scenarios"].values():
+        assert scenario["clients"]["sent"] == len(scenario["requests"]) > 50
+        assert scenario["timeline"], "a timeline per scenario"
+
+
+def test_interruption_moves_the_eip_to_the_replacement_within_the_downtime_bound(report):
+    s = report["scenarios"]["interruption"]
+    facts = s["facts"]
+    # Then a replacement was launched, loaded the model for the configured time, and serves behind the EIP
+    assert facts["replacement"] and facts["replacement"] != facts["interrupted"]
+    assert s["eip_on"] == s["serving_instance"] == facts["replacement"]
+    took = facts["replacement_launch_to_ready_seconds"]
+    assert LOAD_SECONDS <= took < LOAD_SECONDS + 5
+    # ...and clients went without an answer no longer than the part of the load the warning could not hide
+    downtime = longest_without_success(s["requests"], s["duration"])
+    assert downtime <= max(0.0, took - SPOT_NOTICE) + 10
+    # ...which is not zero: the instance was reclaimed before its replacement was ready
+    assert downtime >= took - SPOT_NOTICE - 5
+    kinds = [alert["event"] for alert in s["alerts"]]
+    assert "spot-interruption" in kinds and "eip-moved" in kinds
+    # ...and the group is a group of one again (the extra capacity asked for the replacement was given back)
+    assert list(s["purchase_options"]) == [facts["replacement"]]
+
+
+def test_rebalance_ahead_of_the_warning_drops_no_request(report):
+    s = report["scenarios"]["rebalance"]
+    # Then not one request failed over the whole scenario, and the replacement serves behind the EIP
+    assert s["requests"] and all(ok for _, ok in s["requests"])
+    assert s["eip_on"] == s["serving_instance"] == s["facts"]["replacement"] != s["facts"]["at_risk"]
+    # ...because the at-risk instance was reclaimed only after its replacement served
+    ready = next(
+        t for t, serving, _, ok in s["facts"]["serving_changes"] if serving == s["facts"]["replacement"] and ok
+    )
+    assert ready < s["facts"]["reclaimed_at"]
+    assert list(s["purchase_options"]) == [s["facts"]["replacement"]]
+
+
+def test_capacity_outage_falls_back_to_on_demand_and_forward_to_spot_without_a_gap(report):
+    s = report["scenarios"]["capacity"]
+    facts = s["facts"]
+    modes = facts["mode_changes"]
+    servings = facts["serving_changes"]
+    # Then during the outage the mode went on-demand and an On-Demand instance served
+    fell_back = next(t for t, mode in modes if mode == "on-demand")
+    assert fell_back < facts["spot_back_at"]
+    on_demand = [row for row in servings if row[2] == "on-demand" and row[3]]
+    assert on_demand and on_demand[0][0] < facts["spot_back_at"]
+    fallback_at = on_demand[0][0]
+    # ...after Spot came back, the mode is spot again and a Spot instance serves behind the EIP
+    assert modes[-1][1] == "spot" and modes[-1][0] > facts["spot_back_at"]
+    assert s["purchase_options"][s["serving_instance"]] == "spot"
+    assert s["eip_on"] == s["serving_instance"] != on_demand[0][1]
+    # ...and from the moment the On-Demand instance served, there always was a ready serving instance
+    assert all(serving and ready for t, serving, _, ready in servings if t >= fallback_at)
+    assert all(ok for t, ok in s["requests"] if t >= fallback_at)
+    kinds = [alert["event"] for alert in s["alerts"]]
+    assert "fallback-on-demand" in kinds and "fall-forward-spot" in kinds
+    assert list(s["purchase_options"]) == [s["serving_instance"]]
+
+
+def test_baseline_without_spotkeeper_leaves_clients_of_the_eip_down(report):
+    s = report["scenarios"]["baseline"]
+    reclaimed = s["facts"]["marks"]["reclaim"]
+    # Then every request to the EIP after the reclaim failed, and the EIP ended on nothing
+    after = [ok for t, ok in s["requests"] if t > reclaimed]
+    assert after and not any(after)
+    assert s["eip_on"] is None
+    assert s["clients"]["via"] == "elastic ip"
+    # ...a downtime far longer than spotkeeper's for the same interruption
+    baseline = longest_without_success(s["requests"], s["duration"])
+    spotkeeper = longest_without_success(
+        report["scenarios"]["interruption"]["requests"], report["scenarios"]["interruption"]["duration"]
+    )
+    assert baseline >= s["duration"] - reclaimed - 2 > spotkeeper
+
+
+def test_each_scenario_has_its_availability_chart(played):
+    report, out = played
+    for name, scenario in report["scenarios"].items():
+        chart = Path(scenario["chart"])
+        assert chart.parent == out and chart.name == f"{name}.png"
+        assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- arguments -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--load-seconds", "-1"],
+        ["--load-seconds", "99999"],
+        ["--load-seconds", "soon"],
+        ["--scenario", "earthquake"],
+        ["--request-interval", "0"],
+        ["--yes-really-interrupt"],
+        ["--region", "eu-west-1"],
+        ["--stack", "not a stack!", "--yes-really-interrupt"],
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_runs(argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        drill.main(argv)
+    assert exited.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_scenarios_are_chosen_by_name_or_number():
+    args = drill.parser().parse_args(["--scenario", "2", "--scenario", "baseline", "--scenario", "2"])
+    assert drill.options_from(args).scenarios == ("rebalance", "baseline")
+    assert drill.options_from(drill.parser().parse_args([])).scenarios == drill.SCENARIOS
+    assert drill.options_from(drill.parser().parse_args(["--scenario", "all"])).scenarios == drill.SCENARIOS
+
+
+class _NoAws:
+    """A boto3 session that fails the test if anything is asked of AWS."""
+
+    def client(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"AWS was called: {args}")
+
+    resource = client
+
+
+def test_a_real_game_day_is_refused_without_confirmation(capsys):
+    args = drill.parser().parse_args(["--stack", "prod-endpoint"])
+    assert run_game_day(args, sys.stdout, session=_NoAws()) == 2
+    err = capsys.readouterr().err
+    assert "--yes-really-interrupt" in err and "prod-endpoint" in err
+
+
+def test_the_stack_flag_reaches_the_game_day_with_its_arguments(monkeypatch):
+    seen: dict[str, argparse.Namespace] = {}
+
+    def fake_game_day(args: argparse.Namespace, out: Any) -> int:
+        seen["args"] = args
+        return 0
+
+    monkeypatch.setattr("spotkeeper_local.aws_game_day.run_game_day", fake_game_day)
+    argv = ["--stack", "s1", "--yes-really-interrupt", "--region", "eu-west-1", "--watch-seconds", "120"]
+    assert drill.main(argv) == 0
+    args = seen["args"]
+    assert (args.stack, args.region, args.yes_really_interrupt, args.watch_seconds) == ("s1", "eu-west-1", True, 120)
+
+
+def test_a_stack_without_spotkeeper_outputs_is_refused():
+    class Cfn:
+        def describe_stacks(self, StackName: str) -> dict[str, Any]:
+            return {"Stacks": [{"Outputs": [{"OutputKey": "GroupName", "OutputValue": "g"}]}]}
+
+    with pytest.raises(GameDayError, match="FisExperimentTemplateId"):
+        stack_outputs(Cfn(), "other-stack")
+
+
+# -- delivery: Lambda's retries and the dead-letter queue, in the drill's own world ------------------------------
+@pytest.fixture
+def drill_world():
+    from spotkeeper_local.drill_world import DrillWorld
+    from spotkeeper_local.embedded_aws import EmbeddedAws, load_sam_template, local_template
+
+    saved = dict(os.environ)
+    aws = EmbeddedAws().start()
+    world = None
+    try:
+        world = DrillWorld.deploy(
+            aws,
+            local_template(load_sam_template()),
+            "drill-retries",
+            {"TgiPort": str(drill._free_port())},
+            load_seconds=30,
+        )
+        yield world
+    finally:
+        if world is not None:
+            world.close()
+        aws.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_an_event_its_handler_rejects_is_retried_then_lands_in_the_dead_letter_queue(drill_world):
+    world = drill_world
+    poisoned = json.loads((ROOT / "events" / "malformed-spot-interruption.json").read_text())
+    # When an interruption warning without an instance id is put on the bus
+    world.put_event(poisoned)
+    world.run_for(200)
+    # Then the interruption function got it three times, a minute and then two minutes apart, and failed each time
+    tries = [i for i in world.invocations if i.function == "interruption"]
+    assert len(tries) == 3 and all(i.error and "InvalidEvent" in i.error for i in tries)
+    assert [round(b.started - a.started) for a, b in itertools.pairwise(tries)] == [60, 120]
+    # ...and the dead-letter queue holds Lambda's OnFailure record with the original event
+    messages = world.sqs.receive_message(QueueUrl=world.stack.dlq_url, MaxNumberOfMessages=10)["Messages"]
+    [record] = [json.loads(m["Body"]) for m in messages]
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 3
+    assert record["requestPayload"]["detail"] == poisoned["detail"]
+    assert record["responsePayload"]["errorType"] == "InvalidEvent"
+
+
+DRILL = (sys.executable, "-m", "spotkeeper_local.drill")
+
+
+def test_serial_delivery_leaves_a_group_of_one_after_spot_took_the_instance_first(tmp_path):
+    # Given handlers run one at a time (a throttled Lambda), so the reclaimed instance's terminate hook runs
+    # after its replacement was promoted: retiring it fails because it is already leaving
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["layers/spotkeeper", "local"])}
+    finished = subprocess.run(  # noqa: S603 - the drill itself
+        [*DRILL, "--json", "--out", str(tmp_path), "--serial-delivery", "--scenario", "interruption"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    # Then the extra capacity asked for it is given back: the group ends with one instance, serving
+    assert finished.returncode == 0, finished.stdout[-3000:]
+    s = json.loads(finished.stdout)["scenarios"]["interruption"]
+    assert s["eip_on"] == s["serving_instance"] == s["facts"]["replacement"]
+    assert s["passed"] and all(check["passed"] for check in s["checks"]), s["checks"]
