@@ -129,13 +129,17 @@ class LifecycleHooks:
 
 
 def answer_locally(
-    autoscaling_client: Any, operation: str, handler: Callable[[dict[str, Any]], dict[str, Any]]
+    client: Any,
+    operation: str,
+    handler: Callable[[dict[str, Any]], dict[str, Any]],
+    service: str = "auto-scaling",
 ) -> None:
-    """Answer ``operation`` on this Auto Scaling client with ``handler(params)`` instead of sending it to moto.
+    """Answer ``operation`` on this client (Auto Scaling unless ``service`` says otherwise) with
+    ``handler(params)`` instead of sending it to moto.
 
     ``handler`` returns the parsed response, or raises botocore's ClientError as AWS would answer.
     """
-    events = autoscaling_client.meta.events
+    events = client.meta.events
 
     def remember_params(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
         context["spotkeeper_api_params"] = dict(params)
@@ -145,8 +149,8 @@ def answer_locally(
         parsed["ResponseMetadata"] = {"HTTPStatusCode": 200, "RequestId": str(uuid.uuid4())}
         return _FakeHttp(), parsed
 
-    events.register(f"before-parameter-build.auto-scaling.{operation}", remember_params)
-    events.register(f"before-call.auto-scaling.{operation}", before_call)
+    events.register(f"before-parameter-build.{service}.{operation}", remember_params)
+    events.register(f"before-call.{service}.{operation}", before_call)
 
 
 class _FakeHttp:

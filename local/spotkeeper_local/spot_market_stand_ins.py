@@ -33,7 +33,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from spotkeeper_local.lifecycle_hooks import LAUNCHING, TERMINATING, LifecycleHooks, lifecycle_event
+from spotkeeper_local.lifecycle_hooks import LAUNCHING, TERMINATING, LifecycleHooks, answer_locally, lifecycle_event
 
 SCORE_RANGE = range(1, 11)
 ACTIVE = ("Pending", "InProgress", "Cancelling")
@@ -41,28 +41,6 @@ ACTIVE = ("Pending", "InProgress", "Cancelling")
 
 def _client_error(operation: str, code: str, message: str) -> ClientError:
     return ClientError({"Error": {"Code": code, "Message": message}}, operation)
-
-
-class _FakeHttp:
-    status_code = 200
-    headers: dict[str, str] = {}
-    content = b""
-
-
-def _answer(client: Any, service: str, operation: str, handler: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-    """Answer ``operation`` on ``client`` with ``handler(params)`` instead of sending it to moto."""
-    events = client.meta.events
-
-    def remember_params(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        context["spotkeeper_api_params"] = dict(params)
-
-    def before_call(context: dict[str, Any], **_: Any) -> Any:
-        parsed = handler(context.get("spotkeeper_api_params", {}))
-        parsed["ResponseMetadata"] = {"HTTPStatusCode": 200, "RequestId": str(uuid.uuid4())}
-        return _FakeHttp(), parsed
-
-    events.register(f"before-parameter-build.{service}.{operation}", remember_params)
-    events.register(f"before-call.{service}.{operation}", before_call)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -189,8 +167,8 @@ class SpotMarketStandIn:
         self.region = ec2_client.meta.region_name
         zones = ec2_client.describe_availability_zones()["AvailabilityZones"]
         self.zones = {zone["ZoneId"]: zone["ZoneName"] for zone in zones}
-        _answer(ec2_client, "ec2", "GetSpotPlacementScores", self.get_spot_placement_scores)
-        _answer(ec2_client, "ec2", "DescribeSpotPriceHistory", self.describe_spot_price_history)
+        answer_locally(ec2_client, "GetSpotPlacementScores", self.get_spot_placement_scores, service="ec2")
+        answer_locally(ec2_client, "DescribeSpotPriceHistory", self.describe_spot_price_history, service="ec2")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -341,9 +319,9 @@ class InstanceRefreshStandIn:
 
     def install(self, autoscaling_client: Any) -> None:
         self._client = autoscaling_client
-        _answer(autoscaling_client, "auto-scaling", "StartInstanceRefresh", self.start)
-        _answer(autoscaling_client, "auto-scaling", "DescribeInstanceRefreshes", self.describe)
-        _answer(autoscaling_client, "auto-scaling", "CancelInstanceRefresh", self.cancel)
+        answer_locally(autoscaling_client, "StartInstanceRefresh", self.start, service="auto-scaling")
+        answer_locally(autoscaling_client, "DescribeInstanceRefreshes", self.describe, service="auto-scaling")
+        answer_locally(autoscaling_client, "CancelInstanceRefresh", self.cancel, service="auto-scaling")
         autoscaling_client.meta.events.register(
             "after-call.auto-scaling.DescribeAutoScalingGroups", self._show_wait_states
         )
