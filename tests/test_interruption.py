@@ -103,3 +103,19 @@ def test_malformed_event_is_rejected_with_its_id_and_changes_nothing(stack, samp
     assert event["id"] in caplog.text and "rejected malformed event" in caplog.text
     assert stack.group_description()["DesiredCapacity"] == 1
     assert stack.alerts() == []
+
+
+def test_warning_requests_the_replacement_within_three_aws_calls(stack):
+    # Given every AWS call of the function is counted (botocore's events, as the benchmark counts them)
+    deps = control_deps_for(stack, clock=SimClock())
+    calls: list[str] = []
+    for client in (deps.clients.autoscaling, deps.clients.ec2, deps.clients.sns, deps.state._table.meta.client):
+        client.meta.events.register(
+            "before-parameter-build", lambda event_name, **_: calls.append(event_name.rsplit(".", 1)[-1])
+        )
+    [doomed] = instance_ids(stack)
+    # When the warning for a group of one arrives
+    invoke("interruption", spot_interruption(doomed), deps)
+    # Then the group was asked for a replacement by the third call
+    assert "SetDesiredCapacity" in calls
+    assert calls.index("SetDesiredCapacity") + 1 <= 3, calls

@@ -49,6 +49,19 @@ class AwsClients:
         return self.boto3_session().resource("dynamodb", config=RETRY_CONFIG).Table(name)
 
 
+class LazyClient:
+    """Stands for a client or resource built on first use: a cold start only pays for what its path needs."""
+
+    def __init__(self, make: Any) -> None:
+        self._make = make
+        self._client: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._client is None:
+            self._client = self._make()
+        return getattr(self._client, name)
+
+
 def error_code(error: Exception) -> str:
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))

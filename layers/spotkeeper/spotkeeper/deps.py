@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import cache
 
 from spotkeeper.alerts import AlertPublisher
-from spotkeeper.aws import AwsClients
+from spotkeeper.aws import AwsClients, LazyClient
 from spotkeeper.clock import Clock, WallClock
 from spotkeeper.fleet import Fleet
 from spotkeeper.settings import ControlEnv, control_env
@@ -40,9 +40,14 @@ class ControlDeps:
         return cls(
             env=env,
             clients=clients,
-            fleet=Fleet(clients.autoscaling, clients.ec2, env.group_name, env.eip_allocation_id),
-            state=StateStore(clients.table(env.state_table_name)),
-            alerts=AlertPublisher(clients.sns, env.alert_topic_arn, env.group_name),
+            fleet=Fleet(
+                LazyClient(lambda: clients.autoscaling),
+                LazyClient(lambda: clients.ec2),
+                env.group_name,
+                env.eip_allocation_id,
+            ),
+            state=StateStore(LazyClient(lambda: clients.table(env.state_table_name))),
+            alerts=AlertPublisher(LazyClient(lambda: clients.sns), env.alert_topic_arn, env.group_name),
             tgi=tgi or TgiClient.on_port(env.tgi_port, timeout=env.probe_timeout_seconds),
             clock=clock or WallClock(),
         )

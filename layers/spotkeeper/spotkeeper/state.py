@@ -214,6 +214,34 @@ class StateStore:
     def mark_at_risk(self, group: str, instance_id: str, at: float) -> bool:
         return self._set_once(group, instance_id, "at_risk_since", at, {})
 
+    def begin_replacement(
+        self, group: str, instance_id: str, mark: str, at: float, owner: str, how: str, desired_before: int
+    ) -> tuple[bool, bool, str, int]:
+        """In one write: mark the instance (``doomed_at`` or ``at_risk_since``), claim its replacement for
+        ``owner`` and record the plan, each only if not there already.
+
+        Returns (first mark, claim is ours, the plan's how, the plan's desired_before). The plan is the first one
+        ever recorded, so a retry or a racing event carries out the same plan, with absolute values.
+        """
+        if mark not in {"doomed_at", "at_risk_since"}:
+            raise ValueError(f"unknown mark {mark}")
+        old = self._table.update_item(
+            Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
+            UpdateExpression="SET #mark = if_not_exists(#mark, :at), replace_by = if_not_exists(replace_by, :owner), "
+            "replacement = if_not_exists(replacement, :how), desired_before = if_not_exists(desired_before, :d)",
+            ExpressionAttributeNames={"#mark": mark},
+            ExpressionAttributeValues={
+                ":at": Decimal(str(at)),
+                ":owner": owner,
+                ":how": how,
+                ":d": desired_before,
+            },
+            ReturnValues="ALL_OLD",
+        ).get("Attributes", {})
+        first = mark not in old
+        claimed = "replace_by" not in old or (old["replace_by"] == owner and not old.get("replace_done"))
+        return first, claimed, old.get("replacement", how), int(old.get("desired_before", desired_before))
+
     def claim_action(self, group: str, instance_id: str, action: str, owner: str) -> bool:
         """Claim a one-time action on an instance (start its replacement, retire it, ...).
 

@@ -30,7 +30,7 @@ from botocore.exceptions import ClientError
 from pydantic import Field
 
 from spotkeeper.alerts import Alert, AlertPublisher, Severity
-from spotkeeper.aws import AwsClients, error_code
+from spotkeeper.aws import AwsClients, LazyClient, error_code
 from spotkeeper.capacity_journal import CapacityJournal
 from spotkeeper.capacity_policy import CapacityPolicy, GroupCapacity, NoMixedInstancesPolicy
 from spotkeeper.clock import Clock, WallClock
@@ -78,8 +78,8 @@ class CapacityDeps:
         return cls(
             env=env,
             clients=clients,
-            state=StateStore(clients.table(env.state_table_name)),
-            alerts=AlertPublisher(clients.sns, env.alert_topic_arn, env.group_name),
+            state=StateStore(LazyClient(lambda: clients.table(env.state_table_name))),
+            alerts=AlertPublisher(LazyClient(lambda: clients.sns), env.alert_topic_arn, env.group_name),
             policy=CapacityPolicy(clients.autoscaling, clients.ec2, env.group_name),
             market=SpotMarket(clients.ec2),
             journal=CapacityJournal(clients.table(env.state_table_name), env.group_name, clock.now),

@@ -29,14 +29,12 @@ def react_to_interruption(event: SpotInterruptionWarning | RebalanceRecommendati
     now = deps.clock.now()
     if isinstance(event, SpotInterruptionWarning):
         metrics.add_metric(name="Interruptions", unit="Count", value=1)
-        first = deps.state.mark_doomed(deps.group, instance_id, reason="spot-interruption", at=now)
-        kind, severity = "spot-interruption", "warning"
+        mark, kind, severity = "doomed_at", "spot-interruption", "warning"
     else:
         metrics.add_metric(name="RebalanceRecommendations", unit="Count", value=1)
-        first = deps.state.mark_at_risk(deps.group, instance_id, at=now)
-        kind, severity = "rebalance-recommendation", "info"
+        mark, kind, severity = "at_risk_since", "rebalance-recommendation", "info"
         if group.capacity_rebalance:
-            if not first:
+            if not deps.state.mark_at_risk(deps.group, instance_id, at=now):
                 return "duplicate"
             deps.alerts.send(
                 Alert(
@@ -48,47 +46,47 @@ def react_to_interruption(event: SpotInterruptionWarning | RebalanceRecommendati
             )
             return "recorded"
 
-    if not deps.state.claim_action(deps.group, instance_id, REPLACE, owner=event.id):
+    # Three AWS calls from the warning to the replacement's launch: describe the group, one conditional write
+    # (mark, claim, plan), then the group's capacity change.
+    first, claimed, how, desired_before = deps.state.begin_replacement(
+        deps.group, instance_id, mark, now, owner=event.id, **plan_replacement(group, instance_id, deps)
+    )
+    if not claimed:
         # Another event (a duplicate, or the rebalance before this warning) already started the replacement.
         if first:
             _alert(deps, kind, severity, instance_id, "replacement already under way")
         logger.info("replacement already started", extra={"instance_id": instance_id})
-        return "duplicate" if not first else "recorded"
+        return "recorded" if first else "duplicate"
 
-    how = start_replacement(group, instance_id, deps)
+    start_replacement(group, instance_id, how, desired_before, deps)
     _alert(deps, kind, severity, instance_id, how)
     deps.state.finish_action(deps.group, instance_id, REPLACE)
     return "replacement-started"
 
 
-def start_replacement(group: Group, instance_id: str, deps: ControlDeps) -> str:
-    """Make the group launch a replacement now, while ``instance_id`` keeps serving.
+def plan_replacement(group: Group, instance_id: str, deps: ControlDeps) -> dict:
+    """How the group gets a replacement for ``instance_id`` now, while it keeps serving."""
+    others = [i for i in group.instances if i.active and i.instance_id != instance_id]
+    if others:
+        # Only a group with other instances needs to know which of them are leaving too.
+        leaving = {r.instance_id for r in deps.state.instances(deps.group) if r.doomed or r.at_risk_since}
+        others = [i for i in others if i.instance_id not in leaving]
+    if len(others) >= group.desired:
+        how = "group"  # Capacity Rebalancing or an earlier reaction already launched one.
+    elif group.desired + 1 <= group.max_size:
+        how = "scale-out"
+    else:
+        how = "detach"  # no headroom: detaching keeps desired capacity, so the group launches at once
+    return {"how": how, "desired_before": group.desired}
 
-    The plan is recorded before it is carried out and carried out with absolute values, so the retry of a
-    reaction that failed half-way does the same thing again instead of adding a second instance.
-    """
-    record = deps.state.get_instance(deps.group, instance_id)
-    how, desired_before = record.replacement, record.desired_before
-    if how is None:
-        others_leaving = {r.instance_id for r in deps.state.instances(deps.group) if r.doomed or r.at_risk_since}
-        healthy_capacity = [
-            i
-            for i in group.instances
-            if i.active and i.instance_id != instance_id and i.instance_id not in others_leaving
-        ]
-        desired_before = group.desired
-        if len(healthy_capacity) >= group.desired:
-            how = "group"  # Capacity Rebalancing or an earlier reaction already launched one.
-        elif group.desired + 1 <= group.max_size:
-            how = "scale-out"
-        else:
-            how = "detach"  # no headroom: detaching keeps desired capacity, so the group launches at once
-        deps.state.record_facts(deps.group, instance_id, replacement=how, desired_before=desired_before)
+
+def start_replacement(group: Group, instance_id: str, how: str, desired_before: int, deps: ControlDeps) -> None:
+    """Carry out the recorded plan with absolute values, so a retry or a racing event never adds a second
+    instance."""
     if how == "scale-out":
-        deps.fleet.set_desired(int(desired_before or group.desired) + 1)
+        deps.fleet.set_desired(desired_before + 1)
     elif how == "detach" and group.instance(instance_id) is not None:
         deps.fleet.detach_keeping_capacity(instance_id)
-    return how
 
 
 def _alert(deps: ControlDeps, kind: str, severity: str, instance_id: str, how: str) -> None:
