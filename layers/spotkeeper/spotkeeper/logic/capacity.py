@@ -80,9 +80,11 @@ class CapacityDeps:
             clients=clients,
             state=StateStore(LazyClient(lambda: clients.table(env.state_table_name))),
             alerts=AlertPublisher(LazyClient(lambda: clients.sns), env.alert_topic_arn, env.group_name),
-            policy=CapacityPolicy(clients.autoscaling, clients.ec2, env.group_name),
-            market=SpotMarket(clients.ec2),
-            journal=CapacityJournal(clients.table(env.state_table_name), env.group_name, clock.now),
+            policy=CapacityPolicy(
+                LazyClient(lambda: clients.autoscaling), LazyClient(lambda: clients.ec2), env.group_name
+            ),
+            market=SpotMarket(LazyClient(lambda: clients.ec2)),
+            journal=CapacityJournal(LazyClient(lambda: clients.table(env.state_table_name)), env.group_name, clock.now),
             clock=clock,
         )
 
