@@ -90,6 +90,20 @@ class Stack:
         return address.get("InstanceId") or None
 
 
+def create_state_table(session: Any, name: str) -> Any:
+    """The state table with the template's key schema (pk/sk); returns the boto3 Table resource."""
+    session.client("dynamodb").create_table(
+        TableName=name,
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return session.resource("dynamodb").Table(name)
+
+
 def create_stack(session: Any, group: str = GROUP, capacity_rebalance: bool = True) -> Stack:
     ec2 = session.client("ec2")
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
@@ -127,16 +141,7 @@ def create_stack(session: Any, group: str = GROUP, capacity_rebalance: bool = Tr
         )
     allocation = ec2.allocate_address(Domain="vpc")["AllocationId"]
     table_name = "spotkeeper-state"
-    dynamodb = session.client("dynamodb")
-    dynamodb.create_table(
-        TableName=table_name,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    create_state_table(session, table_name)
     sns = session.client("sns")
     topic = sns.create_topic(Name="spotkeeper-alerts")["TopicArn"]
     sqs = session.client("sqs")

@@ -44,16 +44,9 @@ def load_handler() -> ModuleType:
 
 @pytest.fixture
 def table(aws: Any) -> Any:
-    aws.client("dynamodb").create_table(
-        TableName=TABLE,
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    return aws.resource("dynamodb").Table(TABLE)
+    from conftest import create_state_table
+
+    return create_state_table(aws, TABLE)
 
 
 @pytest.fixture

@@ -141,16 +141,9 @@ def test_backend_url_refuses_anything_but_an_address(address: str) -> None:
 
 
 def test_read_serving_instance_from_the_state_table(aws: Any) -> None:
-    aws.client("dynamodb").create_table(
-        TableName="state",
-        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    table = aws.resource("dynamodb").Table("state")
+    from conftest import create_state_table
+
+    table = create_state_table(aws, "state")
     store = StateStore(table)
 
     nobody = read_serving_instance(store, GROUP, 8080)

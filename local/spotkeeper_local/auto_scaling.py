@@ -37,8 +37,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from spotkeeper_local.aws_events import aws_event
 from spotkeeper_local.lifecycle_hooks import (
     LAUNCHING,
@@ -46,6 +44,7 @@ from spotkeeper_local.lifecycle_hooks import (
     LifecycleAction,
     LifecycleHooks,
     answer_locally,
+    aws_error,
     lifecycle_event,
 )
 
@@ -186,10 +185,6 @@ class _Refresh:
         if self.ended_at is not None:
             described["EndTime"] = datetime.fromtimestamp(self.ended_at, UTC)
         return described
-
-
-def _client_error(operation: str, code: str, message: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
 
 
 @dataclass
@@ -568,20 +563,18 @@ class GroupStandIn:
     def _start_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
         operation = "StartInstanceRefresh"
         if params.get("AutoScalingGroupName") != self.group_name:
-            raise _client_error(
+            raise aws_error(
                 operation, "ValidationError", f"AutoScalingGroup name not found - {params.get('AutoScalingGroupName')}"
             )
         preferences = dict(params.get("Preferences") or {})
         low, high = preferences.get("MinHealthyPercentage", 90), preferences.get("MaxHealthyPercentage")
         if not 0 <= low <= 100 or (high is not None and (not 100 <= high <= 200 or high - low > 100)):
-            raise _client_error(
-                operation, "ValidationError", "MinHealthyPercentage 0-100, MaxHealthyPercentage 100-200"
-            )
+            raise aws_error(operation, "ValidationError", "MinHealthyPercentage 0-100, MaxHealthyPercentage 100-200")
         if low < 100:
-            raise _client_error(operation, "ValidationError", "the drill plays only launch-before-terminate refreshes")
+            raise aws_error(operation, "ValidationError", "the drill plays only launch-before-terminate refreshes")
         with self._lock:
             if self._active_refresh() is not None:
-                raise _client_error(
+                raise aws_error(
                     operation,
                     "InstanceRefreshInProgress",
                     "An Instance Refresh is already in progress and blocks the execution of this Instance Refresh.",
@@ -611,7 +604,7 @@ class GroupStandIn:
         with self._lock:
             refresh = self._active_refresh() if params.get("AutoScalingGroupName") == self.group_name else None
             if refresh is None:
-                raise _client_error(
+                raise aws_error(
                     "CancelInstanceRefresh",
                     "ActiveInstanceRefreshNotFound",
                     "No in progress or pending Instance Refresh found",

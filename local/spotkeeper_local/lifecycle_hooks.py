@@ -29,6 +29,11 @@ LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 TERMINATING = "autoscaling:EC2_INSTANCE_TERMINATING"
 
 
+def aws_error(operation: str, code: str, message: str) -> ClientError:
+    """The error AWS would answer ``operation`` with, as botocore raises it."""
+    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
+
+
 @dataclass
 class LifecycleAction:
     token: str

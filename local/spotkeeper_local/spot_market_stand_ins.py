@@ -31,16 +31,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from spotkeeper_local.lifecycle_hooks import LAUNCHING, TERMINATING, LifecycleHooks, answer_locally, lifecycle_event
+from spotkeeper_local.lifecycle_hooks import (
+    LAUNCHING,
+    TERMINATING,
+    LifecycleHooks,
+    answer_locally,
+    aws_error,
+    lifecycle_event,
+)
 
 SCORE_RANGE = range(1, 11)
 ACTIVE = ("Pending", "InProgress", "Cancelling")
-
-
-def _client_error(operation: str, code: str, message: str) -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": message}}, operation)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,18 +100,18 @@ class SpotMarketStandIn:
         with self._lock:
             self.calls.append((operation, dict(params)))
         if self.withheld:
-            raise _client_error(operation, self.withheld, "You are not authorized to perform this operation.")
+            raise aws_error(operation, self.withheld, "You are not authorized to perform this operation.")
         types, requirements = params.get("InstanceTypes"), params.get("InstanceRequirementsWithMetadata")
         if bool(types) == bool(requirements):
-            raise _client_error(
+            raise aws_error(
                 operation, "InvalidParameterCombination", "Specify InstanceTypes or InstanceRequirementsWithMetadata"
             )
         capacity = params.get("TargetCapacity")
         if not isinstance(capacity, int) or not 1 <= capacity <= 2_000_000_000:
-            raise _client_error(operation, "InvalidParameterValue", "TargetCapacity must be 1-2000000000")
+            raise aws_error(operation, "InvalidParameterValue", "TargetCapacity must be 1-2000000000")
         max_results = params.get("MaxResults", 1000)
         if not 10 <= max_results <= 1000:
-            raise _client_error(operation, "InvalidParameterValue", "MaxResults must be 10-1000")
+            raise aws_error(operation, "InvalidParameterValue", "MaxResults must be 10-1000")
         regions = params.get("RegionNames") or [self.region]
         if self.region not in regions:
             return {"SpotPlacementScores": []}
@@ -241,7 +242,7 @@ class InstanceRefreshStandIn:
             group = params.get("AutoScalingGroupName", "")
             described = self._group(group, operation)
             if any(r.active for r in self.refreshes if r.group == group):
-                raise _client_error(
+                raise aws_error(
                     operation,
                     "InstanceRefreshInProgress",
                     "An Instance Refresh is already in progress and blocks the execution of this Instance Refresh.",
@@ -263,14 +264,14 @@ class InstanceRefreshStandIn:
         low = preferences.get("MinHealthyPercentage", 90)
         high = preferences.get("MaxHealthyPercentage")
         if not 0 <= low <= 100:
-            raise _client_error(operation, "ValidationError", "MinHealthyPercentage must be 0-100")
+            raise aws_error(operation, "ValidationError", "MinHealthyPercentage must be 0-100")
         if high is not None:
             if "MinHealthyPercentage" not in preferences:
-                raise _client_error(
+                raise aws_error(
                     operation, "ValidationError", "MinHealthyPercentage is required with MaxHealthyPercentage"
                 )
             if not 100 <= high <= 200 or high - low > 100:
-                raise _client_error(
+                raise aws_error(
                     operation,
                     "ValidationError",
                     "MaxHealthyPercentage must be 100-200 and at most 100 above MinHealthyPercentage",
@@ -294,7 +295,7 @@ class InstanceRefreshStandIn:
                 (r for r in self.refreshes if r.group == params.get("AutoScalingGroupName") and r.active), None
             )
             if active is None:
-                raise _client_error(
+                raise aws_error(
                     operation, "ActiveInstanceRefreshNotFound", "No in progress or pending Instance Refresh found"
                 )
             # Instances already replaced stay replaced; a launch waiting for its hook is left to finish.
@@ -307,7 +308,7 @@ class InstanceRefreshStandIn:
     def _group(self, name: str, operation: str) -> dict[str, Any]:
         groups = self._client.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
         if not groups:
-            raise _client_error(operation, "ValidationError", f"AutoScalingGroup name not found - {name}")
+            raise aws_error(operation, "ValidationError", f"AutoScalingGroup name not found - {name}")
         return groups[0]
 
     def _show_wait_states(self, parsed: dict[str, Any], **_: Any) -> None:
