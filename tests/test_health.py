@@ -101,3 +101,18 @@ def test_probe_puts_back_an_eip_someone_moved_away(world, aws):
     # Then the EIP is back on the serving instance, with one alert
     assert first["serving"] == instance and stack.eip_holder() == instance
     assert [a["attributes"]["event"] for a in stack.alerts()] == ["eip-repaired"]
+
+
+def test_a_probe_that_loses_the_adoption_race_does_not_alert_again(world):
+    from spotkeeper.logic.health import adopt_ready_instance
+
+    stack, clock, fleet, instance, deps = world
+    fleet.boot(instance)
+    # Given a concurrent probe recorded the instance as serving after this probe saw nothing serving
+    assert adopt_ready_instance(deps) == instance
+    assert [a["attributes"]["event"] for a in stack.alerts()] == ["eip-moved"]
+    # When this probe's adoption runs into it
+    assert adopt_ready_instance(deps) == instance
+    # Then the EIP stays put and no second alert goes out
+    assert stack.eip_holder() == instance
+    assert stack.alerts() == []

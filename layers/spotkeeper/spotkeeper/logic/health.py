@@ -117,7 +117,10 @@ def adopt_ready_instance(deps: ControlDeps) -> str | None:
         address = deps.fleet.private_address(member.instance_id)
         if not address or not deps.tgi.readiness(address, deps.env.model_id).ready:
             continue
-        if make_serving(member.instance_id, address, deps):
+        outcome = make_serving(member.instance_id, address, deps)
+        if outcome == "already":
+            return member.instance_id  # a concurrent probe adopted it first, and alerted
+        if outcome == "moved":
             deps.alerts.send(
                 Alert(
                     "eip-moved",

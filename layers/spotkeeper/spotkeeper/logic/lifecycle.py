@@ -114,22 +114,26 @@ def promote(launch: PendingLaunch, address: str, deps: ControlDeps, owner: str) 
     return "promoted" if moved else "continued"
 
 
-def make_serving(instance_id: str, address: str, deps: ControlDeps) -> bool:
-    """Move the EIP to ``instance_id`` and record it, unless a racing change makes that wrong."""
+def make_serving(instance_id: str, address: str, deps: ControlDeps) -> str:
+    """Move the EIP to ``instance_id`` and record it, unless a racing change makes that wrong.
+
+    Returns "moved" when this call made it the serving instance, "already" when someone else just had (both
+    truthy), and "" when it must not take over.
+    """
     for _ in range(5):
         endpoint = deps.state.get_endpoint(deps.group)
         if endpoint.serving_instance_id == instance_id:
             deps.fleet.move_eip(instance_id)  # idempotent; repairs an EIP moved by someone else
-            return True
+            return "already"
         if endpoint.serving_instance_id is not None and not _should_take_over(endpoint.serving_instance_id, deps):
             logger.info(
                 "current serving instance is healthy and staying; not moving the EIP",
                 extra={"instance_id": instance_id, "serving": endpoint.serving_instance_id},
             )
-            return False
+            return ""
         deps.fleet.move_eip(instance_id)
         if deps.state.set_serving(deps.group, instance_id, address, deps.clock.now(), endpoint.version):
-            return True
+            return "moved"
         logger.info("endpoint changed while moving the EIP; deciding again", extra={"instance_id": instance_id})
     raise RuntimeError(f"could not record {instance_id} as serving: endpoint state keeps changing")
 
