@@ -11,7 +11,7 @@ Every change is a conditional write, so concurrent or replayed events cannot und
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -67,7 +67,6 @@ class Endpoint:
 class InstanceRecord:
     instance_id: str
     doomed_at: float | None = None
-    doomed_reason: str | None = None
     replacement_requested: bool = False
     draining_since: float | None = None
     probe_failures: int = 0
@@ -83,7 +82,6 @@ class InstanceRecord:
         return cls(
             instance_id=instance_id,
             doomed_at=_num(item.get("doomed_at")),
-            doomed_reason=item.get("doomed_reason"),
             replacement_requested=bool(item.get("replacement_requested", False)),
             draining_since=_num(item.get("draining_since")),
             probe_failures=int(item.get("probe_failures", 0)),
@@ -108,7 +106,6 @@ class PendingLaunch:
     deadline: float
     status: str = "waiting"  # waiting | continued | abandoned (claimed by whoever decided)
     completed: bool = False  # the claimed outcome was carried out to the end
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_item(cls, item: dict[str, Any]) -> PendingLaunch:
@@ -203,16 +200,8 @@ class StateStore:
         )
         return InstanceRecord.from_item(instance_id, item)
 
-    def mark_doomed(self, group: str, instance_id: str, reason: str, at: float) -> bool:
-        """Record that ``instance_id`` is going away. True only for the first caller."""
-        return self._set_once(group, instance_id, "doomed_at", at, {"doomed_reason": reason})
-
-    def mark_replacement_requested(self, group: str, instance_id: str) -> bool:
-        """True only for the first caller: at most one replacement is started per doomed instance."""
-        return self._set_once(group, instance_id, "replacement_requested", True, {})
-
     def mark_at_risk(self, group: str, instance_id: str, at: float) -> bool:
-        return self._set_once(group, instance_id, "at_risk_since", at, {})
+        return self._set_once(group, instance_id, "at_risk_since", at)
 
     def begin_replacement(
         self, group: str, instance_id: str, mark: str, at: float, owner: str, how: str, desired_before: int
@@ -263,22 +252,13 @@ class StateStore:
             raise
         return True
 
-    def finish_action(self, group: str, instance_id: str, action: str, **facts: Any) -> None:
-        self.record_facts(group, instance_id, **{f"{action}_done": True}, **facts)
-
-    def record_facts(self, group: str, instance_id: str, **facts: Any) -> None:
-        names: dict[str, str] = {}
-        values: dict[str, Any] = {}
-        sets: list[str] = []
-        for index, (name, value) in enumerate(facts.items()):
-            names[f"#f{index}"] = name
-            values[f":f{index}"] = Decimal(str(value)) if isinstance(value, float) else value
-            sets.append(f"#f{index} = :f{index}")
+    def finish_action(self, group: str, instance_id: str, action: str) -> None:
+        """Record a claimed action as carried out: no later claim, not even its owner's, does it again."""
         self._table.update_item(
             Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
-            UpdateExpression="SET " + ", ".join(sets),
-            ExpressionAttributeNames=names,
-            ExpressionAttributeValues=values,
+            UpdateExpression="SET #done = :true",
+            ExpressionAttributeNames={"#done": f"{action}_done"},
+            ExpressionAttributeValues={":true": True},
         )
 
     def instances(self, group: str) -> list[InstanceRecord]:
@@ -298,10 +278,10 @@ class StateStore:
         return [InstanceRecord.from_item(item["sk"].removeprefix("instance#"), item) for item in items]
 
     def mark_draining(self, group: str, instance_id: str, at: float) -> bool:
-        return self._set_once(group, instance_id, "draining_since", at, {})
+        return self._set_once(group, instance_id, "draining_since", at)
 
     def mark_unhealthy(self, group: str, instance_id: str) -> bool:
-        return self._set_once(group, instance_id, "marked_unhealthy", True, {})
+        return self._set_once(group, instance_id, "marked_unhealthy", True)
 
     def record_probe(self, group: str, instance_id: str, healthy: bool) -> int:
         """Count consecutive failed probes atomically; a success resets it. Returns the new count."""
@@ -321,21 +301,15 @@ class StateStore:
         )
         return int(response["Attributes"]["probe_failures"])
 
-    def _set_once(self, group: str, instance_id: str, attribute: str, value: Any, extra: dict[str, Any]) -> bool:
-        names = {"#a": attribute}
-        values: dict[str, Any] = {":v": Decimal(str(value)) if isinstance(value, float) else value}
-        sets = ["#a = :v"]
-        for index, (name, extra_value) in enumerate(extra.items()):
-            names[f"#e{index}"] = name
-            values[f":e{index}"] = extra_value
-            sets.append(f"#e{index} = :e{index}")
+    def _set_once(self, group: str, instance_id: str, attribute: str, value: Any) -> bool:
+        """Set ``attribute`` on the instance's record unless it is there already. True for the first caller."""
         try:
             self._table.update_item(
                 Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
-                UpdateExpression="SET " + ", ".join(sets),
+                UpdateExpression="SET #a = :v",
                 ConditionExpression="attribute_not_exists(#a)",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
+                ExpressionAttributeNames={"#a": attribute},
+                ExpressionAttributeValues={":v": Decimal(str(value)) if isinstance(value, float) else value},
             )
         except ClientError as error:
             if _is_conditional_failure(error):
