@@ -47,6 +47,7 @@ from spotkeeper_local.lifecycle_hooks import (
     aws_error,
     lifecycle_event,
 )
+from spotkeeper_local.spot_market_stand_ins import ACTIVE, describe_refresh
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -149,9 +150,6 @@ class SpotMarket:
         return self.capacity
 
 
-ACTIVE_REFRESH = ("Pending", "InProgress", "Cancelling")
-
-
 @dataclass
 class _Refresh:
     refresh_id: str
@@ -167,24 +165,10 @@ class _Refresh:
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE_REFRESH
+        return self.status in ACTIVE
 
     def describe(self, group: str) -> dict[str, Any]:
-        total = max(1, len(self.to_replace))
-        described: dict[str, Any] = {
-            "InstanceRefreshId": self.refresh_id,
-            "AutoScalingGroupName": group,
-            "Status": self.status,
-            "StatusReason": self.status_reason,
-            "StartTime": datetime.fromtimestamp(self.started_at, UTC),
-            "PercentageComplete": 100 if self.status == "Successful" else int(100 * len(self.replaced) / total),
-            "InstancesToUpdate": len(self.to_replace) - len(self.replaced),
-            "Preferences": self.preferences,
-            "Strategy": "Rolling",
-        }
-        if self.ended_at is not None:
-            described["EndTime"] = datetime.fromtimestamp(self.ended_at, UTC)
-        return described
+        return describe_refresh(self, group)
 
 
 @dataclass

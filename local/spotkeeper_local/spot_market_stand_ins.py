@@ -175,6 +175,26 @@ class SpotMarketStandIn:
 # --------------------------------------------------------------------------------------------------
 # Instance refresh
 # --------------------------------------------------------------------------------------------------
+def describe_refresh(refresh: Any, group: str) -> dict[str, Any]:
+    """An instance refresh as DescribeInstanceRefreshes answers it, for every stand-in that runs refreshes."""
+    done = len(refresh.replaced)
+    total = max(1, len(refresh.to_replace))
+    described: dict[str, Any] = {
+        "InstanceRefreshId": refresh.refresh_id,
+        "AutoScalingGroupName": group,
+        "Status": refresh.status,
+        "StatusReason": refresh.status_reason,
+        "StartTime": datetime.fromtimestamp(refresh.started_at, UTC),
+        "PercentageComplete": 100 if refresh.status == "Successful" else int(100 * done / total),
+        "InstancesToUpdate": len(refresh.to_replace) - done,
+        "Preferences": refresh.preferences,
+        "Strategy": "Rolling",
+    }
+    if refresh.ended_at is not None:
+        described["EndTime"] = datetime.fromtimestamp(refresh.ended_at, UTC)
+    return described
+
+
 @dataclass
 class Refresh:
     refresh_id: str
@@ -194,22 +214,7 @@ class Refresh:
         return self.status in ACTIVE
 
     def describe(self) -> dict[str, Any]:
-        done = len(self.replaced)
-        total = max(1, len(self.to_replace))
-        described: dict[str, Any] = {
-            "InstanceRefreshId": self.refresh_id,
-            "AutoScalingGroupName": self.group,
-            "Status": self.status,
-            "StatusReason": self.status_reason,
-            "StartTime": datetime.fromtimestamp(self.started_at, UTC),
-            "PercentageComplete": 100 if self.status == "Successful" else int(100 * done / total),
-            "InstancesToUpdate": len(self.to_replace) - done,
-            "Preferences": self.preferences,
-            "Strategy": "Rolling",
-        }
-        if self.ended_at is not None:
-            described["EndTime"] = datetime.fromtimestamp(self.ended_at, UTC)
-        return described
+        return describe_refresh(self, self.group)
 
 
 @dataclass
