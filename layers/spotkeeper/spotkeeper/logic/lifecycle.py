@@ -15,7 +15,6 @@ from collections.abc import Callable
 from spotkeeper.alerts import Alert
 from spotkeeper.deps import ControlDeps
 from spotkeeper.events import LaunchLifecycleAction, TerminateLifecycleAction
-from spotkeeper.fleet import Group
 from spotkeeper.observability import logger
 from spotkeeper.state import PendingLaunch
 
@@ -188,7 +187,6 @@ def abandon(launch: PendingLaunch, deps: ControlDeps, reason: str, owner: str) -
 def on_instance_terminating(event: TerminateLifecycleAction, deps: ControlDeps) -> str:
     detail = event.detail
     instance_id = detail.instance_id
-    group = deps.fleet.describe_group()
     record = deps.state.get_instance(deps.group, instance_id)
     # If Spot took it before its replacement was ready, give back the extra capacity asked for it, before the
     # group replaces it a second time. The value is absolute, so it is harmless after a retire, too.
@@ -201,9 +199,8 @@ def on_instance_terminating(event: TerminateLifecycleAction, deps: ControlDeps) 
         deps.fleet.set_desired(record.desired_before)
         deps.state.finish_action(deps.group, instance_id, RESTORE_DESIRED)
     endpoint = deps.state.get_endpoint(deps.group)
-    handed_to = None
-    if endpoint.serving_instance_id == instance_id:
-        handed_to = hand_over_serving(instance_id, group, deps)
+    was_serving = endpoint.serving_instance_id == instance_id
+    handed_to = hand_over_serving(instance_id, deps) if was_serving else None
     # Marked draining only after the hand-over, so the gateway never sees a draining serving instance while a
     # ready one is there to take over.
     first = deps.state.mark_draining(deps.group, instance_id, at=deps.clock.now())
@@ -213,19 +210,16 @@ def on_instance_terminating(event: TerminateLifecycleAction, deps: ControlDeps) 
         detail.hook_name, detail.lifecycle_action_token, instance_id, CONTINUE
     )
     if first:
-        severity = "critical" if endpoint.serving_instance_id == instance_id and handed_to is None else "info"
+        left_nothing_serving = was_serving and handed_to is None
+        if handed_to:
+            outcome = f", EIP now on {handed_to}"
+        else:
+            outcome = ", no other ready instance" if left_nothing_serving else ""
         deps.alerts.send(
             Alert(
                 "instance-terminating",
-                severity,  # type: ignore[arg-type]
-                f"{instance_id} terminating: {drained}"
-                + (
-                    f", EIP now on {handed_to}"
-                    if handed_to
-                    else ", no other ready instance"
-                    if severity == "critical"
-                    else ""
-                ),
+                "critical" if left_nothing_serving else "info",
+                f"{instance_id} terminating: {drained}{outcome}",
                 {
                     "instance_id": instance_id,
                     "drain": drained,
@@ -236,8 +230,9 @@ def on_instance_terminating(event: TerminateLifecycleAction, deps: ControlDeps) 
     return "completed" if completed else "already-completed"
 
 
-def hand_over_serving(leaving: str, group: Group, deps: ControlDeps) -> str | None:
+def hand_over_serving(leaving: str, deps: ControlDeps) -> str | None:
     """The serving instance is leaving: put the EIP on another ready instance of the group, if there is one."""
+    group = deps.fleet.describe_group()
     leaving_ids = {r.instance_id for r in deps.state.instances(deps.group) if r.doomed or r.draining_since}
     for member in group.instances:
         if member.instance_id == leaving or member.instance_id in leaving_ids or member.lifecycle_state != "InService":
