@@ -23,7 +23,7 @@ def async_config(logical_id: str) -> dict:
 @pytest.mark.parametrize(
     ("function", "sample"), [("interruption", "malformed-spot-interruption"), ("lifecycle", "malformed-lifecycle")]
 )
-def test_poisoned_event_lands_in_the_dlq_with_its_payload(stack, function, sample):
+def test_poisoned_event_lands_in_the_dlq_with_its_payload(stack, function, sample, monkeypatch):
     # Given the function's async invocation config from the template: retries, then OnFailure to the DLQ
     config = async_config(FUNCTIONS[function])
     destination = config["DestinationConfig"]["OnFailure"]
@@ -47,11 +47,8 @@ def test_poisoned_event_lands_in_the_dlq_with_its_payload(stack, function, sampl
         attempts.append(1)
         return real_invoke(*args, **kwargs)
 
-    lambda_runtime.invoke = counting_invoke
-    try:
-        result = invoke_async(function, event, deps, on_failure=to_dlq, retries=config["MaximumRetryAttempts"])
-    finally:
-        lambda_runtime.invoke = real_invoke
+    monkeypatch.setattr(lambda_runtime, "invoke", counting_invoke)
+    result = invoke_async(function, event, deps, on_failure=to_dlq, retries=config["MaximumRetryAttempts"])
     # Then it was tried 1 + MaximumRetryAttempts times and its record is in the DLQ, payload byte-for-byte
     assert result is None
     assert len(attempts) == 1 + config["MaximumRetryAttempts"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import importlib.util
 import sys
 import uuid
@@ -91,8 +92,6 @@ def invoke_async(
         except Exception as failure:  # Lambda records any unhandled error the same way
             error = failure
     arn = function_arn or f"arn:aws:lambda:us-east-1:123456789012:function:spotkeeper-{name}"
-    import datetime
-
     on_failure(
         {
             "version": "1.0",
