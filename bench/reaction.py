@@ -136,8 +136,7 @@ class ReactionWorld:
 
     def __init__(self, aws: Any, template: Any, stack_name: str) -> None:
         from spotkeeper.aws import AwsClients
-        from spotkeeper.deps import ControlDeps
-        from spotkeeper.logic.capacity import CapacityDeps
+        from spotkeeper.deps import CapacityDeps, ControlDeps
         from spotkeeper.settings import CapacityEnv, ControlEnv
         from spotkeeper_local.emulated_fleet import EmulatedInstances
         from spotkeeper_local.lifecycle_hooks import LifecycleHooks

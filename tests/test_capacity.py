@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from spotkeeper.aws import AwsClients
+from spotkeeper.deps import CapacityDeps
 from spotkeeper.events import InvalidEvent
-from spotkeeper.logic.capacity import CapacityDeps, classify_launch_failure
+from spotkeeper.logic.capacity import classify_launch_failure
+from spotkeeper.records import ON_DEMAND, SPOT
 from spotkeeper.settings import CapacityEnv
-from spotkeeper.state import ON_DEMAND, SPOT
 from spotkeeper_local.aws_events import aws_event, load_event
 from spotkeeper_local.lambda_runtime import invoke
 from spotkeeper_local.lifecycle_hooks import LifecycleHooks

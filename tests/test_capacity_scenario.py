@@ -16,8 +16,8 @@ from test_capacity import MIN_ON_DEMAND, NO_SPOT_CAPACITY, Capacity, launch_fail
 
 from spotkeeper.aws import AwsClients
 from spotkeeper.deps import ControlDeps
+from spotkeeper.records import SPOT
 from spotkeeper.settings import ControlEnv
-from spotkeeper.state import SPOT
 from spotkeeper.tgi import TgiClient
 from spotkeeper_local.aws_events import scheduled
 from spotkeeper_local.lambda_runtime import invoke

@@ -2,9 +2,10 @@
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from spotkeeper.deps import capacity_deps
 from spotkeeper.events import parse_event
 from spotkeeper.handlers import rejecting_invalid_events, tag_metrics
-from spotkeeper.logic.capacity import CapacityEvent, capacity_deps, react_to_capacity_event
+from spotkeeper.logic.capacity import CapacityEvent, react_to_capacity_event
 from spotkeeper.observability import logger, metrics, tracer
 
 

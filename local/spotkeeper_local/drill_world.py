@@ -27,7 +27,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer
 
 from spotkeeper.aws import AwsClients
-from spotkeeper.deps import ControlDeps
+from spotkeeper.deps import CapacityDeps, ControlDeps
 from spotkeeper.settings import CapacityEnv, ControlEnv
 from spotkeeper_local.auto_scaling import ACCOUNT_ID, REGION, GroupStandIn, SpotMarket
 from spotkeeper_local.aws_events import aws_event
@@ -225,8 +225,6 @@ class DrillWorld:
             if name in env
         }
         if "capacity" in env:
-            from spotkeeper.logic.capacity import CapacityDeps
-
             deps["capacity"] = CapacityDeps.build(
                 CapacityEnv.from_environ(env["capacity"]), clients=clients, clock=clock
             )

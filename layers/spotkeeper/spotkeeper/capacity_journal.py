@@ -16,6 +16,7 @@ from botocore.exceptions import ClientError
 
 from spotkeeper.aws import error_code
 from spotkeeper.observability import logger
+from spotkeeper.state import conditional_write
 
 LEASE_SECONDS = 60
 KEEP_SECONDS = 2 * 24 * 3600
@@ -33,23 +34,21 @@ class CapacityJournal:
     def once(self, what: str, action: Callable[[], None]) -> bool:
         """Run ``action`` unless it already ran (or is running) for ``what``. True when this call ran it."""
         now = self._now()
-        try:
-            self._table.update_item(
-                Key=self._key(what),
-                UpdateExpression="SET claimed_until = :lease, expiration = :expires",
-                ConditionExpression="attribute_not_exists(sk) OR (attribute_not_exists(done) AND "
-                "(attribute_not_exists(claimed_until) OR claimed_until < :now))",
-                ExpressionAttributeValues={
-                    ":lease": Decimal(str(now + LEASE_SECONDS)),
-                    ":expires": int(now + KEEP_SECONDS),
-                    ":now": Decimal(str(now)),
-                },
-            )
-        except ClientError as error:
-            if error_code(error) == "ConditionalCheckFailedException":
-                logger.info("already done", extra={"what": what})
-                return False
-            raise
+        claimed = conditional_write(
+            self._table.update_item,
+            Key=self._key(what),
+            UpdateExpression="SET claimed_until = :lease, expiration = :expires",
+            ConditionExpression="attribute_not_exists(sk) OR (attribute_not_exists(done) AND "
+            "(attribute_not_exists(claimed_until) OR claimed_until < :now))",
+            ExpressionAttributeValues={
+                ":lease": Decimal(str(now + LEASE_SECONDS)),
+                ":expires": int(now + KEEP_SECONDS),
+                ":now": Decimal(str(now)),
+            },
+        )
+        if not claimed:
+            logger.info("already done", extra={"what": what})
+            return False
         try:
             action()
         except Exception:

@@ -10,14 +10,15 @@ than a mode recorded on a wish.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from spotkeeper.aws import error_code
-from spotkeeper.fleet import GroupNotFound
+from spotkeeper.fleet import describe_group
+from spotkeeper.group import Group, NoMixedInstancesPolicy
 from spotkeeper.observability import logger
 
 # Statuses of an instance refresh that is still replacing instances (or about to).
@@ -27,27 +28,8 @@ MIN_HEALTHY_PERCENTAGE = 100
 MAX_HEALTHY_PERCENTAGE = 200
 
 
-class NoMixedInstancesPolicy(RuntimeError):
-    """The group launches from a plain launch template: there is no On-Demand base capacity to change."""
-
-
 class PolicyNotApplied(RuntimeError):
     """The group's policy read back after a write does not say what was written."""
-
-
-@dataclass(frozen=True)
-class GroupCapacity:
-    """What the capacity decisions need to know about the group."""
-
-    name: str
-    instance_types: tuple[str, ...]  # in the order of the policy's overrides
-    subnet_ids: tuple[str, ...]
-    on_demand_base: int
-    instances: tuple[tuple[str, str | None, str], ...]  # (instance id, instance type, lifecycle state)
-    policy: dict[str, Any]
-
-    def instance_type_of(self, instance_id: str) -> str | None:
-        return next((kind for iid, kind, _ in self.instances if iid == instance_id), None)
 
 
 @dataclass(frozen=True)
@@ -91,40 +73,21 @@ class CapacityPolicy:
         self._ec2 = ec2
         self.group_name = group_name
 
-    def _describe(self) -> dict[str, Any]:
-        groups = self._autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[self.group_name])[
-            "AutoScalingGroups"
-        ]
-        if not groups:
-            raise GroupNotFound(f"Auto Scaling group {self.group_name} does not exist")
-        return groups[0]
-
-    def read(self) -> GroupCapacity:
-        description = self._describe()
-        policy = description.get("MixedInstancesPolicy")
-        if not policy:
+    def read(self) -> Group:
+        """The group, with its instance types resolved (from the launch template when there are no overrides)."""
+        group = describe_group(self._autoscaling, self.group_name)
+        if not group.mixed_instances_policy:
             raise NoMixedInstancesPolicy(
                 f"group {self.group_name} has no MixedInstancesPolicy: spotkeeper cannot switch it between "
                 "Spot and On-Demand"
             )
-        return GroupCapacity(
-            name=self.group_name,
-            instance_types=self._instance_types(policy),
-            subnet_ids=tuple(s for s in description.get("VPCZoneIdentifier", "").split(",") if s),
-            on_demand_base=int(policy.get("InstancesDistribution", {}).get("OnDemandBaseCapacity", 0)),
-            instances=tuple(
-                (i["InstanceId"], i.get("InstanceType"), i["LifecycleState"]) for i in description.get("Instances", [])
-            ),
-            policy=policy,
-        )
+        if group.instance_types:
+            return group
+        return replace(group, instance_types=self._launch_template_type(group.mixed_instances_policy))
 
-    def _instance_types(self, policy: dict[str, Any]) -> tuple[str, ...]:
-        template = policy.get("LaunchTemplate", {})
-        listed = tuple(o["InstanceType"] for o in template.get("Overrides", []) if o.get("InstanceType"))
-        if listed:
-            return listed
+    def _launch_template_type(self, policy: dict[str, Any]) -> tuple[str, ...]:
         # No overrides (or attribute-based ones): the launch template's own instance type is the only one.
-        specification = template.get("LaunchTemplateSpecification", {})
+        specification = policy.get("LaunchTemplate", {}).get("LaunchTemplateSpecification", {})
         selector = (
             {"LaunchTemplateId": specification["LaunchTemplateId"]}
             if specification.get("LaunchTemplateId")
@@ -141,7 +104,7 @@ class CapacityPolicy:
         current = self.read()
         if current.on_demand_base == base:
             return False
-        policy = writable_policy(current.policy)
+        policy = writable_policy(current.mixed_instances_policy or {})
         policy.setdefault("InstancesDistribution", {})["OnDemandBaseCapacity"] = base
         self._autoscaling.update_auto_scaling_group(AutoScalingGroupName=self.group_name, MixedInstancesPolicy=policy)
         applied = self.read()

@@ -1,4 +1,8 @@
-"""What a reaction needs, wired once per process: the same logic runs in Lambda, tests and the drill."""
+"""What a reaction needs, wired once per process: the same logic runs in Lambda, tests and the drill.
+
+The one place that builds AWS adapters: ``logic/`` receives a ``ControlDeps`` or ``CapacityDeps`` and never
+imports an adapter itself.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,12 @@ from functools import cache
 
 from spotkeeper.alerts import AlertPublisher
 from spotkeeper.aws import AwsClients, LazyClient
+from spotkeeper.capacity_journal import CapacityJournal
+from spotkeeper.capacity_policy import CapacityPolicy
 from spotkeeper.clock import Clock, WallClock
 from spotkeeper.fleet import Fleet
-from spotkeeper.settings import ControlEnv, control_env
+from spotkeeper.settings import CapacityEnv, ControlEnv, capacity_env, control_env
+from spotkeeper.spot_market import SpotMarket
 from spotkeeper.state import StateStore
 from spotkeeper.tgi import TgiClient
 
@@ -57,3 +64,42 @@ class ControlDeps:
 def control_deps() -> ControlDeps:
     """The Lambda wiring: environment, real clients, wall clock. Built on the first event."""
     return ControlDeps.build(control_env())
+
+
+@dataclass
+class CapacityDeps:
+    env: CapacityEnv
+    clients: AwsClients
+    state: StateStore
+    alerts: AlertPublisher
+    policy: CapacityPolicy
+    market: SpotMarket
+    journal: CapacityJournal
+    clock: Clock
+
+    @property
+    def group(self) -> str:
+        return self.env.group_name
+
+    @classmethod
+    def build(cls, env: CapacityEnv, clients: AwsClients | None = None, clock: Clock | None = None) -> CapacityDeps:
+        clients = clients or AwsClients()
+        clock = clock or WallClock()
+        return cls(
+            env=env,
+            clients=clients,
+            state=StateStore(LazyClient(lambda: clients.table(env.state_table_name))),
+            alerts=AlertPublisher(LazyClient(lambda: clients.sns), env.alert_topic_arn, env.group_name),
+            policy=CapacityPolicy(
+                LazyClient(lambda: clients.autoscaling), LazyClient(lambda: clients.ec2), env.group_name
+            ),
+            market=SpotMarket(LazyClient(lambda: clients.ec2)),
+            journal=CapacityJournal(LazyClient(lambda: clients.table(env.state_table_name)), env.group_name, clock.now),
+            clock=clock,
+        )
+
+
+@cache
+def capacity_deps() -> CapacityDeps:
+    """The capacity function's Lambda wiring: environment, real clients, wall clock. Built on the first event."""
+    return CapacityDeps.build(capacity_env())

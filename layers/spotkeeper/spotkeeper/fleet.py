@@ -2,70 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from spotkeeper.aws import error_code, error_message
+from spotkeeper.group import Group, GroupNotFound
 from spotkeeper.observability import logger
 
-# Instances that count as capacity: serving now or on their way to it.
-ACTIVE_STATES = frozenset({"Pending", "Pending:Wait", "Pending:Proceed", "InService"})
-LEAVING_STATES = frozenset({"Terminating", "Terminating:Wait", "Terminating:Proceed", "Terminated", "Detaching"})
 
-
-@dataclass(frozen=True)
-class GroupInstance:
-    instance_id: str
-    lifecycle_state: str
-    health_status: str
-    instance_type: str | None = None
-    lifecycle: str | None = None  # "spot" or "on-demand" as Auto Scaling reports it, when it does
-
-    @property
-    def active(self) -> bool:
-        return self.lifecycle_state in ACTIVE_STATES
-
-
-@dataclass(frozen=True)
-class Group:
-    name: str
-    desired: int
-    min_size: int
-    max_size: int
-    capacity_rebalance: bool
-    instances: tuple[GroupInstance, ...] = ()
-    mixed_instances_policy: dict[str, Any] | None = None
-    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-
-    def instance(self, instance_id: str) -> GroupInstance | None:
-        return next((i for i in self.instances if i.instance_id == instance_id), None)
-
-    @classmethod
-    def from_description(cls, description: dict[str, Any]) -> Group:
-        return cls(
-            name=description["AutoScalingGroupName"],
-            desired=int(description["DesiredCapacity"]),
-            min_size=int(description["MinSize"]),
-            max_size=int(description["MaxSize"]),
-            capacity_rebalance=bool(description.get("CapacityRebalance", False)),
-            instances=tuple(
-                GroupInstance(
-                    instance_id=i["InstanceId"],
-                    lifecycle_state=i["LifecycleState"],
-                    health_status=i.get("HealthStatus", "Healthy"),
-                    instance_type=i.get("InstanceType"),
-                )
-                for i in description.get("Instances", [])
-            ),
-            mixed_instances_policy=description.get("MixedInstancesPolicy"),
-            raw=description,
-        )
-
-
-class GroupNotFound(RuntimeError):
-    pass
+def describe_group(autoscaling: Any, group_name: str) -> Group:
+    groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group_name])["AutoScalingGroups"]
+    if not groups:
+        raise GroupNotFound(f"Auto Scaling group {group_name} does not exist")
+    return Group.from_description(groups[0])
 
 
 class Fleet:
@@ -78,12 +28,7 @@ class Fleet:
         self.eip_allocation_id = eip_allocation_id
 
     def describe_group(self) -> Group:
-        groups = self._autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[self.group_name])[
-            "AutoScalingGroups"
-        ]
-        if not groups:
-            raise GroupNotFound(f"Auto Scaling group {self.group_name} does not exist")
-        return Group.from_description(groups[0])
+        return describe_group(self._autoscaling, self.group_name)
 
     def private_address(self, instance_id: str) -> str | None:
         """The instance's private IP, or None if EC2 no longer knows it (it vanished)."""

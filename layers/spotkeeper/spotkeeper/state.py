@@ -11,113 +11,30 @@ Every change is a conditional write, so concurrent or replayed events cannot und
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
 from botocore.exceptions import ClientError
 
+from spotkeeper.records import SPOT, Endpoint, InstanceRecord, PendingLaunch
+
 ENDPOINT_SK = "endpoint"
-SPOT = "spot"
-ON_DEMAND = "on-demand"
 
 
 def _pk(group: str) -> str:
     return f"group#{group}"
 
 
-def _is_conditional_failure(error: ClientError) -> bool:
-    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
-
-
-def _num(value: Any, default: float | None = None) -> float | None:
-    if value is None:
-        return default
-    return float(value)
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    group: str
-    serving_instance_id: str | None = None
-    serving_address: str | None = None
-    serving_since: float | None = None
-    mode: str = SPOT
-    mode_since: float | None = None
-    mode_reason: str | None = None
-    version: int = 0
-
-    @classmethod
-    def from_item(cls, group: str, item: dict[str, Any] | None) -> Endpoint:
-        if not item:
-            return cls(group=group)
-        return cls(
-            group=group,
-            serving_instance_id=item.get("serving_instance_id"),
-            serving_address=item.get("serving_address"),
-            serving_since=_num(item.get("serving_since")),
-            mode=item.get("mode", SPOT),
-            mode_since=_num(item.get("mode_since")),
-            mode_reason=item.get("mode_reason"),
-            version=int(item.get("version", 0)),
-        )
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    instance_id: str
-    doomed_at: float | None = None
-    replacement_requested: bool = False
-    draining_since: float | None = None
-    probe_failures: int = 0
-    marked_unhealthy: bool = False
-    at_risk_since: float | None = None
-    replacement: str | None = None  # how its replacement was started: scale-out, detach, group
-    desired_before: int | None = None  # the group's desired capacity before a scale-out for it
-    retired: bool = False
-
-    @classmethod
-    def from_item(cls, instance_id: str, item: dict[str, Any] | None) -> InstanceRecord:
-        item = item or {}
-        return cls(
-            instance_id=instance_id,
-            doomed_at=_num(item.get("doomed_at")),
-            replacement_requested=bool(item.get("replacement_requested", False)),
-            draining_since=_num(item.get("draining_since")),
-            probe_failures=int(item.get("probe_failures", 0)),
-            marked_unhealthy=bool(item.get("marked_unhealthy", False)),
-            at_risk_since=_num(item.get("at_risk_since")),
-            replacement=item.get("replacement"),
-            desired_before=int(item["desired_before"]) if "desired_before" in item else None,
-            retired=bool(item.get("retire_done", False)),
-        )
-
-    @property
-    def doomed(self) -> bool:
-        return self.doomed_at is not None
-
-
-@dataclass(frozen=True)
-class PendingLaunch:
-    instance_id: str
-    hook_name: str
-    token: str
-    started_at: float
-    deadline: float
-    status: str = "waiting"  # waiting | continued | abandoned (claimed by whoever decided)
-    completed: bool = False  # the claimed outcome was carried out to the end
-
-    @classmethod
-    def from_item(cls, item: dict[str, Any]) -> PendingLaunch:
-        return cls(
-            instance_id=item["instance_id"],
-            hook_name=item["hook_name"],
-            token=item["token"],
-            started_at=float(item["started_at"]),
-            deadline=float(item["deadline"]),
-            status=item.get("status", "waiting"),
-            completed=bool(item.get("completed", False)),
-        )
+def conditional_write(write: Callable[..., Any], **request: Any) -> bool:
+    """Make one conditional DynamoDB write. False when its condition did not hold: someone else wrote first."""
+    try:
+        write(**request)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            return False
+        raise
+    return True
 
 
 class StateStore:
@@ -133,65 +50,49 @@ class StateStore:
 
     def set_serving(self, group: str, instance_id: str, address: str, at: float, expected_version: int) -> bool:
         """Record the serving instance if nobody changed the endpoint since ``expected_version``."""
-        try:
-            self._table.update_item(
-                Key={"pk": _pk(group), "sk": ENDPOINT_SK},
-                UpdateExpression="SET serving_instance_id = :i, serving_address = :a, serving_since = :t, "
-                "version = :next",
-                ConditionExpression="attribute_not_exists(version) OR version = :v",
-                ExpressionAttributeValues={
-                    ":i": instance_id,
-                    ":a": address,
-                    ":t": Decimal(str(at)),
-                    ":v": expected_version,
-                    ":next": expected_version + 1,
-                },
-            )
-        except ClientError as error:
-            if _is_conditional_failure(error):
-                return False
-            raise
-        return True
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": _pk(group), "sk": ENDPOINT_SK},
+            UpdateExpression="SET serving_instance_id = :i, serving_address = :a, serving_since = :t, version = :next",
+            ConditionExpression="attribute_not_exists(version) OR version = :v",
+            ExpressionAttributeValues={
+                ":i": instance_id,
+                ":a": address,
+                ":t": Decimal(str(at)),
+                ":v": expected_version,
+                ":next": expected_version + 1,
+            },
+        )
 
     def clear_serving(self, group: str, instance_id: str, expected_version: int) -> bool:
         """Forget the serving instance, only if it is still ``instance_id``."""
-        try:
-            self._table.update_item(
-                Key={"pk": _pk(group), "sk": ENDPOINT_SK},
-                UpdateExpression="REMOVE serving_instance_id, serving_address, serving_since SET version = :next",
-                ConditionExpression="serving_instance_id = :i AND version = :v",
-                ExpressionAttributeValues={":i": instance_id, ":v": expected_version, ":next": expected_version + 1},
-            )
-        except ClientError as error:
-            if _is_conditional_failure(error):
-                return False
-            raise
-        return True
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": _pk(group), "sk": ENDPOINT_SK},
+            UpdateExpression="REMOVE serving_instance_id, serving_address, serving_since SET version = :next",
+            ConditionExpression="serving_instance_id = :i AND version = :v",
+            ExpressionAttributeValues={":i": instance_id, ":v": expected_version, ":next": expected_version + 1},
+        )
 
     def set_mode(self, group: str, mode: str, reason: str, at: float, expected_mode: str) -> bool:
         """Switch capacity mode (spot/on-demand) once: only the first of racing callers wins."""
         condition = "attribute_not_exists(#m) OR #m = :expected" if expected_mode == SPOT else "#m = :expected"
-        try:
-            self._table.update_item(
-                Key={"pk": _pk(group), "sk": ENDPOINT_SK},
-                UpdateExpression="SET #m = :mode, mode_since = :t, mode_reason = :r, "
-                "version = if_not_exists(version, :zero) + :one",
-                ConditionExpression=condition,
-                ExpressionAttributeNames={"#m": "mode"},
-                ExpressionAttributeValues={
-                    ":mode": mode,
-                    ":t": Decimal(str(at)),
-                    ":r": reason,
-                    ":expected": expected_mode,
-                    ":zero": 0,
-                    ":one": 1,
-                },
-            )
-        except ClientError as error:
-            if _is_conditional_failure(error):
-                return False
-            raise
-        return True
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": _pk(group), "sk": ENDPOINT_SK},
+            UpdateExpression="SET #m = :mode, mode_since = :t, mode_reason = :r, "
+            "version = if_not_exists(version, :zero) + :one",
+            ConditionExpression=condition,
+            ExpressionAttributeNames={"#m": "mode"},
+            ExpressionAttributeValues={
+                ":mode": mode,
+                ":t": Decimal(str(at)),
+                ":r": reason,
+                ":expected": expected_mode,
+                ":zero": 0,
+                ":one": 1,
+            },
+        )
 
     # instances --------------------------------------------------------------------------------
     def get_instance(self, group: str, instance_id: str) -> InstanceRecord:
@@ -238,19 +139,14 @@ class StateStore:
         action is not recorded as done: so a reaction that failed half-way is redone by its retry, and a
         duplicate or racing event never does it a second time.
         """
-        try:
-            self._table.update_item(
-                Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
-                UpdateExpression="SET #owner = :owner",
-                ConditionExpression="attribute_not_exists(#owner) OR (#owner = :owner AND attribute_not_exists(#done))",
-                ExpressionAttributeNames={"#owner": f"{action}_by", "#done": f"{action}_done"},
-                ExpressionAttributeValues={":owner": owner},
-            )
-        except ClientError as error:
-            if _is_conditional_failure(error):
-                return False
-            raise
-        return True
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
+            UpdateExpression="SET #owner = :owner",
+            ConditionExpression="attribute_not_exists(#owner) OR (#owner = :owner AND attribute_not_exists(#done))",
+            ExpressionAttributeNames={"#owner": f"{action}_by", "#done": f"{action}_done"},
+            ExpressionAttributeValues={":owner": owner},
+        )
 
     def finish_action(self, group: str, instance_id: str, action: str) -> None:
         """Record a claimed action as carried out: no later claim, not even its owner's, does it again."""
@@ -303,42 +199,32 @@ class StateStore:
 
     def _set_once(self, group: str, instance_id: str, attribute: str, value: Any) -> bool:
         """Set ``attribute`` on the instance's record unless it is there already. True for the first caller."""
-        try:
-            self._table.update_item(
-                Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
-                UpdateExpression="SET #a = :v",
-                ConditionExpression="attribute_not_exists(#a)",
-                ExpressionAttributeNames={"#a": attribute},
-                ExpressionAttributeValues={":v": Decimal(str(value)) if isinstance(value, float) else value},
-            )
-        except ClientError as error:
-            if _is_conditional_failure(error):
-                return False
-            raise
-        return True
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
+            UpdateExpression="SET #a = :v",
+            ConditionExpression="attribute_not_exists(#a)",
+            ExpressionAttributeNames={"#a": attribute},
+            ExpressionAttributeValues={":v": Decimal(str(value)) if isinstance(value, float) else value},
+        )
 
     # pending launches -------------------------------------------------------------------------
     def put_pending_launch(self, group: str, launch: PendingLaunch) -> bool:
         """Record a launch hook we are waiting on. False if it was already recorded (a replay)."""
-        try:
-            self._table.put_item(
-                Item={
-                    "pk": _pk(group),
-                    "sk": f"launch#{launch.instance_id}",
-                    "instance_id": launch.instance_id,
-                    "hook_name": launch.hook_name,
-                    "token": launch.token,
-                    "started_at": Decimal(str(launch.started_at)),
-                    "deadline": Decimal(str(launch.deadline)),
-                    "status": "waiting",
-                },
-                ConditionExpression="attribute_not_exists(sk)",
-            )
-        except ClientError as error:
-            if _is_conditional_failure(error):
-                return False
-            raise
-        return True
+        return conditional_write(
+            self._table.put_item,
+            Item={
+                "pk": _pk(group),
+                "sk": f"launch#{launch.instance_id}",
+                "instance_id": launch.instance_id,
+                "hook_name": launch.hook_name,
+                "token": launch.token,
+                "started_at": Decimal(str(launch.started_at)),
+                "deadline": Decimal(str(launch.deadline)),
+                "status": "waiting",
+            },
+            ConditionExpression="attribute_not_exists(sk)",
+        )
 
     def get_pending_launch(self, group: str, instance_id: str) -> PendingLaunch | None:
         item = self._table.get_item(Key={"pk": _pk(group), "sk": f"launch#{instance_id}"}, ConsistentRead=True).get(
@@ -373,23 +259,18 @@ class StateStore:
         that is ``stale_after`` seconds old and still not completed (its claimer died half-way). False once the
         launch is completed or the other outcome won.
         """
-        try:
-            self._table.update_item(
-                Key={"pk": _pk(group), "sk": f"launch#{instance_id}"},
-                UpdateExpression="SET #s = :outcome, claimed_by = :owner, claimed_at = :now",
-                ConditionExpression="attribute_not_exists(completed) AND (#s = :waiting OR "
-                "(#s = :outcome AND (claimed_by = :owner OR claimed_at < :stale)))",
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":outcome": outcome,
-                    ":waiting": "waiting",
-                    ":owner": owner,
-                    ":now": Decimal(str(at)),
-                    ":stale": Decimal(str(at - stale_after)),
-                },
-            )
-        except ClientError as error:
-            if _is_conditional_failure(error):
-                return False
-            raise
-        return True
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": _pk(group), "sk": f"launch#{instance_id}"},
+            UpdateExpression="SET #s = :outcome, claimed_by = :owner, claimed_at = :now",
+            ConditionExpression="attribute_not_exists(completed) AND (#s = :waiting OR "
+            "(#s = :outcome AND (claimed_by = :owner OR claimed_at < :stale)))",
+            ExpressionAttributeNames={"#s": "status"},
+            ExpressionAttributeValues={
+                ":outcome": outcome,
+                ":waiting": "waiting",
+                ":owner": owner,
+                ":now": Decimal(str(at)),
+                ":stale": Decimal(str(at - stale_after)),
+            },
+        )

@@ -23,29 +23,26 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-from botocore.exceptions import ClientError
 from pydantic import Field
 
-from spotkeeper.alerts import Alert, AlertPublisher, Severity
-from spotkeeper.aws import AwsClients, LazyClient, error_code
-from spotkeeper.capacity_journal import CapacityJournal
-from spotkeeper.capacity_policy import CapacityPolicy, GroupCapacity, NoMixedInstancesPolicy
-from spotkeeper.clock import Clock, WallClock
+from spotkeeper.alerts import Alert, Severity
 from spotkeeper.events import AlarmStateChange, LaunchUnsuccessful, ScheduledEvent
-from spotkeeper.observability import logger, metrics
-from spotkeeper.settings import CapacityEnv, capacity_env
-from spotkeeper.spot_market import (
+from spotkeeper.group import Group, NoMixedInstancesPolicy
+from spotkeeper.market import (
     ON_DEMAND_PRICES_AS_OF,
     ON_DEMAND_PRICES_REGION,
+    MarketUnavailable,
     ScoresUnavailable,
-    SpotMarket,
     SpotPrice,
     on_demand_price,
 )
-from spotkeeper.state import ON_DEMAND, SPOT, Endpoint, StateStore
+from spotkeeper.observability import logger, metrics
+from spotkeeper.records import ON_DEMAND, SPOT, Endpoint
+
+if TYPE_CHECKING:
+    from spotkeeper.deps import CapacityDeps
 
 CapacityEvent = Annotated[LaunchUnsuccessful | AlarmStateChange | ScheduledEvent, Field(discriminator="detail_type")]
 
@@ -53,46 +50,6 @@ CapacityEvent = Annotated[LaunchUnsuccessful | AlarmStateChange | ScheduledEvent
 SCARCE_PRICE_SHARE = 0.9
 # A fall-forward alert that failed to go out is retried by the next scheduled runs for this long.
 ANNOUNCE_RETRY_SECONDS = 3600
-
-
-# --- wiring ---------------------------------------------------------------------------------------
-@dataclass
-class CapacityDeps:
-    env: CapacityEnv
-    clients: AwsClients
-    state: StateStore
-    alerts: AlertPublisher
-    policy: CapacityPolicy
-    market: SpotMarket
-    journal: CapacityJournal
-    clock: Clock
-
-    @property
-    def group(self) -> str:
-        return self.env.group_name
-
-    @classmethod
-    def build(cls, env: CapacityEnv, clients: AwsClients | None = None, clock: Clock | None = None) -> CapacityDeps:
-        clients = clients or AwsClients()
-        clock = clock or WallClock()
-        return cls(
-            env=env,
-            clients=clients,
-            state=StateStore(LazyClient(lambda: clients.table(env.state_table_name))),
-            alerts=AlertPublisher(LazyClient(lambda: clients.sns), env.alert_topic_arn, env.group_name),
-            policy=CapacityPolicy(
-                LazyClient(lambda: clients.autoscaling), LazyClient(lambda: clients.ec2), env.group_name
-            ),
-            market=SpotMarket(LazyClient(lambda: clients.ec2)),
-            journal=CapacityJournal(LazyClient(lambda: clients.table(env.state_table_name)), env.group_name, clock.now),
-            clock=clock,
-        )
-
-
-@cache
-def capacity_deps() -> CapacityDeps:
-    """The Lambda wiring: environment, real clients, wall clock. Built on the first event."""
-    return CapacityDeps.build(capacity_env())
 
 
 def react_to_capacity_event(event: LaunchUnsuccessful | AlarmStateChange | ScheduledEvent, deps: CapacityDeps) -> str:
@@ -360,7 +317,7 @@ def _refresh_since(since: float, deps: CapacityDeps) -> str | None:
     return None
 
 
-def spot_outlook(group: GroupCapacity, deps: CapacityDeps, now: float) -> SpotOutlook:
+def spot_outlook(group: Group, deps: CapacityDeps, now: float) -> SpotOutlook:
     zones = deps.market.zones(group.subnet_ids)
     zone_ids = {zone.zone_id for zone in zones}
     threshold = deps.env.spot_score_threshold
@@ -389,7 +346,7 @@ def spot_outlook(group: GroupCapacity, deps: CapacityDeps, now: float) -> SpotOu
 
 def announce_fall_forward(
     endpoint: Endpoint,
-    group: GroupCapacity | None,
+    group: Group | None,
     started: tuple[str, SpotOutlook] | None,
     deps: CapacityDeps,
 ) -> None:
@@ -418,9 +375,11 @@ def announce_fall_forward(
     _once(deps, f"fall-forward#{endpoint.mode_since}", send)
 
 
-def hourly_saving(group: GroupCapacity, known_prices: tuple[SpotPrice, ...], deps: CapacityDeps) -> dict:
+def hourly_saving(group: Group, known_prices: tuple[SpotPrice, ...], deps: CapacityDeps) -> dict:
     """On-Demand list price of the instance being replaced against the Spot price its successor will cost."""
-    serving_type = next((kind for _, kind, state in group.instances if state == "InService" and kind), None)
+    serving_type = next(
+        (i.instance_type for i in group.instances if i.lifecycle_state == "InService" and i.instance_type), None
+    )
     instance_type = serving_type or (group.instance_types[0] if group.instance_types else None)
     listed = on_demand_price(instance_type)
     prices = list(known_prices)
@@ -428,9 +387,9 @@ def hourly_saving(group: GroupCapacity, known_prices: tuple[SpotPrice, ...], dep
         try:
             zones = deps.market.zones(group.subnet_ids)
             prices = deps.market.current_prices(group.instance_types, zones, deps.clock.now())
-        except ClientError as error:
+        except MarketUnavailable as error:
             # The saving only decorates the alert; the switch has happened either way.
-            logger.warning("Spot prices unavailable for the saving", extra={"code": error_code(error)})
+            logger.warning("Spot prices unavailable for the saving", extra={"why": str(error)})
     # The group's Spot allocation favours the cheap pools with capacity: the cheapest current price is what
     # the replacement most likely runs at.
     spot = min(prices, key=lambda p: p.usd_per_hour) if prices else None

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from spotkeeper.alerts import Alert
-from spotkeeper.deps import ControlDeps
 from spotkeeper.logic.lifecycle import check_launch, make_serving
 from spotkeeper.observability import logger, metrics
+
+if TYPE_CHECKING:
+    from spotkeeper.deps import ControlDeps
 
 UNHEALTHY = "unhealthy"
 

@@ -7,11 +7,15 @@ terminate hook drains it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from spotkeeper.alerts import Alert
-from spotkeeper.deps import ControlDeps
 from spotkeeper.events import RebalanceRecommendation, SpotInterruptionWarning
-from spotkeeper.fleet import Group
+from spotkeeper.group import Group
 from spotkeeper.observability import logger, metrics
+
+if TYPE_CHECKING:
+    from spotkeeper.deps import ControlDeps
 
 REPLACE = "replace"
 

@@ -11,12 +11,15 @@ Terminate: keep the EIP on a healthy instance, let in-flight generations drain (
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from spotkeeper.alerts import Alert
-from spotkeeper.deps import ControlDeps
 from spotkeeper.events import LaunchLifecycleAction, TerminateLifecycleAction
 from spotkeeper.observability import logger
-from spotkeeper.state import PendingLaunch
+from spotkeeper.records import PendingLaunch
+
+if TYPE_CHECKING:
+    from spotkeeper.deps import ControlDeps
 
 CONTINUE = "CONTINUE"
 ABANDON = "ABANDON"

@@ -1,0 +1,100 @@
+"""What the state table records, as plain values: the endpoint, the instances spotkeeper knows, pending launches.
+
+``state.StateStore`` reads and writes them; ``logic/`` decides on them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SPOT = "spot"
+ON_DEMAND = "on-demand"
+
+
+def _num(value: Any, default: float | None = None) -> float | None:
+    if value is None:
+        return default
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    group: str
+    serving_instance_id: str | None = None
+    serving_address: str | None = None
+    serving_since: float | None = None
+    mode: str = SPOT
+    mode_since: float | None = None
+    mode_reason: str | None = None
+    version: int = 0
+
+    @classmethod
+    def from_item(cls, group: str, item: dict[str, Any] | None) -> Endpoint:
+        if not item:
+            return cls(group=group)
+        return cls(
+            group=group,
+            serving_instance_id=item.get("serving_instance_id"),
+            serving_address=item.get("serving_address"),
+            serving_since=_num(item.get("serving_since")),
+            mode=item.get("mode", SPOT),
+            mode_since=_num(item.get("mode_since")),
+            mode_reason=item.get("mode_reason"),
+            version=int(item.get("version", 0)),
+        )
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    instance_id: str
+    doomed_at: float | None = None
+    draining_since: float | None = None
+    probe_failures: int = 0
+    marked_unhealthy: bool = False
+    at_risk_since: float | None = None
+    replacement: str | None = None  # how its replacement was started: scale-out, detach, group
+    desired_before: int | None = None  # the group's desired capacity before a scale-out for it
+    retired: bool = False
+
+    @classmethod
+    def from_item(cls, instance_id: str, item: dict[str, Any] | None) -> InstanceRecord:
+        item = item or {}
+        return cls(
+            instance_id=instance_id,
+            doomed_at=_num(item.get("doomed_at")),
+            draining_since=_num(item.get("draining_since")),
+            probe_failures=int(item.get("probe_failures", 0)),
+            marked_unhealthy=bool(item.get("marked_unhealthy", False)),
+            at_risk_since=_num(item.get("at_risk_since")),
+            replacement=item.get("replacement"),
+            desired_before=int(item["desired_before"]) if "desired_before" in item else None,
+            retired=bool(item.get("retire_done", False)),
+        )
+
+    @property
+    def doomed(self) -> bool:
+        return self.doomed_at is not None
+
+
+@dataclass(frozen=True)
+class PendingLaunch:
+    instance_id: str
+    hook_name: str
+    token: str
+    started_at: float
+    deadline: float
+    status: str = "waiting"  # waiting | continued | abandoned (claimed by whoever decided)
+    completed: bool = False  # the claimed outcome was carried out to the end
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> PendingLaunch:
+        return cls(
+            instance_id=item["instance_id"],
+            hook_name=item["hook_name"],
+            token=item["token"],
+            started_at=float(item["started_at"]),
+            deadline=float(item["deadline"]),
+            status=item.get("status", "waiting"),
+            completed=bool(item.get("completed", False)),
+        )
