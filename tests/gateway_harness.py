@@ -11,8 +11,9 @@ from contextlib import contextmanager
 import uvicorn
 from fastapi import FastAPI
 
-from spotkeeper.gateway import GatewaySettings, create_app
+from spotkeeper.gateway.api import create_app
 from spotkeeper.gateway.backend import BackendResolver
+from spotkeeper.settings import GatewaySettings
 from spotkeeper_local.tgi_emulator import TgiEmulator
 
 

@@ -13,12 +13,12 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
-from spotkeeper import auth
-from spotkeeper.auth import ApiKeyRecord, ApiKeyStore, Verdict, key_hash, verify_key
+from spotkeeper.gateway import auth
+from spotkeeper.gateway.auth import ApiKeyRecord, ApiKeyStore, Verdict, key_hash, verify_key
 from spotkeeper.keys import create_key, main
 from spotkeeper.observability import logger
+from spotkeeper.settings import ConfigurationError, authorizer_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = "spotkeeper-state"
@@ -35,6 +35,7 @@ class LambdaContext:
 
 
 def load_handler() -> ModuleType:
+    authorizer_env.cache_clear()  # each test sets its own environment
     spec = importlib.util.spec_from_file_location("authorizer_app", ROOT / "functions" / "authorizer" / "app.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -234,7 +235,7 @@ def test_the_authorizer_refuses_to_run_without_its_table(monkeypatch: pytest.Mon
     monkeypatch.delenv("STATE_TABLE_NAME", raising=False)
     handler = load_handler()
 
-    with pytest.raises(ValidationError, match="STATE_TABLE_NAME"):
+    with pytest.raises(ConfigurationError, match="STATE_TABLE_NAME"):
         handler.lambda_handler(token_event("Bearer " + auth.new_api_key()), LambdaContext())
 
 

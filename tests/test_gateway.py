@@ -18,7 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from spotkeeper.gateway import GatewayConfigError, GatewaySettings, create_app
+from spotkeeper.gateway.api import create_app
+from spotkeeper.settings import ConfigurationError, GatewaySettings
 from spotkeeper_local.tgi_emulator import TgiEmulator, expected_text, expected_tokens
 from tests.gateway_harness import ServedApp, free_port, gateway_settings, running_emulator, served_gateway
 
@@ -440,11 +441,11 @@ def test_each_request_publishes_emf_metrics(client: httpx.Client, capsys: pytest
 
 
 def test_settings_need_a_way_to_find_tgi() -> None:
-    with pytest.raises(GatewayConfigError, match="TGI_URL, or both GROUP_NAME and STATE_TABLE_NAME"):
+    with pytest.raises(ConfigurationError, match="TGI_URL, or both GROUP_NAME and STATE_TABLE_NAME"):
         GatewaySettings.from_environ({"GROUP_NAME": "g", "TGI_URL": " "})
-    with pytest.raises(GatewayConfigError, match="MAX_NEW_TOKENS"):
+    with pytest.raises(ConfigurationError, match="MAX_NEW_TOKENS"):
         GatewaySettings.from_environ({"TGI_URL": "http://127.0.0.1:8080", "MAX_NEW_TOKENS": "lots"})
-    with pytest.raises(GatewayConfigError, match="TGI_URL"):
+    with pytest.raises(ConfigurationError, match="TGI_URL"):
         GatewaySettings.from_environ({"TGI_URL": "not a url"})
 
     from_table = GatewaySettings.from_environ({"GROUP_NAME": "g", "STATE_TABLE_NAME": "t", "TGI_URL": ""})
@@ -463,7 +464,7 @@ def test_misconfigured_gateway_does_not_start(
         served.start(timeout=5)
 
     assert served.exit_code == 3
-    assert "gateway misconfigured" in caplog.text
+    assert "GatewaySettings: bad or missing environment" in caplog.text
 
 
 def test_run_sh_serves_the_function_app_like_the_lambda_web_adapter_expects(emulator: TgiEmulator) -> None:

@@ -18,8 +18,8 @@ from spotkeeper.gateway.backend import (
     state_table_backend,
 )
 from spotkeeper.gateway.errors import BackendUnavailable
-from spotkeeper.gateway.settings import GatewaySettings
 from spotkeeper.gateway.upstream import TgiUpstream, new_client
+from spotkeeper.settings import GatewaySettings
 from spotkeeper.state import StateStore
 
 GROUP = "spotkeeper-tgi"

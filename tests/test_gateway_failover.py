@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from spotkeeper.gateway import GatewaySettings
+from spotkeeper.settings import GatewaySettings
 from spotkeeper.state import StateStore
 from spotkeeper_local.tgi_emulator import TgiEmulator, expected_text, expected_tokens
 from tests.gateway_harness import free_port, served_gateway, without_delayed_acks

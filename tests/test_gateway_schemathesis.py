@@ -20,7 +20,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from spotkeeper.gateway import create_app
+from spotkeeper.gateway.api import create_app
 from tests.gateway_harness import ServedApp, gateway_settings, running_emulator, served_gateway
 
 # Per operation and generation mode; with schemathesis' coverage phase this is a few hundred requests per

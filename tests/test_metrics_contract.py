@@ -28,8 +28,8 @@ import pytest
 from cfn import ROOT, Stack, load_template
 from test_capacity import Capacity, schedule
 
-from spotkeeper.gateway.settings import GatewaySettings
 from spotkeeper.gateway.telemetry import RequestRecord, publish
+from spotkeeper.settings import GatewaySettings
 from spotkeeper_local.sim_clock import SimClock
 
 NAMESPACE = "Spotkeeper"

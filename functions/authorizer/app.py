@@ -2,42 +2,27 @@
 
 TOKEN authorizer (identity source: the Authorization header; API Gateway caches the answer per header
 value). REQUEST authorizer events are accepted too, reading the same header. The decision lives in
-``spotkeeper.auth``; this handler only validates its environment and reads the event.
+``spotkeeper.gateway.auth``; this handler only validates its environment and reads the event.
 """
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from typing import Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, ConfigDict, Field
 
-from spotkeeper.auth import ApiKeyStore, authorize
+from spotkeeper.gateway.auth import ApiKeyStore, authorize
 from spotkeeper.observability import logger
-
-
-class AuthorizerSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    STATE_TABLE_NAME: str = Field(min_length=1)
-
-
-@cache
-def _settings() -> AuthorizerSettings:
-    return AuthorizerSettings.model_validate(dict(os.environ))
+from spotkeeper.settings import authorizer_env
 
 
 @cache
 def _store() -> ApiKeyStore:
     # boto3 is imported on first use so the import of this module stays cheap in tests and at cold start.
-    import boto3
-    from botocore.config import Config
+    from spotkeeper.aws import REQUEST_PATH_CONFIG, AwsClients
 
-    config = Config(connect_timeout=2, read_timeout=2, retries={"max_attempts": 2, "mode": "standard"})
-    table = boto3.resource("dynamodb", config=config).Table(_settings().STATE_TABLE_NAME)
-    return ApiKeyStore(table)
+    return ApiKeyStore(AwsClients(config=REQUEST_PATH_CONFIG).table(authorizer_env().state_table_name))
 
 
 def _authorization_header(event: dict[str, Any]) -> str | None:
@@ -49,7 +34,7 @@ def _authorization_header(event: dict[str, Any]) -> str | None:
 
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    _settings()
+    authorizer_env()
     method_arn = event.get("methodArn")
     if not isinstance(method_arn, str) or not method_arn:
         raise ValueError("authorizer event without methodArn: is this function wired as a REST API authorizer?")

@@ -4,6 +4,6 @@ Configuration is read and validated when the app starts (uvicorn's lifespan), so
 fails its readiness check instead of serving errors. Everything else lives in ``spotkeeper.gateway``.
 """
 
-from spotkeeper.gateway import create_app
+from spotkeeper.gateway.api import create_app
 
 app = create_app()

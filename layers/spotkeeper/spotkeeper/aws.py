@@ -1,12 +1,14 @@
-"""boto3 clients, built lazily once per process with bounded retries.
+"""boto3 clients, built lazily once per process with bounded retries: the one place boto3 is configured.
 
-Standard retry mode retries throttling and 5xx with backoff and a retry quota, so a burst of throttling
-during a regional Spot event slows spotkeeper down instead of failing the reaction half-way.
+Standard retry mode retries throttling and 5xx with backoff and a retry quota. The control functions retry
+patiently (RETRY_CONFIG), so a burst of throttling during a regional Spot event slows spotkeeper down instead
+of failing the reaction half-way; the request path (gateway, authorizer) answers a waiting client, so it
+gives up fast (REQUEST_PATH_CONFIG).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
@@ -18,11 +20,18 @@ RETRY_CONFIG = Config(
     connect_timeout=3,
     read_timeout=10,
 )
+# A slow table must not hold a client's request longer than the gateway's failover bound.
+REQUEST_PATH_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 2},
+    connect_timeout=2,
+    read_timeout=2,
+)
 
 
 @dataclass
 class AwsClients:
     session: Any = None
+    config: Config = field(default=RETRY_CONFIG)
 
     def boto3_session(self) -> Any:
         if self.session is None:
@@ -31,22 +40,22 @@ class AwsClients:
 
     @cached_property
     def autoscaling(self) -> Any:
-        return self.boto3_session().client("autoscaling", config=RETRY_CONFIG)
+        return self.boto3_session().client("autoscaling", config=self.config)
 
     @cached_property
     def ec2(self) -> Any:
-        return self.boto3_session().client("ec2", config=RETRY_CONFIG)
+        return self.boto3_session().client("ec2", config=self.config)
 
     @cached_property
     def sns(self) -> Any:
-        return self.boto3_session().client("sns", config=RETRY_CONFIG)
+        return self.boto3_session().client("sns", config=self.config)
 
     @cached_property
     def cloudwatch(self) -> Any:
-        return self.boto3_session().client("cloudwatch", config=RETRY_CONFIG)
+        return self.boto3_session().client("cloudwatch", config=self.config)
 
     def table(self, name: str) -> Any:
-        return self.boto3_session().resource("dynamodb", config=RETRY_CONFIG).Table(name)
+        return self.boto3_session().resource("dynamodb", config=self.config).Table(name)
 
 
 class LazyClient:

@@ -14,14 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 INSTANCE_ID = r"^i-[0-9a-f]{8,17}$"
 
-SPOT_INTERRUPTION = "EC2 Spot Instance Interruption Warning"
-REBALANCE_RECOMMENDATION = "EC2 Instance Rebalance Recommendation"
-LAUNCH_LIFECYCLE_ACTION = "EC2 Instance-launch Lifecycle Action"
-TERMINATE_LIFECYCLE_ACTION = "EC2 Instance-terminate Lifecycle Action"
-LAUNCH_UNSUCCESSFUL = "EC2 Instance Launch Unsuccessful"
-ALARM_STATE_CHANGE = "CloudWatch Alarm State Change"
-SCHEDULED_EVENT = "Scheduled Event"
-
 
 class InvalidEvent(ValueError):
     """The event does not have the shape AWS documents for its kind."""

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from spotkeeper.auth import ApiKeyRecord, ApiKeyStore, hash_prefix, key_hash, new_api_key
+from spotkeeper.gateway.auth import ApiKeyRecord, ApiKeyStore, hash_prefix, key_hash, new_api_key
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.@")
 

@@ -31,7 +31,6 @@ class Readiness:
     ready: bool
     reason: str  # "ready", "connection refused", "unhealthy 503", "model mismatch: x", ...
     latency_ms: float | None = None
-    info: TgiInfo | None = None
 
 
 @dataclass(frozen=True)
@@ -111,8 +110,8 @@ class TgiClient:
             logger.warning("TGI /info is not valid", extra={"address": address, "error": str(error)[:300]})
             return Readiness(False, "invalid /info", latency_ms)
         if expected_model is not None and info.model_id != expected_model:
-            return Readiness(False, f"model mismatch: {info.model_id}", latency_ms, info)
-        return Readiness(True, "ready", latency_ms, info)
+            return Readiness(False, f"model mismatch: {info.model_id}", latency_ms)
+        return Readiness(True, "ready", latency_ms)
 
     def load(self, address: str) -> Load | None:
         """Queue and batch size from /metrics; None when TGI cannot be asked (gone, or not Prometheus)."""

@@ -42,11 +42,11 @@ from spotkeeper.gateway.models import (
     GenerateResponse,
     Ping,
 )
-from spotkeeper.gateway.settings import GatewaySettings
 from spotkeeper.gateway.streaming import relay_events
 from spotkeeper.gateway.telemetry import RequestRecord, RequestTelemetry, request_record
 from spotkeeper.gateway.upstream import PROBE_READ_TIMEOUT_SECONDS, TgiUpstream, Upstream, new_client
 from spotkeeper.observability import logger
+from spotkeeper.settings import GatewaySettings
 
 DESCRIPTION = """\
 The spotkeeper gateway: Hugging Face TGI's API (`/generate`, `/generate_stream`, `/info`, `/health`) and its

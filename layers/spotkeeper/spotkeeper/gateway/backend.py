@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import anyio.to_thread
 
 from spotkeeper.gateway.errors import BackendUnavailable
-from spotkeeper.gateway.settings import GatewaySettings
 from spotkeeper.observability import logger
+from spotkeeper.settings import GatewaySettings
 from spotkeeper.state import StateStore
 
 _HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
@@ -160,13 +160,10 @@ def state_table_backend(
 
 
 def _dynamodb_table(name: str) -> Any:
-    # boto3 is imported here so a gateway with TGI_URL never pays for it at cold start.
-    import boto3
-    from botocore.config import Config
+    # Imported here so a gateway with TGI_URL never pays for boto3 at cold start.
+    from spotkeeper.aws import REQUEST_PATH_CONFIG, AwsClients
 
-    # Short timeouts: a slow table must not hold requests longer than the failover bound.
-    config = Config(connect_timeout=2, read_timeout=2, retries={"max_attempts": 2, "mode": "standard"})
-    return boto3.resource("dynamodb", config=config).Table(name)
+    return AwsClients(config=REQUEST_PATH_CONFIG).table(name)
 
 
 def resolver_for(settings: GatewaySettings) -> BackendResolver:

@@ -10,7 +10,7 @@ from typing import Any
 
 from spotkeeper.gateway.errors import InputValidationError
 from spotkeeper.gateway.models import ChatCompletionRequest, CompletionRequest, GenerateRequest
-from spotkeeper.gateway.settings import GatewaySettings
+from spotkeeper.settings import GatewaySettings
 
 
 def _check_input_length(length: int, settings: GatewaySettings) -> None:

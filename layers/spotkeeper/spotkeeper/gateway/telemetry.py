@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spotkeeper.gateway.settings import GatewaySettings
 from spotkeeper.observability import logger
+from spotkeeper.settings import GatewaySettings
 
 RECORD_KEY = "spotkeeper_request"
 UNMATCHED_ROUTE = "unmatched"

@@ -14,8 +14,8 @@ import httpx
 
 from spotkeeper.gateway.backend import Backend, BackendResolver
 from spotkeeper.gateway.errors import BackendProtocolError, BackendTimeout, BackendUnavailable
-from spotkeeper.gateway.settings import GatewaySettings
 from spotkeeper.observability import logger
+from spotkeeper.settings import GatewaySettings
 
 # TGI's /health runs a one-token generation, so it is quick unless TGI is stuck.
 PROBE_READ_TIMEOUT_SECONDS = 10.0

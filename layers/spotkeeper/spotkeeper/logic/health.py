@@ -18,8 +18,6 @@ from spotkeeper.observability import logger, metrics
 if TYPE_CHECKING:
     from spotkeeper.deps import ControlDeps
 
-UNHEALTHY = "unhealthy"
-
 
 @dataclass
 class ProbeReport:

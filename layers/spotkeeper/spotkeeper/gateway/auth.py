@@ -29,9 +29,9 @@ from typing import Any
 from aws_lambda_powertools.utilities.data_classes.api_gateway_authorizer_event import (
     APIGatewayAuthorizerResponse,
 )
-from botocore.exceptions import ClientError
 
 from spotkeeper.observability import logger
+from spotkeeper.state import conditional_write
 
 APIKEY_PK = "apikey"
 KEY_PREFIX = "spk_"
@@ -127,18 +127,13 @@ class ApiKeyStore:
 
     def set_enabled(self, digest: str, enabled: bool) -> bool:
         """False if there is no such key."""
-        try:
-            self._table.update_item(
-                Key={"pk": APIKEY_PK, "sk": digest},
-                UpdateExpression="SET enabled = :e",
-                ConditionExpression="attribute_exists(sk)",
-                ExpressionAttributeValues={":e": enabled},
-            )
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": APIKEY_PK, "sk": digest},
+            UpdateExpression="SET enabled = :e",
+            ConditionExpression="attribute_exists(sk)",
+            ExpressionAttributeValues={":e": enabled},
+        )
 
     def all(self) -> list[ApiKeyRecord]:
         records: list[ApiKeyRecord] = []
