@@ -4,8 +4,8 @@ A CloudWatch metric is its namespace, its name and its full set of dimensions: a
 never publishes, or on the right name with one dimension too few, is an alarm that never fires. So:
 
 * what the code publishes is read from the code itself: every ``add_metric`` call in the shared layer and
-  the functions (names must be literals, or there is nothing to check), with the dimensions its metrics
-  object carries (``add_dimension`` calls; Powertools adds ``service``);
+  the functions (names must be ``MetricName`` members or literals, or there is nothing to check), with the
+  dimensions its metrics object carries (``add_dimension`` calls; Powertools adds ``service``);
 * that reading is checked against what Powertools really emits, by running a handler and the gateway's
   telemetry and parsing their EMF records;
 * then every Spotkeeper metric an alarm or a dashboard widget names must be published under exactly that
@@ -29,6 +29,7 @@ from cfn import ROOT, Stack, load_template
 from test_capacity import Capacity, schedule
 
 from spotkeeper.gateway.telemetry import RequestRecord, publish
+from spotkeeper.observability import MetricName
 from spotkeeper.settings import GatewaySettings
 from spotkeeper_local.sim_clock import SimClock
 
@@ -60,7 +61,10 @@ def _calls(node: ast.AST, method: str) -> Iterator[ast.Call]:
 
 
 def _literal_name(call: ast.Call) -> str | None:
+    """The name a call passes, when the code says it: a string literal or a ``MetricName`` member."""
     argument = next((k.value for k in call.keywords if k.arg == "name"), call.args[0] if call.args else None)
+    if isinstance(argument, ast.Attribute) and ast.unparse(argument.value) == MetricName.__name__:
+        return MetricName[argument.attr].value
     return argument.value if isinstance(argument, ast.Constant) and isinstance(argument.value, str) else None
 
 
@@ -114,7 +118,7 @@ def published_by_code() -> dict[str, Published]:
                 if scope is tree and _inside_function(tree, call):
                     continue  # seen with its own function
                 name = _literal_name(call)
-                assert name is not None, f"{where}:{call.lineno}: metric name must be a literal to be checked"
+                assert name is not None, f"{where}:{call.lineno}: metric name must be a MetricName to be checked"
                 receiver = _receiver(call)
                 if _is_shared(tree, scope, receiver):
                     dimensions = set(shared_dimensions)
@@ -145,20 +149,8 @@ def published() -> dict[str, Published]:
 
 
 def test_the_code_publishes_the_contract_metrics(published):
-    assert {
-        "Healthy",
-        "ProbeLatency",
-        "QueueSize",
-        "Interruptions",
-        "RebalanceRecommendations",
-        "CapacityMode",
-        "FallbackActive",
-        "GatewayRequests",
-        "GatewayErrors",
-        "GatewayLatency",
-        "TimeToFirstToken",
-        "TokensOut",
-    } <= set(published)
+    # Every name of the enum is published somewhere, and nothing is published under a name outside it.
+    assert set(published) == {name.value for name in MetricName}
     assert published["CapacityMode"].dimensions == {GROUP_DIMENSION, SERVICE_DIMENSION}
     assert published["GatewayRequests"].dimensions == {GROUP_DIMENSION, "Route", SERVICE_DIMENSION}
 

@@ -19,6 +19,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from spotkeeper.observability import MetricName
 from tests.cfn import (
     ACCOUNT_ID,
     GROUP_NAME,
@@ -70,20 +71,7 @@ ALLOWED_MANAGED_POLICIES = {
 }
 
 # The metrics contract (notes/COMMON.md "Metrics"): what the functions publish with EMF.
-SPOTKEEPER_METRICS = {
-    "Healthy",
-    "ProbeLatency",
-    "QueueSize",
-    "Interruptions",
-    "RebalanceRecommendations",
-    "CapacityMode",
-    "FallbackActive",
-    "GatewayRequests",
-    "GatewayErrors",
-    "GatewayLatency",
-    "TimeToFirstToken",
-    "TokensOut",
-}
+SPOTKEEPER_METRICS = {name.value for name in MetricName}
 AWS_METRICS = {("AWS/SQS", "ApproximateNumberOfMessagesVisible"), ("AWS/Lambda", "Errors")}
 
 COMMON_ENV = {

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from spotkeeper.observability import logger
+from spotkeeper.observability import MetricName, logger
 from spotkeeper.settings import GatewaySettings
 
 RECORD_KEY = "spotkeeper_request"
@@ -56,13 +56,13 @@ def publish(record: RequestRecord, settings: GatewaySettings, ended: float) -> N
     metrics = EphemeralMetrics(namespace=settings.metrics_namespace)
     metrics.add_dimension("AutoScalingGroupName", settings.group_name or "local")
     metrics.add_dimension("Route", record.route)
-    metrics.add_metric("GatewayRequests", MetricUnit.Count, 1)
-    metrics.add_metric("GatewayErrors", MetricUnit.Count, 1 if record.failed else 0)
-    metrics.add_metric("GatewayLatency", MetricUnit.Milliseconds, latency_ms)
+    metrics.add_metric(MetricName.GATEWAY_REQUESTS, MetricUnit.Count, 1)
+    metrics.add_metric(MetricName.GATEWAY_ERRORS, MetricUnit.Count, 1 if record.failed else 0)
+    metrics.add_metric(MetricName.GATEWAY_LATENCY, MetricUnit.Milliseconds, latency_ms)
     if first_token_ms is not None:
-        metrics.add_metric("TimeToFirstToken", MetricUnit.Milliseconds, first_token_ms)
+        metrics.add_metric(MetricName.TIME_TO_FIRST_TOKEN, MetricUnit.Milliseconds, first_token_ms)
     if record.tokens_out is not None:
-        metrics.add_metric("TokensOut", MetricUnit.Count, record.tokens_out)
+        metrics.add_metric(MetricName.TOKENS_OUT, MetricUnit.Count, record.tokens_out)
     # Status stays out of the dimensions (one metric stream per route); it is searchable in the EMF record.
     metrics.add_metadata("status", record.status if record.status is not None else 0)
     metrics.flush_metrics()

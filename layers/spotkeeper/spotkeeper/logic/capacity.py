@@ -38,7 +38,7 @@ from spotkeeper.market import (
     SpotPrice,
     on_demand_price,
 )
-from spotkeeper.observability import logger, metrics
+from spotkeeper.observability import MetricName, logger, metrics
 from spotkeeper.records import ON_DEMAND, SPOT, Endpoint
 
 if TYPE_CHECKING:
@@ -66,9 +66,9 @@ def react_to_capacity_event(event: LaunchUnsuccessful | AlarmStateChange | Sched
 def publish_mode(deps: CapacityDeps) -> None:
     endpoint = deps.state.get_endpoint(deps.group)
     on_demand = endpoint.mode == ON_DEMAND
-    metrics.add_metric(name="CapacityMode", unit="Count", value=1 if on_demand else 0)
+    metrics.add_metric(name=MetricName.CAPACITY_MODE, unit="Count", value=1 if on_demand else 0)
     on_demand_for = max(0.0, deps.clock.now() - (endpoint.mode_since or deps.clock.now())) if on_demand else 0.0
-    metrics.add_metric(name="FallbackActive", unit="Seconds", value=round(on_demand_for, 3))
+    metrics.add_metric(name=MetricName.FALLBACK_ACTIVE, unit="Seconds", value=round(on_demand_for, 3))
 
 
 # --- launch failures ------------------------------------------------------------------------------

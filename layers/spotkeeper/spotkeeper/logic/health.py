@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from spotkeeper.alerts import Alert
 from spotkeeper.logic.lifecycle import check_launch, make_serving
-from spotkeeper.observability import logger, metrics
+from spotkeeper.observability import MetricName, logger, metrics
+from spotkeeper.records import ON_DEMAND
 
 if TYPE_CHECKING:
     from spotkeeper.deps import ControlDeps
@@ -61,12 +62,12 @@ def probe_endpoint(deps: ControlDeps) -> ProbeReport:
     else:
         report.reason = "no serving instance"
 
-    metrics.add_metric(name="Healthy", unit="Count", value=1 if report.healthy else 0)
+    metrics.add_metric(name=MetricName.HEALTHY, unit="Count", value=1 if report.healthy else 0)
     if report.latency_ms is not None:
-        metrics.add_metric(name="ProbeLatency", unit="Milliseconds", value=report.latency_ms)
+        metrics.add_metric(name=MetricName.PROBE_LATENCY, unit="Milliseconds", value=report.latency_ms)
     if report.queue_size is not None:
-        metrics.add_metric(name="QueueSize", unit="Count", value=report.queue_size)
-    metrics.add_metric(name="CapacityMode", unit="Count", value=1 if endpoint.mode == "on-demand" else 0)
+        metrics.add_metric(name=MetricName.QUEUE_SIZE, unit="Count", value=report.queue_size)
+    metrics.add_metric(name=MetricName.CAPACITY_MODE, unit="Count", value=1 if endpoint.mode == ON_DEMAND else 0)
     logger.info("probe", extra={"probe": report.__dict__})
     return report
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from spotkeeper.alerts import Alert
 from spotkeeper.events import RebalanceRecommendation, SpotInterruptionWarning
 from spotkeeper.group import Group
-from spotkeeper.observability import logger, metrics
+from spotkeeper.observability import MetricName, logger, metrics
 
 if TYPE_CHECKING:
     from spotkeeper.deps import ControlDeps
@@ -32,10 +32,10 @@ def react_to_interruption(event: SpotInterruptionWarning | RebalanceRecommendati
 
     now = deps.clock.now()
     if isinstance(event, SpotInterruptionWarning):
-        metrics.add_metric(name="Interruptions", unit="Count", value=1)
+        metrics.add_metric(name=MetricName.INTERRUPTIONS, unit="Count", value=1)
         mark, kind, severity = "doomed_at", "spot-interruption", "warning"
     else:
-        metrics.add_metric(name="RebalanceRecommendations", unit="Count", value=1)
+        metrics.add_metric(name=MetricName.REBALANCE_RECOMMENDATIONS, unit="Count", value=1)
         mark, kind, severity = "at_risk_since", "rebalance-recommendation", "info"
         if group.capacity_rebalance:
             if not deps.state.mark_at_risk(deps.group, instance_id, at=now):
