@@ -191,8 +191,10 @@ class ReactionWorld:
         return [i["InstanceId"] for i in groups["AutoScalingGroups"][0]["Instances"]]
 
     def hook_name(self, launching: bool) -> str:
+        from spotkeeper.events import LifecycleHook
+
         variable = "LAUNCH_HOOK_NAME" if launching else "TERMINATE_HOOK_NAME"
-        default = "spotkeeper-launch" if launching else "spotkeeper-terminate"
+        default = LifecycleHook.LAUNCH if launching else LifecycleHook.TERMINATE
         return self.env["lifecycle"].get(variable, default)
 
     def close(self) -> None:

@@ -12,6 +12,8 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from spotkeeper.events import LifecycleHook
+
 REGION = "us-east-1"
 GROUP = "spotkeeper-tgi"
 MODEL_ID = "meta-llama/Llama-3.1-8B-Instruct"
@@ -132,12 +134,12 @@ def create_stack(session: Any, group: str = GROUP, capacity_rebalance: bool = Tr
             },
         },
     )
-    for name, transition in (
-        ("spotkeeper-launch", "autoscaling:EC2_INSTANCE_LAUNCHING"),
-        ("spotkeeper-terminate", "autoscaling:EC2_INSTANCE_TERMINATING"),
-    ):
+    for hook in LifecycleHook:
         autoscaling.put_lifecycle_hook(
-            LifecycleHookName=name, AutoScalingGroupName=group, LifecycleTransition=transition, HeartbeatTimeout=900
+            LifecycleHookName=hook,
+            AutoScalingGroupName=group,
+            LifecycleTransition=hook.transition,
+            HeartbeatTimeout=900,
         )
     allocation = ec2.allocate_address(Domain="vpc")["AllocationId"]
     table_name = "spotkeeper-state"

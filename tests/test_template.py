@@ -19,6 +19,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from spotkeeper.events import LifecycleHook
 from spotkeeper.observability import MetricName
 from tests.cfn import (
     ACCOUNT_ID,
@@ -528,6 +529,7 @@ def test_functions_get_the_shared_environment_contract(cfn: dict[str, Any]) -> N
         h["LifecycleTransition"]: h["LifecycleHookName"]
         for h in stack.resolve(cfn["Resources"]["FleetGroup"]["Properties"]["LifecycleHookSpecificationList"])
     }
+    assert hooks == {hook.transition: hook.value for hook in LifecycleHook}
     for function in FUNCTIONS:
         env = stack.resolve(cfn["Resources"][function]["Properties"]["Environment"]["Variables"])
         assert COMMON_ENV | EXTRA_ENV.get(function, set()) <= set(env), function

@@ -23,6 +23,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from spotkeeper.events import LifecycleHook
 from spotkeeper_local.aws_events import aws_event
 
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
@@ -172,8 +173,8 @@ class GroupWatcher:
         autoscaling: Any,
         group: str,
         hooks: LifecycleHooks,
-        launch_hook: str = "spotkeeper-launch",
-        terminate_hook: str = "spotkeeper-terminate",
+        launch_hook: str = LifecycleHook.LAUNCH,
+        terminate_hook: str = LifecycleHook.TERMINATE,
     ) -> None:
         self._autoscaling = autoscaling
         self.group = group

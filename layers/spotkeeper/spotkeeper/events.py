@@ -7,6 +7,7 @@ EventBridgeModel. Each handler parses its input with ``parse_event``: an event t
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
@@ -65,6 +66,18 @@ class LifecycleActionDetail(_Detail):
     notification_metadata: str | None = Field(default=None, alias="NotificationMetadata")
     origin: str | None = Field(default=None, alias="Origin")
     destination: str | None = Field(default=None, alias="Destination")
+
+
+class LifecycleHook(StrEnum):
+    """The group's two lifecycle hooks, named once: template.yaml creates them under these names (a test checks)."""
+
+    LAUNCH = "spotkeeper-launch"
+    TERMINATE = "spotkeeper-terminate"
+
+    @property
+    def transition(self) -> str:
+        launching = self is LifecycleHook.LAUNCH
+        return f"autoscaling:EC2_INSTANCE_{'LAUNCHING' if launching else 'TERMINATING'}"
 
 
 class LaunchLifecycleAction(EventBridgeModel):
