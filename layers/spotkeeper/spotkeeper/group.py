@@ -25,7 +25,6 @@ class NoMixedInstancesPolicy(RuntimeError):
 class GroupInstance:
     instance_id: str
     lifecycle_state: str
-    health_status: str = "Healthy"
     instance_type: str | None = None
 
     @property
@@ -37,7 +36,6 @@ class GroupInstance:
 class Group:
     name: str
     desired: int
-    min_size: int
     max_size: int
     capacity_rebalance: bool = False
     instances: tuple[GroupInstance, ...] = ()
@@ -62,14 +60,12 @@ class Group:
         return cls(
             name=description["AutoScalingGroupName"],
             desired=int(description["DesiredCapacity"]),
-            min_size=int(description["MinSize"]),
             max_size=int(description["MaxSize"]),
             capacity_rebalance=bool(description.get("CapacityRebalance", False)),
             instances=tuple(
                 GroupInstance(
                     instance_id=i["InstanceId"],
                     lifecycle_state=i["LifecycleState"],
-                    health_status=i.get("HealthStatus", "Healthy"),
                     instance_type=i.get("InstanceType"),
                 )
                 for i in description.get("Instances", [])
