@@ -1,30 +1,27 @@
 """A Hugging Face Text Generation Inference (TGI) server emulated on loopback.
 
-spotkeeper's tests, the local drill and `make demo` need something that behaves like TGI on a Spot
-instance without a GPU: a real HTTP server whose port stays closed while "the model loads", then serves
-TGI's router API with TGI's JSON shapes, error bodies, SSE framing and Prometheus metric names, and that
-can be made unhealthy, made to fail mid-generation, or killed (the instance reclaimed) on demand.
+A real HTTP server, one per emulated GPU instance, whose port stays closed while "the model loads", then answers
+with TGI's JSON shapes, error bodies, SSE framing and metric names; it can be made unhealthy, made to fail
+mid-generation, or killed (the instance reclaimed). Shapes follow TGI 2.x/3.x's router (router/src/server.rs):
 
-Shapes follow TGI's router (router/src/server.rs, router/src/lib.rs, docs/openapi.json, 2.x/3.x):
+* ``GET /health`` (200 empty, or 503 ``{"error":"unhealthy","error_type":"healthcheck"}``), ``GET /info``,
+  ``GET /v1/models``, ``GET /metrics`` (Prometheus text, TGI's names).
+* ``POST /generate``, ``POST /generate_stream`` (SSE, one ``data:`` JSON per token), ``POST /`` (what
+  ``huggingface_hub.InferenceClient`` posts: a JSON *list* unless streaming, ``return_full_text`` defaulting to
+  true), ``POST /v1/chat/completions`` and ``POST /v1/completions`` (streaming ones end with ``data: [DONE]``).
+* Errors ``{"error", "error_type"}``: 422 validation, 424 generation, 429 overloaded; streaming routes answer 200
+  and send the error as an SSE event, as TGI does. Unreadable bodies get axum's plain-text 415/400/422.
 
-* ``GET /health`` and ``GET /ping``: 200 with an empty body, 503 ``{"error":"unhealthy","error_type":"healthcheck"}``.
-* ``GET /info``: the ``Info`` object; ``GET /v1/models``: OpenAI model list; ``GET /metrics``: Prometheus text.
-* ``POST /generate``, ``POST /generate_stream`` (SSE, one ``data:`` JSON per token), ``POST /`` (TGI's compat
-  route used by ``huggingface_hub.InferenceClient``: a JSON *list* when not streaming, and
-  ``return_full_text`` defaulting to true for a ``text-generation`` model, as TGI does).
-* ``POST /v1/chat/completions`` and ``POST /v1/completions``, streaming or not, ``data: [DONE]`` terminated.
-* Errors ``{"error", "error_type"}``: 422 validation, 424 generation, 429 overloaded. Streaming routes answer
-  200 and carry the error as an SSE event, because that is what TGI does. Body-extraction failures are
-  axum's plain-text rejections (415 wrong content type, 400 malformed JSON, 422 wrong field types).
-
-Generation is deterministic: one token per word, each a pure function of (model_id, inputs, seed, position),
-so a test computes the expected output with :func:`expected_text` / :func:`expected_tokens`.
+Generation is greedy and deterministic: each token (one word) is a pure function of (model_id, seed, the text so
+far), so :func:`expected_text` / :func:`expected_tokens` give the output, and generating from the prompt plus
+the first k generated tokens continues with exactly the tokens that followed them.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import ipaddress
@@ -36,31 +33,30 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+import prometheus_client
 import uvicorn
+from prometheus_client import CollectorRegistry, Gauge, Histogram
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 logger = logging.getLogger(__name__)
 
 TGI_VERSION = "3.3.4"
-ROUTER_NAME = "text-generation-router"
 DEFAULT_MODEL_ID = "mistralai/Mistral-7B-Instruct-v0.3"
 DEFAULT_PORT = 8080
-# GenerateParameters.max_new_tokens and the OpenAI routes' max_tokens default to 100 in TGI.
-DEFAULT_MAX_NEW_TOKENS = 100
+DEFAULT_MAX_NEW_TOKENS = 100  # GenerateParameters.max_new_tokens and the OpenAI routes' max_tokens
+MAX_BEST_OF, MAX_STOP_SEQUENCES, MAX_CLIENT_BATCH_SIZE = 2, 4, 4
 COMPUTE_TYPE = "gpu+optimized"
+POLL_INTERVAL = 0.02  # real seconds between the loading watcher's looks at the clock
 
 # Lifecycle states, readable through TgiEmulator.state.
-CREATED = "created"
-LOADING = "loading"
-READY = "ready"
-KILLED = "killed"
-STOPPED = "stopped"
-FAILED = "failed"
+CREATED, LOADING, READY, KILLED, STOPPED, FAILED = "created", "loading", "ready", "killed", "stopped", "failed"
 
 _VOCABULARY = (
     "spot", "capacity", "instance", "model", "token", "stream", "gateway", "health", "probe", "replace",
@@ -72,10 +68,11 @@ _VOCABULARY = (
 )  # fmt: skip
 _FIRST_TOKEN_ID = 1000
 
+# TGI's exporter writes no `_created` series; prometheus_client would add one to every histogram.
+prometheus_client.disable_created_metrics()
 
-# --------------------------------------------------------------------------------------------------
-# Deterministic "model"
-# --------------------------------------------------------------------------------------------------
+
+# ---------------------------------------------------------------------------------------- the "model"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,29 +90,7 @@ class Token:
 
 def count_tokens(text: str) -> int:
     """The emulator's tokenizer: one token per whitespace-separated word (whitespace alone is one token)."""
-    words = len(text.split())
-    if words:
-        return words
-    return 1 if text else 0
-
-
-def _generation_digest(model_id: str, inputs: str, seed: int | None) -> bytes:
-    return hashlib.sha256(f"{model_id}\x00{seed}\x00{inputs}".encode()).digest()
-
-
-def _token_at(digest: bytes, position: int, *, after_space: bool = False) -> Token:
-    draw = hashlib.sha256(digest + position.to_bytes(4, "big")).digest()
-    index = int.from_bytes(draw[:4], "big") % len(_VOCABULARY)
-    word = _VOCABULARY[index]
-    logprob = -round(draw[4] / 255 * 2.5, 4)
-    # Like SentencePiece/BPE word tokens the separator is part of the token ("▁Deep" -> " Deep"), so joining
-    # token texts gives the text; a first token right after whitespace (chat templates end in "\n") has none.
-    text = word if position == 0 and after_space else f" {word}"
-    return Token(id=_FIRST_TOKEN_ID + index, text=text, logprob=logprob)
-
-
-def _starts_after_space(inputs: str) -> bool:
-    return not inputs or inputs[-1].isspace()
+    return len(text.split()) or (1 if text else 0)
 
 
 def generate_tokens(
@@ -124,82 +99,60 @@ def generate_tokens(
     *,
     model_id: str = DEFAULT_MODEL_ID,
     seed: int | None = None,
-) -> list[Token]:
-    """The tokens the emulator generates for these inputs (before any stop sequence cuts them short)."""
-    digest = _generation_digest(model_id, inputs, seed)
-    after_space = _starts_after_space(inputs)
-    return [_token_at(digest, position, after_space=after_space) for position in range(max_new_tokens)]
+) -> Iterator[Token]:
+    """The tokens greedy decoding produces for ``inputs`` (before any stop sequence cuts them short).
+
+    Each token is drawn from a hash of everything before it (model, seed, prompt and the tokens so far), so
+    ``generate_tokens(inputs + "".join(first k texts))`` yields the same tokens as the k+1-th onwards.
+    """
+    context = hashlib.sha256(f"{model_id}\x00{seed}\x00{inputs}".encode())
+    after_space = not inputs or inputs[-1].isspace()
+    for _ in range(max_new_tokens):
+        draw = context.copy().digest()
+        index = int.from_bytes(draw[:4], "big") % len(_VOCABULARY)
+        # Like SentencePiece/BPE word tokens the separator is part of the token ("▁Deep" -> " Deep"), so joining
+        # token texts gives the text; a token right after whitespace (chat templates end in "\n") has none.
+        text = _VOCABULARY[index] if after_space else f" {_VOCABULARY[index]}"
+        yield Token(id=_FIRST_TOKEN_ID + index, text=text, logprob=-round(draw[4] / 255 * 2.5, 4))
+        context.update(text.encode())
+        after_space = False
 
 
-def expected_tokens(
-    inputs: str,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    *,
-    model_id: str = DEFAULT_MODEL_ID,
-    seed: int | None = None,
-) -> list[str]:
-    """Token texts, in order, that ``/generate_stream`` emits for ``inputs`` (no stop sequences)."""
-    return [token.text for token in generate_tokens(inputs, max_new_tokens, model_id=model_id, seed=seed)]
+def expected_tokens(inputs: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, **model: Any) -> list[str]:
+    """Token texts, in order, that ``/generate_stream`` emits (no stop sequences; ``model_id=``, ``seed=``)."""
+    return [token.text for token in generate_tokens(inputs, max_new_tokens, **model)]
 
 
-def expected_text(
-    inputs: str,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    *,
-    model_id: str = DEFAULT_MODEL_ID,
-    seed: int | None = None,
-) -> str:
-    """``generated_text`` of ``/generate`` for ``inputs`` (no stop sequences, ``return_full_text`` false)."""
-    return "".join(expected_tokens(inputs, max_new_tokens, model_id=model_id, seed=seed))
-
-
-def _message_text(content: Any) -> str:
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    # TGI flattens multi-part content the same way before templating.
-    parts = []
-    for chunk in content:
-        if chunk.get("type") == "image_url":
-            parts.append(f"![]({chunk['image_url']['url']})")
-        else:
-            parts.append(str(chunk.get("text", "")))
-    return "".join(parts)
+def expected_text(inputs: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, **model: Any) -> str:
+    """``generated_text`` of ``/generate`` (no stop sequences, ``return_full_text`` false)."""
+    return "".join(expected_tokens(inputs, max_new_tokens, **model))
 
 
 def render_chat_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
-    """The prompt the emulator's chat template builds from OpenAI-style messages (ChatML layout)."""
-    rendered = "".join(
-        f"<|im_start|>{message['role']}\n{_message_text(message.get('content'))}<|im_end|>\n" for message in messages
-    )
+    """The prompt the emulator's chat template (ChatML) builds from OpenAI-style messages."""
+
+    def text(content: str | list[dict[str, Any]] | None) -> str:
+        if content is None or isinstance(content, str):
+            return content or ""
+        # TGI flattens multi-part content the same way before templating.
+        image = "![]({})".format
+        return "".join(
+            image(p.get("image_url", {}).get("url", "")) if p.get("type") == "image_url" else str(p.get("text", ""))
+            for p in content
+        )
+
+    rendered = "".join(f"<|im_start|>{m['role']}\n{text(m.get('content'))}<|im_end|>\n" for m in messages)
     return rendered + "<|im_start|>assistant\n"
 
 
 def expected_chat_text(
-    messages: Sequence[Mapping[str, Any]],
-    max_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    *,
-    model_id: str = DEFAULT_MODEL_ID,
-    seed: int | None = None,
+    messages: Sequence[Mapping[str, Any]], max_tokens: int = DEFAULT_MAX_NEW_TOKENS, **model: Any
 ) -> str:
     """``choices[0].message.content`` of ``/v1/chat/completions`` for these messages."""
-    return expected_text(render_chat_prompt(messages), max_tokens, model_id=model_id, seed=seed)
+    return expected_text(render_chat_prompt(messages), max_tokens, **model)
 
 
-def _prefill_tokens(model_id: str, inputs: str) -> list[dict[str, Any]]:
-    digest = _generation_digest(model_id, inputs, None)
-    prefill = []
-    for position, word in enumerate(inputs.split() or [inputs]):
-        token = _token_at(digest + b"prefill", position)
-        # TGI has no logprob for the first prompt token and serialises the NaN as null.
-        prefill.append({"id": token.id, "text": word, "logprob": None if position == 0 else token.logprob})
-    return prefill
-
-
-# --------------------------------------------------------------------------------------------------
-# Errors
-# --------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------- errors and bodies
 
 
 class InferError(Exception):
@@ -207,353 +160,212 @@ class InferError(Exception):
 
     def __init__(self, status: int, error: str, error_type: str) -> None:
         super().__init__(error)
-        self.status = status
-        self.error = error
-        self.error_type = error_type
-
-    def body(self) -> dict[str, str]:
-        return {"error": self.error, "error_type": self.error_type}
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status)
+        self.status, self.error_type = status, error_type
+        self.body = {"error": error, "error_type": error_type}
 
 
-def _validation_error(message: str) -> InferError:
-    return InferError(422, f"Input validation error: {message}", "validation")
+# serde's view of TGI's request structs: strict types, unknown fields ignored, missing optionals defaulted.
+_SERDE = ConfigDict(strict=True, extra="ignore")
+U32, U64 = Annotated[int, Field(ge=0, le=2**32 - 1)], Annotated[int, Field(ge=0, le=2**64 - 1)]
 
 
-def _generation_error(message: str) -> InferError:
-    return InferError(424, f"Request failed during generation: {message}", "generation")
+class _Parameters(BaseModel):
+    """The GenerateParameters the emulator acts on (the gateway bounds the sampling ones itself)."""
+
+    model_config = _SERDE
+    best_of: U32 | None = None
+    temperature: float | None = None
+    do_sample: bool = False
+    max_new_tokens: U32 | None = DEFAULT_MAX_NEW_TOKENS
+    return_full_text: bool | None = None
+    stop: list[str] = []
+    details: bool = False
+    seed: U64 | None = None
 
 
-def _overloaded_error() -> InferError:
-    return InferError(429, "Model is overloaded", "overloaded")
+class _GenerateBody(BaseModel):
+    model_config = _SERDE
+    inputs: str
+    parameters: _Parameters = Field(default_factory=_Parameters)
+    stream: bool = False  # read on the compat route only
 
 
-class _BodyRejection(Exception):
-    """axum's Json extractor rejection: plain text, not TGI's error JSON."""
+class _OpenAiBody(BaseModel):
+    model_config = _SERDE
+    max_tokens: U32 | None = None
+    temperature: float | None = None
+    stop: list[str] | None = None
+    seed: U64 | None = None
+    stream: bool = False
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-    def response(self) -> PlainTextResponse:
-        return PlainTextResponse(self.message, status_code=self.status)
-
-
-def _deserialize_error(message: str) -> _BodyRejection:
-    return _BodyRejection(422, f"Failed to deserialize the JSON body into the target type: {message}")
-
-
-def _describe(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return f"boolean `{str(value).lower()}`"
-    if isinstance(value, int):
-        return f"integer `{value}`"
-    if isinstance(value, float):
-        return f"floating point `{value}`"
-    if isinstance(value, str):
-        return f'string "{value}"'
-    if isinstance(value, list):
-        return "sequence"
-    return "map"
+    def parameters(self) -> _Parameters:
+        # TGI switches to greedy decoding for temperature 0 instead of rejecting it.
+        return _Parameters(
+            temperature=None if self.temperature == 0.0 else self.temperature,
+            do_sample=self.temperature != 0.0,
+            max_new_tokens=DEFAULT_MAX_NEW_TOKENS if self.max_tokens is None else self.max_tokens,
+            stop=self.stop or [],
+            seed=self.seed,
+        )
 
 
-_EXPECTED = {
-    "str": "a string",
-    "uint": "u32",
-    "int": "i32",
-    "float": "f32",
-    "bool": "a boolean",
-    "str_list": "a sequence",
-    "object": "a map",
-    "list": "a sequence",
-}
+class _Message(BaseModel):
+    model_config = _SERDE
+    role: str
+    content: str | list[dict[str, Any]] | None = None
 
 
-def _type_ok(value: Any, kind: str) -> bool:
-    match kind:
-        case "str":
-            return isinstance(value, str)
-        case "uint":
-            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-        case "int":
-            return isinstance(value, int) and not isinstance(value, bool)
-        case "float":
-            return isinstance(value, int | float) and not isinstance(value, bool)
-        case "bool":
-            return isinstance(value, bool)
-        case "str_list":
-            return isinstance(value, list) and all(isinstance(item, str) for item in value)
-        case "object":
-            return isinstance(value, dict)
-        case "list":
-            return isinstance(value, list)
-    raise AssertionError(kind)
+class _ChatBody(_OpenAiBody):
+    messages: list[_Message]
+    stream_options: dict[str, Any] | None = None
 
 
-def _take(
-    data: Mapping[str, Any],
-    name: str,
-    kind: str,
-    *,
-    path: str = "",
-    default: Any = None,
-    nullable: bool = True,
-    required: bool = False,
-) -> Any:
-    """Read one field the way serde would deserialize it into TGI's request structs."""
-    where = f"{path}{name}"
-    if name not in data:
-        if required:
-            raise _deserialize_error(f"missing field `{name}`")
-        return default
-    value = data[name]
-    if value is None:
-        if nullable:
-            return None
-        raise _deserialize_error(f"{where}: invalid type: null, expected {_EXPECTED[kind]}")
-    if not _type_ok(value, kind):
-        raise _deserialize_error(f"{where}: invalid type: {_describe(value)}, expected {_EXPECTED[kind]}")
-    return float(value) if kind == "float" else value
+class _CompletionBody(_OpenAiBody):
+    prompt: str | list[str]
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _parse[T: BaseModel](request: Request, model: type[T]) -> T:
     mime = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not (mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))):
-        raise _BodyRejection(415, "Expected request with `Content-Type: application/json`")
-    raw = await request.body()
+        raise HTTPException(415, "Expected request with `Content-Type: application/json`")
     try:
-        data = json.loads(raw)
+        data = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError) as exc:
-        raise _BodyRejection(400, f"Failed to parse the request body as JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise _deserialize_error(f"invalid type: {_describe(data)}, expected a map")
-    return data
+        raise HTTPException(400, f"Failed to parse the request body as JSON: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        message = f"missing field `{where}`" if error["type"] == "missing" else f"{where}: {error['msg']}"
+        raise HTTPException(422, f"Failed to deserialize the JSON body into the target type: {message}") from exc
 
 
-# --------------------------------------------------------------------------------------------------
-# Requests as the router sees them after deserialisation
-# --------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------- one generation
 
 
-@dataclass(frozen=True, slots=True)
-class _Parameters:
-    best_of: int | None = None
-    temperature: float | None = None
-    repetition_penalty: float | None = None
-    frequency_penalty: float | None = None
-    top_k: int | None = None
-    top_p: float | None = None
-    typical_p: float | None = None
-    do_sample: bool = False
-    max_new_tokens: int | None = DEFAULT_MAX_NEW_TOKENS
-    return_full_text: bool | None = None
-    stop: tuple[str, ...] = ()
-    truncate: int | None = None
-    details: bool = False
-    decoder_input_details: bool = False
-    seed: int | None = None
-    top_n_tokens: int | None = None
-
-
-def _parse_parameters(raw: Any) -> _Parameters:
-    if raw is None:
-        raise _deserialize_error("parameters: invalid type: null, expected struct GenerateParameters")
-    if not isinstance(raw, dict):
-        raise _deserialize_error(f"parameters: invalid type: {_describe(raw)}, expected struct GenerateParameters")
-    path = "parameters."
-    _take(raw, "grammar", "object", path=path)
-    _take(raw, "adapter_id", "str", path=path)
-    _take(raw, "watermark", "bool", path=path, default=False, nullable=False)
-    return _Parameters(
-        best_of=_take(raw, "best_of", "uint", path=path),
-        temperature=_take(raw, "temperature", "float", path=path),
-        repetition_penalty=_take(raw, "repetition_penalty", "float", path=path),
-        frequency_penalty=_take(raw, "frequency_penalty", "float", path=path),
-        top_k=_take(raw, "top_k", "int", path=path),
-        top_p=_take(raw, "top_p", "float", path=path),
-        typical_p=_take(raw, "typical_p", "float", path=path),
-        do_sample=_take(raw, "do_sample", "bool", path=path, default=False, nullable=False),
-        max_new_tokens=_take(raw, "max_new_tokens", "uint", path=path, default=DEFAULT_MAX_NEW_TOKENS),
-        return_full_text=_take(raw, "return_full_text", "bool", path=path),
-        stop=tuple(_take(raw, "stop", "str_list", path=path, default=[], nullable=False)),
-        truncate=_take(raw, "truncate", "uint", path=path),
-        details=_take(raw, "details", "bool", path=path, default=False, nullable=False),
-        decoder_input_details=_take(raw, "decoder_input_details", "bool", path=path, default=False, nullable=False),
-        seed=_take(raw, "seed", "uint", path=path),
-        top_n_tokens=_take(raw, "top_n_tokens", "uint", path=path),
-    )
-
-
-def _parse_generate_request(data: Mapping[str, Any], *, compat: bool = False) -> tuple[str, _Parameters, bool]:
-    inputs = _take(data, "inputs", "str", required=True, nullable=False)
-    parameters = _parse_parameters(data["parameters"]) if "parameters" in data else _Parameters()
-    stream = _take(data, "stream", "bool", default=False, nullable=False) if compat else False
-    return inputs, parameters, stream
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Job:
-    """A validated generation request (ValidGenerateRequest)."""
+    """One generation as the router tracks it: the validated request and its progress."""
 
     inputs: str
-    input_length: int
-    max_new_tokens: int
-    stop: tuple[str, ...]
-    seed: int | None
-    details: bool
-    decoder_input_details: bool
-    return_full_text: bool
+    parameters: _Parameters
+    stream: bool
+    return_full_text: bool = False
+    received_at: float = field(default_factory=time.monotonic)
+    input_length: int = 0
+    max_new_tokens: int = 0
+    tokens: list[Token] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None  # set before the last token is handed out
+    started_at: float = 0.0
+    finished_at: float = 0.0
+
+    def usage(self) -> dict[str, int]:
+        generated = len(self.tokens)
+        return {
+            "prompt_tokens": self.input_length,
+            "completion_tokens": generated,
+            "total_tokens": self.input_length + generated,
+        }
+
+    def tgi_body(self) -> dict[str, Any]:
+        """The ``/generate`` answer (GenerateResponse)."""
+        body: dict[str, Any] = {"generated_text": self._output()}
+        if self.parameters.details:
+            body["details"] = self._details(prefill=[], tokens=[token.as_json() for token in self.tokens])
+        return body
+
+    def tgi_event(self, _index: int, token: Token) -> dict[str, Any]:
+        """One ``/generate_stream`` event (StreamResponse); the last carries the text and, if asked, details."""
+        last = self.finish_reason is not None
+        details = self._details(input_length=self.input_length) if last and self.parameters.details else None
+        generated_text = self._output() if last else None
+        return {
+            "index": len(self.tokens),
+            "token": token.as_json(),
+            "generated_text": generated_text,
+            "details": details,
+        }
+
+    def _details(self, **extra: Any) -> dict[str, Any]:
+        return {"finish_reason": self.finish_reason, "generated_tokens": len(self.tokens),
+                "seed": self.parameters.seed, **extra}  # fmt: skip
+
+    def _output(self) -> str:
+        return self.inputs + self.text if self.return_full_text else self.text
+
+    def headers(self) -> dict[str, str]:
+        total, inference = self.finished_at - self.received_at, self.finished_at - self.started_at
+        return {
+            "x-compute-type": COMPUTE_TYPE,
+            "x-compute-time": repr(total),
+            "x-total-time": str(int(total * 1000)),
+            "x-inference-time": str(int(inference * 1000)),
+            "x-prompt-tokens": str(self.input_length),
+            "x-generated-tokens": str(len(self.tokens)),
+        }
 
 
-@dataclass(slots=True)
-class _Step:
-    token: Token
-    index: int
-    generated_text: str | None = None
-    finish_reason: str | None = None
-    generated_tokens: int = 0
+_Event = Callable[["_Job", int, Token], dict[str, Any]]  # one SSE event for a token of a job (its index)
 
 
-@dataclass(slots=True)
-class _Generation:
-    tokens: list[Token]
-    text: str
-    finish_reason: str
-    queued_at: float
-    started_at: float
-    finished_at: float
+class _Metrics:
+    """TGI's Prometheus series in one registry per emulator (each instance has its own /metrics)."""
+
+    def __init__(self, max_total_tokens: int) -> None:
+        self.registry = registry = CollectorRegistry()
+        # TGI's exporter writes counters without the `_total` suffix prometheus_client's Counter adds: the
+        # counts are gauges here so that scrapers see TGI's names.
+        self.requests = Gauge("tgi_request_count", "Total number of requests", registry=registry)
+        self.success = Gauge("tgi_request_success", "Number of successful requests", registry=registry)
+        self.failure = Gauge("tgi_request_failure", "Number of failed requests", ["err"], registry=registry)
+        # No queue: every request the permits admit joins the running batch at once.
+        Gauge("tgi_queue_size", "Current queue size", registry=registry)
+        self.batch_size = Gauge("tgi_batch_current_size", "Current batch size", registry=registry)
+        # Same geometric series as TGI's PrometheusBuilder (35 buckets from 0.00015 s); tokens in 100ths.
+        seconds = [0.0001 * 1.5**n for n in range(1, 36)]
+        self.duration = Histogram(
+            "tgi_request_duration", "Total time spent processing the request", buckets=seconds, registry=registry
+        )
+        tokens = [max_total_tokens / 100 * n for n in range(1, 101)]
+        self.generated = Histogram("tgi_request_generated_tokens", "Generated tokens per request", buckets=tokens,
+                                   registry=registry)  # fmt: skip
+
+    def value(self, name: str) -> int:
+        return int(self.registry.get_sample_value(name) or 0)
 
 
-def _openai_finish_reason(finish_reason: str) -> str:
-    # FinishReason::format(use_stop=true): only eos_token becomes "stop".
-    return "stop" if finish_reason == "eos_token" else finish_reason
-
-
-# --------------------------------------------------------------------------------------------------
-# Prometheus metrics with TGI's names
-# --------------------------------------------------------------------------------------------------
-
-
-def _format_number(value: float) -> str:
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return repr(value)
-
-
-class _Histogram:
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = list(bounds)
-        self.counts = [0] * len(self.bounds)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        for position, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.counts[position] += 1
-        self.total += value
-        self.count += 1
-
-    def render(self, name: str) -> list[str]:
-        lines = [
-            f'{name}_bucket{{le="{_format_number(bound)}"}} {count}'
-            for bound, count in zip(self.bounds, self.counts, strict=True)
-        ]
-        lines.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        lines.append(f"{name}_sum {_format_number(self.total)}")
-        lines.append(f"{name}_count {self.count}")
-        return lines
-
-
-def _duration_buckets() -> list[float]:
-    # Same geometric series as TGI's PrometheusBuilder setup (35 buckets from 0.00015 s).
-    buckets, value = [], 0.0001
-    for _ in range(35):
-        value *= 1.5
-        buckets.append(value)
-    return buckets
-
-
-_HELP = {
-    "tgi_request_count": "Total number of requests",
-    "tgi_request_success": "Number of successful requests",
-    "tgi_request_failure": "Number of failed requests",
-    "tgi_queue_size": "Current queue size",
-    "tgi_batch_current_size": "Current batch size",
-    "tgi_batch_current_max_tokens": "Maximum tokens for the current batch",
-    "tgi_request_duration": "Total time spent processing the request",
-    "tgi_request_validation_duration": "Time spent validating the request",
-    "tgi_request_queue_duration": "Time spent in the queue per request",
-    "tgi_request_inference_duration": "Request inference duration",
-    "tgi_request_mean_time_per_token_duration": "Mean time per token per request",
-    "tgi_request_generated_tokens": "Generated tokens per request",
-    "tgi_request_input_length": "Input token length per request",
-    "tgi_request_max_new_tokens": "Maximum new tokens per request",
-}
-
-
-@dataclass(frozen=True, slots=True)
-class EmulatorStats:
-    """A consistent snapshot of the emulator's counters."""
-
-    requests_total: int
-    requests_served: int
-    requests_failed: dict[str, int]
-    in_flight: int
-    queue_size: int
-    batch_size: int
-
-
-@dataclass
-class _Counters:
-    requests_total: int = 0
-    requests_served: int = 0
-    failures: dict[str, int] = field(default_factory=dict)
-    in_flight: int = 0
-    queue_size: int = 0
-    batch_size: int = 0
-    batch_max_tokens: int = 0
-
-
-# --------------------------------------------------------------------------------------------------
-# The emulator
-# --------------------------------------------------------------------------------------------------
-
-
-class _DroppedByKill(logging.Filter):
-    """Hide uvicorn's "Exception in ASGI application" for requests cancelled because the instance died."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, asyncio.CancelledError)
-
-
-_KILL_FILTER = _DroppedByKill()
+# ---------------------------------------------------------------------------------------- the emulator
 
 
 def _loopback_host(host: str) -> str:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError as exc:
-        raise ValueError(f"host must be an IPv4 loopback address (127.0.0.0/8), got {host!r}") from exc
-    if address.version != 4 or not address.is_loopback:
-        raise ValueError(f"host must be an IPv4 loopback address (127.0.0.0/8), got {host!r}")
-    return str(address)
+    with contextlib.suppress(ValueError):
+        if (address := ipaddress.ip_address(host)).version == 4 and address.is_loopback:
+            return str(address)
+    raise ValueError(f"host must be an IPv4 loopback address (127.0.0.0/8), got {host!r}")
+
+
+async def _drop_pending() -> None:
+    """Cancel what a stopped server left on its loop (the watcher, dropped streams) before the loop closes."""
+    pending = asyncio.all_tasks() - {asyncio.current_task()}
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+def _not_cancelled(record: logging.LogRecord) -> bool:
+    """Hides uvicorn's "Exception in ASGI application" for requests cancelled because the instance died."""
+    return not isinstance(record.exc_info[1] if record.exc_info else None, asyncio.CancelledError)
 
 
 class TgiEmulator:
     """One emulated TGI server (one GPU instance's ``text-generation-launcher``) on a loopback address.
 
-    Lifecycle: constructed (port reserved but refusing connections) -> :meth:`boot` -> ``loading`` (port
-    still refusing) -> ``ready`` once ``clock() - boot_time >= load_seconds`` -> :meth:`kill` (reclaimed:
-    listener closed, in-flight connections dropped) or :meth:`stop` (graceful). ``boot()`` may be called
-    again after either, like a restarted container.
-
+    Lifecycle: constructed (port reserved but refusing connections) -> :meth:`boot` -> ``loading`` (port still
+    refusing) -> ``ready`` once ``clock() - boot time >= load_seconds`` -> :meth:`kill` (reclaimed: listener
+    closed, connections dropped) or :meth:`stop` (graceful); ``boot()`` again restarts it like a container.
     The server runs on its own event loop in a daemon thread; every public method is thread-safe.
     """
 
@@ -566,79 +378,38 @@ class TgiEmulator:
         load_seconds: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
         token_delay: float = 0.0,
-        prefill_delay: float = 0.0,
         max_concurrent_requests: int = 128,
-        max_batch_size: int | None = None,
         max_input_tokens: int = 1024,
         max_total_tokens: int = 2048,
-        max_best_of: int = 2,
-        max_stop_sequences: int = 4,
-        max_client_batch_size: int = 4,
-        model_sha: str | None = None,
-        model_pipeline_tag: str | None = "text-generation",
-        version: str = TGI_VERSION,
-        api_key: str | None = None,
-        poll_interval: float = 0.02,
     ) -> None:
-        if not isinstance(model_id, str) or not model_id.strip():
-            raise ValueError("model_id must be a non-empty string")
-        if not 0 <= port <= 65535:
-            raise ValueError(f"port must be within 0..65535, got {port}")
-        for name, value in (("load_seconds", load_seconds), ("token_delay", token_delay),
-                            ("prefill_delay", prefill_delay)):  # fmt: skip
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if poll_interval <= 0:
-            raise ValueError(f"poll_interval must be > 0, got {poll_interval}")
-        if max_concurrent_requests < 1:
-            raise ValueError("max_concurrent_requests must be >= 1")
-        if max_batch_size is not None and max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1 or None")
-        if not 0 < max_input_tokens < max_total_tokens:
-            # text-generation-launcher refuses the same combination.
+        if not model_id.strip() or not 0 <= port <= 65535 or max_concurrent_requests < 1:
+            raise ValueError(f"need a model_id, a port in 0..65535 and max_concurrent_requests >= 1 ({model_id!r})")
+        if load_seconds < 0 or token_delay < 0:
+            raise ValueError(f"load_seconds and token_delay must be >= 0, got {load_seconds}, {token_delay}")
+        if not 0 < max_input_tokens < max_total_tokens:  # text-generation-launcher refuses the same
             raise ValueError("max_input_tokens must be > 0 and < max_total_tokens")
-
-        self.host = _loopback_host(host)
-        self.model_id = model_id
-        self.load_seconds = float(load_seconds)
-        self.token_delay = float(token_delay)
-        self.prefill_delay = float(prefill_delay)
+        self.host, self.port, self.model_id = _loopback_host(host), port, model_id
+        self.load_seconds, self.token_delay = float(load_seconds), float(token_delay)
         self.max_concurrent_requests = max_concurrent_requests
-        self.max_batch_size = max_batch_size
-        self.max_input_tokens = max_input_tokens
-        self.max_total_tokens = max_total_tokens
-        self.max_best_of = max_best_of
-        self.max_stop_sequences = max_stop_sequences
-        self.max_client_batch_size = max_client_batch_size
-        self.model_sha = model_sha
-        self.model_pipeline_tag = model_pipeline_tag
-        self.version = version
-        self._api_key = api_key
+        self.max_input_tokens, self.max_total_tokens = max_input_tokens, max_total_tokens
         self._clock = clock
-        self._poll_interval = poll_interval
-
-        self._control_lock = threading.Lock()
-        self._stats_lock = threading.Lock()
-        self._counters = _Counters()
-        self._histograms = self._new_histograms()
+        self._metrics = _Metrics(max_total_tokens)
+        self._in_flight = 0  # changed only on the server's event loop
         self._unhealthy = False
         self._fail_after: int | None = None
         self._fail_message = ""
-
+        self._control_lock = threading.Lock()
         self._state = CREATED
-        self._boot_time: float | None = None
+        self._boot_time = 0.0
         self._ready_event = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: uvicorn.Server | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._batch_slots: asyncio.Semaphore | None = None
+        self._watcher: concurrent.futures.Future[None] | None = None
         self._app = self._build_app()
-
         # Reserve the port now (bound, not listening: connections are refused) so `.port`/`.url` are known
         # before boot even with port=0, and a clash surfaces here rather than when loading finishes.
         self._sock: socket.socket | None = None
-        self.port = port
         self._bind_socket()
 
     # ---------------------------------------------------------------- public surface
@@ -657,46 +428,23 @@ class TgiEmulator:
         return self._state == READY
 
     @property
-    def boot_time(self) -> float | None:
-        """``clock()`` when :meth:`boot` was last called."""
-        return self._boot_time
-
-    @property
     def unhealthy(self) -> bool:
         return self._unhealthy
 
     @property
     def requests_total(self) -> int:
         """Generation requests received (``tgi_request_count``)."""
-        return self._counters.requests_total
+        return self._metrics.value("tgi_request_count")
 
     @property
     def requests_served(self) -> int:
         """Generations completed successfully (``tgi_request_success``)."""
-        return self._counters.requests_served
-
-    @property
-    def requests_failed(self) -> int:
-        """Generation requests that ended in an error (sum of ``tgi_request_failure``)."""
-        with self._stats_lock:
-            return sum(self._counters.failures.values())
+        return self._metrics.value("tgi_request_success")
 
     @property
     def in_flight(self) -> int:
-        """Generations currently holding one of the ``max_concurrent_requests`` permits."""
-        return self._counters.in_flight
-
-    def stats(self) -> EmulatorStats:
-        with self._stats_lock:
-            counters = self._counters
-            return EmulatorStats(
-                requests_total=counters.requests_total,
-                requests_served=counters.requests_served,
-                requests_failed=dict(counters.failures),
-                in_flight=counters.in_flight,
-                queue_size=counters.queue_size,
-                batch_size=counters.batch_size,
-            )
+        """Generations holding one of the ``max_concurrent_requests`` permits."""
+        return self._in_flight
 
     def boot(self) -> TgiEmulator:
         """Start loading the model: the port stays closed until ``load_seconds`` have passed on ``clock``."""
@@ -709,21 +457,19 @@ class TgiEmulator:
             self._ready_event.clear()
             self._boot_time = self._clock()
             self._state = LOADING
-            self._call_in_loop(self._begin_loading())
+            # Check once now (load_seconds=0 serves on return), then watch the clock in the background.
+            self._call_in_loop(self._check_loaded())
+            self._watcher = asyncio.run_coroutine_threadsafe(self._load(), self._loop)
         return self
 
     def poll(self) -> bool:
         """Open the port now if loading is over on ``clock``; return whether the server is serving.
 
-        The background watcher does the same every ``poll_interval`` seconds of real time; a drill driving a
-        simulated clock calls this after advancing it so the outcome does not depend on thread timing.
+        The background watcher does the same every ``POLL_INTERVAL`` real seconds; a drill driving a simulated
+        clock calls this after advancing it, so the outcome does not depend on thread timing.
         """
-        loop = self._loop
-        if self._state != LOADING or loop is None:
+        if self._state != LOADING or self._loop is None:
             return self._state == READY
-        if threading.current_thread() is self._thread:
-            loop.create_task(self._check_loaded())
-            return False
         try:
             return self._call_in_loop(self._check_loaded())
         except RuntimeError:  # the loop closed under us: killed or stopped meanwhile
@@ -738,14 +484,11 @@ class TgiEmulator:
         self._unhealthy = bool(unhealthy)
 
     def fail_generation_after(self, n_tokens: int | None, message: str = "Server error: injected fault") -> None:
-        """From now on every generation fails after ``n_tokens`` tokens (``None`` clears the fault).
-
-        Streams emit ``n_tokens`` token events then TGI's SSE error event; non-streaming calls answer 424.
-        """
+        """From now on every generation fails after ``n_tokens`` tokens (``None`` clears the fault): streams
+        send that many token events then TGI's SSE error event; other calls answer 424."""
         if n_tokens is not None and n_tokens < 0:
             raise ValueError("n_tokens must be >= 0 or None")
-        self._fail_message = message
-        self._fail_after = n_tokens
+        self._fail_message, self._fail_after = message, n_tokens
 
     def kill(self) -> None:
         """The instance is gone: close the listener and drop every connection, in-flight or idle, at once."""
@@ -758,14 +501,24 @@ class TgiEmulator:
             raise ValueError("drain_seconds must be >= 0")
         self._shut_down(STOPPED, drain_seconds=drain_seconds)
 
-    def __enter__(self) -> TgiEmulator:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def __repr__(self) -> str:
-        return f"TgiEmulator(url={self.url!r}, model_id={self.model_id!r}, state={self._state!r})"
+    def info(self) -> dict[str, Any]:
+        """The body of ``GET /info``."""
+        return {
+            "model_id": self.model_id,
+            "model_sha": None,
+            "model_pipeline_tag": "text-generation",
+            "max_concurrent_requests": self.max_concurrent_requests,
+            "max_best_of": MAX_BEST_OF,
+            "max_stop_sequences": MAX_STOP_SEQUENCES,
+            "max_input_tokens": self.max_input_tokens,
+            "max_total_tokens": self.max_total_tokens,
+            "validation_workers": 2,
+            "max_client_batch_size": MAX_CLIENT_BATCH_SIZE,
+            "router": "text-generation-router",
+            "version": TGI_VERSION,
+            "sha": None,
+            "docker_label": None,
+        }
 
     # ---------------------------------------------------------------- lifecycle internals
 
@@ -785,52 +538,27 @@ class TgiEmulator:
         self._sock = sock
 
     def _start_loop(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            return
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
-
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(started.set)
-            try:
-                loop.run_forever()
-            finally:
-                pending = asyncio.all_tasks(loop)
-                for task in pending:
-                    task.cancel()
-                if pending:
-                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
-
-        thread = threading.Thread(target=run, name=f"tgi-emulator-{self.host}:{self.port}", daemon=True)
-        self._loop, self._thread = loop, thread
-        thread.start()
-        started.wait(5.0)
+        # run_coroutine_threadsafe queues work even before run_forever starts: no handshake needed.
+        self._loop, self._opening = asyncio.new_event_loop(), asyncio.Lock()
+        self._thread = threading.Thread(target=self._loop.run_forever, name=f"tgi-emulator-{self.url}", daemon=True)
+        self._thread.start()
 
     def _call_in_loop(self, coroutine: Any, timeout: float = 10.0) -> Any:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout)
 
-    async def _begin_loading(self) -> None:
-        self._batch_slots = asyncio.Semaphore(self.max_batch_size) if self.max_batch_size else None
-        if not await self._check_loaded():
-            self._watcher = asyncio.get_running_loop().create_task(self._watch_loading())
-
-    async def _watch_loading(self) -> None:
-        while self._state == LOADING:
-            await asyncio.sleep(self._poll_interval)
-            await self._check_loaded()
+    async def _load(self) -> None:
+        while not await self._check_loaded() and self._state == LOADING:
+            await asyncio.sleep(POLL_INTERVAL)
 
     async def _check_loaded(self) -> bool:
-        if self._state == LOADING:
-            try:
-                if self._clock() - (self._boot_time or 0.0) >= self.load_seconds:
+        async with self._opening:  # poll() and the watcher may both find the load over
+            if self._state == LOADING and self._clock() - self._boot_time >= self.load_seconds:
+                try:
                     await self._open_port()
-            except Exception:
-                logger.exception("TGI emulator on %s failed to start serving", self.url)
-                self._state = FAILED
+                except Exception:
+                    logger.exception("TGI emulator on %s failed to start serving", self.url)
+                    self._state = FAILED
         return self._state == READY
 
     async def _open_port(self) -> None:
@@ -849,22 +577,23 @@ class TgiEmulator:
         )
         config.load()
         uvicorn_errors = logging.getLogger("uvicorn.error")
-        if _KILL_FILTER not in uvicorn_errors.filters:
-            uvicorn_errors.addFilter(_KILL_FILTER)
+        if _not_cancelled not in uvicorn_errors.filters:
+            uvicorn_errors.addFilter(_not_cancelled)
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)
         await server.startup(sockets=[self._sock])
-        self._server = server
-        self._state = READY
+        self._server, self._state = server, READY
         self._ready_event.set()
-        logger.info("TGI emulator %s serving %s on %s", self.version, self.model_id, self.url)
+        logger.info("TGI emulator %s serving %s on %s", TGI_VERSION, self.model_id, self.url)
 
     def _shut_down(self, final_state: str, *, drain_seconds: float) -> None:
         with self._control_lock:
-            if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            if (loop := self._loop) is not None and self._thread is not None:
                 self._call_in_loop(self._close_network(final_state, drain_seconds), timeout=drain_seconds + 10)
-                self._loop.call_soon_threadsafe(self._loop.stop)
+                loop.call_soon_threadsafe(loop.stop)
                 self._thread.join(5.0)
+                loop.run_until_complete(_drop_pending())
+                loop.close()
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
@@ -891,289 +620,148 @@ class TgiEmulator:
             while state.tasks and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         for connection in list(state.connections):
-            transport = getattr(connection, "transport", None)
-            if transport is not None:
+            if (transport := getattr(connection, "transport", None)) is not None:
                 transport.abort()
-        tasks = list(state.tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
+        if tasks := list(state.tasks):
+            for task in tasks:
+                task.cancel()
             await asyncio.wait(tasks, timeout=2.0)
         logger.info("TGI emulator on %s %s", self.url, final_state)
 
-    # ---------------------------------------------------------------- accounting
+    # ---------------------------------------------------------------- generation, shared by every route
 
-    def _new_histograms(self) -> dict[str, _Histogram]:
-        durations = _duration_buckets()
-        per_total = [self.max_total_tokens / 100 * (x + 1) for x in range(100)]
-        return {
-            "tgi_request_duration": _Histogram(durations),
-            "tgi_request_validation_duration": _Histogram(durations),
-            "tgi_request_queue_duration": _Histogram(durations),
-            "tgi_request_inference_duration": _Histogram(durations),
-            "tgi_request_mean_time_per_token_duration": _Histogram(durations),
-            "tgi_request_generated_tokens": _Histogram(per_total),
-            "tgi_request_input_length": _Histogram([self.max_input_tokens / 100 * (x + 1) for x in range(100)]),
-            "tgi_request_max_new_tokens": _Histogram(per_total),
-        }
-
-    def _count_request(self) -> None:
-        with self._stats_lock:
-            self._counters.requests_total += 1
-
-    def _count_failure(self, error_type: str) -> None:
-        key = {"incomplete_generation": "incomplete"}.get(error_type, error_type)
-        with self._stats_lock:
-            self._counters.failures[key] = self._counters.failures.get(key, 0) + 1
-
-    def _count_success(self, job: _Job, generation: _Generation, received_at: float) -> None:
-        generated = len(generation.tokens)
-        inference = generation.finished_at - generation.started_at
-        with self._stats_lock:
-            self._counters.requests_served += 1
-            observe = {
-                "tgi_request_duration": generation.finished_at - received_at,
-                "tgi_request_validation_duration": max(generation.queued_at - received_at, 0.0),
-                "tgi_request_queue_duration": generation.started_at - generation.queued_at,
-                "tgi_request_inference_duration": inference,
-                "tgi_request_mean_time_per_token_duration": inference / max(generated, 1),
-                "tgi_request_generated_tokens": generated,
-            }
-            for name, value in observe.items():
-                self._histograms[name].observe(value)
-
-    @contextlib.asynccontextmanager
-    async def _permit(self) -> AsyncIterator[None]:
-        # Infer::generate_stream takes a semaphore permit before validating: overload wins over bad input.
-        with self._stats_lock:
-            if self._counters.in_flight >= self.max_concurrent_requests:
-                overloaded = True
-            else:
-                overloaded = False
-                self._counters.in_flight += 1
-        if overloaded:
-            self._count_failure("overloaded")
-            raise _overloaded_error()
-        try:
-            yield
-        finally:
-            with self._stats_lock:
-                self._counters.in_flight -= 1
-
-    @contextlib.asynccontextmanager
-    async def _batch_slot(self, job: _Job) -> AsyncIterator[None]:
-        slots = self._batch_slots
-        if slots is not None:
-            with self._stats_lock:
-                self._counters.queue_size += 1
-            try:
-                await slots.acquire()
-            finally:
-                with self._stats_lock:
-                    self._counters.queue_size -= 1
-        with self._stats_lock:
-            self._counters.batch_size += 1
-            self._counters.batch_max_tokens += job.input_length + job.max_new_tokens
-        try:
-            yield
-        finally:
-            with self._stats_lock:
-                self._counters.batch_size -= 1
-                self._counters.batch_max_tokens -= job.input_length + job.max_new_tokens
-            if slots is not None:
-                slots.release()
-
-    # ---------------------------------------------------------------- validation and generation
-
-    def _validate(self, inputs: str, parameters: _Parameters, *, stream: bool, return_full_text: bool) -> _Job:
-        try:
-            return self._validate_unchecked(inputs, parameters, stream=stream, return_full_text=return_full_text)
-        except InferError:
-            self._count_failure("validation")
-            raise
-
-    def _validate_unchecked(
-        self, inputs: str, parameters: _Parameters, *, stream: bool, return_full_text: bool
-    ) -> _Job:
-        # Same checks, messages and order as router/src/validation.rs.
-        best_of = parameters.best_of
-        if stream and best_of is not None and best_of != 1:
-            raise _validation_error("`best_of` != 1 is not allowed for this endpoint")
-        if stream and parameters.decoder_input_details:
-            raise _validation_error("`decoder_input_details` == true is not supported when streaming tokens")
-        if best_of is not None and (best_of == 0 or best_of > self.max_best_of):
-            raise _validation_error(f"`best_of` must be > 0 and <= {self.max_best_of}. Given: {best_of}")
-        if best_of is not None and best_of > 1 and not parameters.do_sample:
-            raise _validation_error("you must use sampling when `best_of` is > 1")
-        if parameters.temperature is not None and parameters.temperature <= 0:
-            raise _validation_error("`temperature` must be strictly positive")
-        if parameters.repetition_penalty is not None and parameters.repetition_penalty <= 0:
-            raise _validation_error("`repetition_penalty` must be strictly positive")
-        if parameters.frequency_penalty is not None and not -2.0 <= parameters.frequency_penalty <= 2.0:
-            raise _validation_error("`frequency_penalty` must be >= -2.0 and <= 2.0")
-        if parameters.top_p is not None and not 0.0 < parameters.top_p <= 1.0:
-            raise _validation_error("`top_p` must be > 0.0 and < 1.0")
-        if parameters.typical_p is not None and not 0.0 < parameters.typical_p <= 1.0:
-            raise _validation_error("`typical_p` must be > 0.0 and < 1.0")
-        if parameters.top_k is not None and parameters.top_k <= 0:
-            raise _validation_error("`top_k` must be strictly positive")
-        if parameters.max_new_tokens == 0:
-            raise _validation_error("`max_new_tokens` must be strictly positive")
-        if len(parameters.stop) > self.max_stop_sequences:
-            raise _validation_error(
-                f"`stop` supports up to {self.max_stop_sequences} stop sequences. Given: {len(parameters.stop)}"
-            )
-        if not inputs:
-            raise _validation_error("`inputs` cannot be empty")
-        input_length = count_tokens(inputs)
-        if parameters.truncate is not None:
-            if parameters.truncate == 0 or parameters.truncate > self.max_input_tokens:
-                raise _validation_error(
-                    f"`truncate` must be strictly positive and less than {self.max_input_tokens}. "
-                    f"Given: {parameters.truncate}"
-                )
-            input_length = min(input_length, parameters.truncate)
-        max_new_tokens = parameters.max_new_tokens
-        if max_new_tokens is None:
-            max_new_tokens = max(self.max_total_tokens - input_length, 0)
-        if input_length + max_new_tokens > self.max_total_tokens:
-            raise _validation_error(
+    def _validate(self, job: _Job) -> None:
+        # Same messages and order as router/src/validation.rs, for the checks the gateway leaves to TGI.
+        p = job.parameters
+        job.input_length = count_tokens(job.inputs)
+        job.max_new_tokens = self.max_total_tokens - job.input_length if p.max_new_tokens is None else p.max_new_tokens
+        failed = (
+            (job.stream and p.best_of not in (None, 1), "`best_of` != 1 is not allowed for this endpoint"),
+            (
+                p.best_of is not None and not 0 < p.best_of <= MAX_BEST_OF,
+                f"`best_of` must be > 0 and <= {MAX_BEST_OF}. Given: {p.best_of}",
+            ),
+            ((p.best_of or 1) > 1 and not p.do_sample, "you must use sampling when `best_of` is > 1"),
+            (p.temperature is not None and p.temperature <= 0, "`temperature` must be strictly positive"),
+            (p.max_new_tokens == 0, "`max_new_tokens` must be strictly positive"),
+            (
+                len(p.stop) > MAX_STOP_SEQUENCES,
+                f"`stop` supports up to {MAX_STOP_SEQUENCES} stop sequences. Given: {len(p.stop)}",
+            ),
+            (not job.inputs, "`inputs` cannot be empty"),
+            (
+                job.input_length + job.max_new_tokens > self.max_total_tokens,
                 f"`inputs` tokens + `max_new_tokens` must be <= {self.max_total_tokens}. "
-                f"Given: {input_length} `inputs` tokens and {max_new_tokens} `max_new_tokens`"
-            )
-        if input_length > self.max_input_tokens:
-            raise _validation_error(
-                f"`inputs` must have less than {self.max_input_tokens} tokens. Given: {input_length}"
-            )
-        with self._stats_lock:
-            self._histograms["tgi_request_input_length"].observe(input_length)
-            self._histograms["tgi_request_max_new_tokens"].observe(max_new_tokens)
-        return _Job(
-            inputs=inputs,
-            input_length=input_length,
-            max_new_tokens=max_new_tokens,
-            stop=parameters.stop,
-            seed=parameters.seed,
-            details=parameters.details,
-            decoder_input_details=parameters.decoder_input_details,
-            return_full_text=return_full_text,
+                f"Given: {job.input_length} `inputs` tokens and {job.max_new_tokens} `max_new_tokens`",
+            ),
+            (
+                job.input_length > self.max_input_tokens,
+                f"`inputs` must have less than {self.max_input_tokens} tokens. Given: {job.input_length}",
+            ),
         )
+        if message := next((message for bad, message in failed if bad), None):
+            raise InferError(422, f"Input validation error: {message}", "validation")
 
-    def _check_generation_fault(self, position: int) -> None:
-        if self._unhealthy:
-            raise _generation_error("Server error: the shard is unhealthy")
-        fail_after = self._fail_after
-        if fail_after is not None and position >= fail_after:
-            raise _generation_error(self._fail_message)
+    async def _generate(self, job: _Job) -> AsyncIterator[Token]:
+        """The one generation loop: permit, validation, then a token every ``token_delay`` real seconds.
 
-    async def _steps(self, job: _Job, timing: dict[str, float]) -> AsyncIterator[_Step]:
-        """Generate token by token, paced by ``prefill_delay``/``token_delay`` (real time)."""
-        timing["queued_at"] = time.monotonic()
+        Raises :class:`InferError` (counted in ``tgi_request_failure``): 429 overloaded, 422 bad input, 424
+        generation fault; sets ``job.finish_reason`` (and counts the success) before yielding the last token.
+        """
         try:
-            async with self._batch_slot(job):
-                timing["started_at"] = time.monotonic()
-                if self.prefill_delay:
-                    await asyncio.sleep(self.prefill_delay)
-                digest = _generation_digest(self.model_id, job.inputs, job.seed)
-                after_space = _starts_after_space(job.inputs)
-                text = ""
-                for position in range(job.max_new_tokens):
-                    self._check_generation_fault(position)
-                    if self.token_delay:
-                        await asyncio.sleep(self.token_delay)
-                    token = _token_at(digest, position, after_space=after_space)
-                    text += token.text
-                    finish_reason = None
-                    if any(text.endswith(stop) for stop in job.stop):
-                        finish_reason = "stop_sequence"
-                    elif position == job.max_new_tokens - 1:
-                        finish_reason = "length"
-                    step = _Step(token=token, index=position + 1)
-                    if finish_reason is not None:
-                        step.generated_text = text
-                        step.finish_reason = finish_reason
-                        step.generated_tokens = position + 1
-                        timing["finished_at"] = time.monotonic()
-                        yield step
-                        return
-                    yield step
+            # Infer::generate_stream takes a permit before validating: overload wins over bad input.
+            if self._in_flight >= self.max_concurrent_requests:
+                raise InferError(429, "Model is overloaded", "overloaded")
+            self._in_flight += 1
+            try:
+                self._validate(job)
+                job.started_at = time.monotonic()
+                with self._metrics.batch_size.track_inprogress():
+                    tokens = generate_tokens(
+                        job.inputs, job.max_new_tokens, model_id=self.model_id, seed=job.parameters.seed
+                    )
+                    for position, token in enumerate(tokens):
+                        if self._unhealthy or (self._fail_after is not None and position >= self._fail_after):
+                            fault = "Server error: the shard is unhealthy" if self._unhealthy else self._fail_message
+                            raise InferError(424, f"Request failed during generation: {fault}", "generation")
+                        if self.token_delay:
+                            await asyncio.sleep(self.token_delay)
+                        job.tokens.append(token)
+                        job.text += token.text
+                        if any(job.text.endswith(stop) for stop in job.parameters.stop):
+                            job.finish_reason = "stop_sequence"
+                        elif position == job.max_new_tokens - 1:
+                            job.finish_reason = "length"
+                        if job.finish_reason is not None:
+                            job.finished_at = time.monotonic()
+                            self._metrics.success.inc()
+                            self._metrics.duration.observe(job.finished_at - job.received_at)
+                            self._metrics.generated.observe(len(job.tokens))
+                        yield token
+                        if job.finish_reason is not None:
+                            return
+            finally:
+                self._in_flight -= 1
         except InferError as exc:
-            self._count_failure(exc.error_type)
+            self._metrics.failure.labels(err=exc.error_type).inc()
             raise
 
-    async def _generate(self, job: _Job, received_at: float) -> _Generation:
-        timing: dict[str, float] = {}
-        tokens: list[Token] = []
-        text, finish_reason = "", "length"
-        async for step in self._steps(job, timing):
-            tokens.append(step.token)
-            if step.finish_reason is not None:
-                text, finish_reason = step.generated_text or "", step.finish_reason
-        generation = _Generation(
-            tokens=tokens,
-            text=text,
-            finish_reason=finish_reason,
-            queued_at=timing["queued_at"],
-            started_at=timing["started_at"],
-            finished_at=timing["finished_at"],
-        )
-        self._count_success(job, generation, received_at)
-        return generation
+    async def _respond(
+        self, jobs: Sequence[_Job], event: _Event, body: Callable[[], Any], done: bool = False
+    ) -> Response:
+        """Run ``jobs`` (one per prompt) and answer: SSE (one ``event`` per token, errors as an event, then
+        ``[DONE]`` if ``done``) when they stream, else JSON ``body()`` or the first error."""
+        self._metrics.requests.inc()
+        if not jobs[0].stream:
+            try:
+                for job in jobs:
+                    async with contextlib.aclosing(self._generate(job)) as generation:
+                        async for _ in generation:
+                            pass
+            except InferError as exc:
+                return JSONResponse(exc.body, status_code=exc.status)
+            return JSONResponse(body(), headers=jobs[0].headers())
 
-    # ---------------------------------------------------------------- HTTP app
+        async def events() -> AsyncIterator[bytes]:
+            for index, job in enumerate(jobs):
+                try:
+                    async with contextlib.aclosing(self._generate(job)) as generation:
+                        async for token in generation:
+                            yield _sse(event(job, index, token))
+                except InferError as exc:
+                    yield _sse(exc.body)
+            if done:
+                yield b"data: [DONE]\n\n"
+
+        # content-type set explicitly so Starlette does not append a charset that axum's Sse never sends.
+        headers = {
+            "content-type": "text/event-stream",
+            "x-compute-type": COMPUTE_TYPE,
+            "cache-control": "no-cache",
+            "x-compute-characters": str(sum(len(job.inputs) for job in jobs)),
+            "x-accel-buffering": "no",
+        }
+        return StreamingResponse(events(), headers=headers)
+
+    # ---------------------------------------------------------------- HTTP routes
 
     def _build_app(self) -> Starlette:
+        get, post = ["GET"], ["POST"]
         routes = [
-            Route("/", self._health, methods=["GET"]),
-            Route("/", self._compat_generate, methods=["POST"]),
-            Route("/health", self._health, methods=["GET"]),
-            Route("/ping", self._health, methods=["GET"]),
-            Route("/info", self._info, methods=["GET"]),
-            Route("/metrics", self._metrics, methods=["GET"]),
-            Route("/v1/models", self._models, methods=["GET"]),
-            Route("/generate", self._generate_route, methods=["POST"]),
-            Route("/generate_stream", self._generate_stream_route, methods=["POST"]),
-            Route("/v1/chat/completions", self._chat_completions, methods=["POST"]),
-            Route("/v1/completions", self._completions, methods=["POST"]),
+            Route("/health", self._health, methods=get),
+            Route("/info", self._info, methods=get),
+            Route("/metrics", self._prometheus, methods=get),
+            Route("/v1/models", self._models, methods=get),
+            Route("/", self._compat_generate, methods=post),
+            Route("/generate", self._generate_route, methods=post),
+            Route("/generate_stream", self._generate_route, methods=post),
+            Route("/v1/chat/completions", self._chat_completions, methods=post),
+            Route("/v1/completions", self._completions, methods=post),
         ]
+        # Starlette answers HTTPException in plain text, like axum's Json extractor rejections.
         app = Starlette(routes=routes)
-        app.router.default = self._not_found
+        app.router.default = _not_found
         return app
-
-    async def _not_found(self, scope: Any, receive: Any, send: Any) -> None:
-        # axum answers unknown routes with an empty 404.
-        await Response(status_code=404)(scope, receive, send)
-
-    def _unauthorized(self, request: Request) -> Response | None:
-        if self._api_key is None:
-            return None
-        # TGI's --api-key middleware compares the whole header case-insensitively.
-        if request.headers.get("authorization", "").lower() == f"bearer {self._api_key}".lower():
-            return None
-        return Response(status_code=401)
-
-    def info(self) -> dict[str, Any]:
-        """The body of ``GET /info``."""
-        return {
-            "model_id": self.model_id,
-            "model_sha": self.model_sha,
-            "model_pipeline_tag": self.model_pipeline_tag,
-            "max_concurrent_requests": self.max_concurrent_requests,
-            "max_best_of": self.max_best_of,
-            "max_stop_sequences": self.max_stop_sequences,
-            "max_input_tokens": self.max_input_tokens,
-            "max_total_tokens": self.max_total_tokens,
-            "validation_workers": 2,
-            "max_client_batch_size": self.max_client_batch_size,
-            "router": ROUTER_NAME,
-            "version": self.version,
-            "sha": None,
-            "docker_label": None,
-        }
-
-    @property
-    def system_fingerprint(self) -> str:
-        return f"{self.version}-native"
 
     async def _health(self, request: Request) -> Response:
         if self._unhealthy:
@@ -1187,447 +775,78 @@ class TgiEmulator:
         model = {"id": self.model_id, "object": "model", "created": 0, "owned_by": self.model_id}
         return JSONResponse({"object": "list", "data": [model]})
 
-    def render_metrics(self) -> str:
-        """The body of ``GET /metrics`` (Prometheus text format, TGI's metric names)."""
-        lines: list[str] = []
-
-        def family(name: str, kind: str, samples: list[str]) -> None:
-            lines.append(f"# HELP {name} {_HELP[name]}")
-            lines.append(f"# TYPE {name} {kind}")
-            lines.extend(samples)
-            lines.append("")
-
-        with self._stats_lock:
-            counters = self._counters
-            family("tgi_request_count", "counter", [f"tgi_request_count {counters.requests_total}"])
-            family("tgi_request_success", "counter", [f"tgi_request_success {counters.requests_served}"])
-            if counters.failures:
-                family(
-                    "tgi_request_failure",
-                    "counter",
-                    [f'tgi_request_failure{{err="{err}"}} {n}' for err, n in sorted(counters.failures.items())],
-                )
-            family("tgi_queue_size", "gauge", [f"tgi_queue_size {counters.queue_size}"])
-            family("tgi_batch_current_size", "gauge", [f"tgi_batch_current_size {counters.batch_size}"])
-            family(
-                "tgi_batch_current_max_tokens",
-                "gauge",
-                [f"tgi_batch_current_max_tokens {counters.batch_max_tokens}"],
-            )
-            for name, histogram in self._histograms.items():
-                family(name, "histogram", histogram.render(name))
-        return "\n".join(lines)
-
-    async def _metrics(self, request: Request) -> Response:
-        return PlainTextResponse(self.render_metrics())
-
-    def _generation_headers(self, job: _Job, generation: _Generation, received_at: float) -> dict[str, str]:
-        total = generation.finished_at - received_at
-        inference = generation.finished_at - generation.started_at
-        generated = max(len(generation.tokens), 1)
-
-        def ms(seconds: float) -> str:
-            return str(int(max(seconds, 0.0) * 1000))
-
-        return {
-            "x-compute-type": COMPUTE_TYPE,
-            "x-compute-time": repr(total),
-            "x-compute-characters": str(len(job.inputs)),
-            "x-total-time": ms(total),
-            "x-validation-time": ms(generation.queued_at - received_at),
-            "x-queue-time": ms(generation.started_at - generation.queued_at),
-            "x-inference-time": ms(inference),
-            "x-time-per-token": ms(inference / generated),
-            "x-prompt-tokens": str(job.input_length),
-            "x-generated-tokens": str(len(generation.tokens)),
-        }
-
-    def _stream_headers(self, inputs: str) -> dict[str, str]:
-        return {
-            # Set explicitly so Starlette does not append a charset that axum's Sse never sends.
-            "content-type": "text/event-stream",
-            "x-compute-type": COMPUTE_TYPE,
-            "x-compute-characters": str(len(inputs)),
-            "x-accel-buffering": "no",
-            "cache-control": "no-cache",
-        }
-
-    def _generate_response_body(self, job: _Job, generation: _Generation) -> dict[str, Any]:
-        text = job.inputs + generation.text if job.return_full_text else generation.text
-        body: dict[str, Any] = {"generated_text": text}
-        if job.details or job.decoder_input_details:
-            body["details"] = {
-                "finish_reason": generation.finish_reason,
-                "generated_tokens": len(generation.tokens),
-                "seed": job.seed,
-                "prefill": _prefill_tokens(self.model_id, job.inputs) if job.decoder_input_details else [],
-                "tokens": [token.as_json() for token in generation.tokens],
-            }
-        return body
-
-    async def _run_generate(
-        self, inputs: str, parameters: _Parameters, return_full_text: bool, received_at: float
-    ) -> tuple[_Job, _Generation]:
-        async with self._permit():
-            job = self._validate(inputs, parameters, stream=False, return_full_text=return_full_text)
-            return job, await self._generate(job, received_at)
+    async def _prometheus(self, request: Request) -> Response:
+        exposition = prometheus_client.generate_latest(self._metrics.registry)
+        return Response(exposition, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     async def _generate_route(self, request: Request) -> Response:
-        received_at = time.monotonic()
-        if (rejection := self._unauthorized(request)) is not None:
-            return rejection
-        try:
-            inputs, parameters, _ = _parse_generate_request(await _json_body(request))
-        except _BodyRejection as exc:
-            return exc.response()
-        self._count_request()
-        try:
-            job, generation = await self._run_generate(
-                inputs, parameters, bool(parameters.return_full_text), received_at
-            )
-        except InferError as exc:
-            return exc.response()
-        return JSONResponse(
-            self._generate_response_body(job, generation),
-            headers=self._generation_headers(job, generation, received_at),
-        )
-
-    async def _generate_stream_route(self, request: Request) -> Response:
-        if (rejection := self._unauthorized(request)) is not None:
-            return rejection
-        try:
-            inputs, parameters, _ = _parse_generate_request(await _json_body(request))
-        except _BodyRejection as exc:
-            return exc.response()
-        return self._generate_stream_response(inputs, parameters, bool(parameters.return_full_text))
+        body = await _parse(request, _GenerateBody)
+        stream = request.url.path == "/generate_stream"
+        job = _Job(body.inputs, body.parameters, stream, return_full_text=bool(body.parameters.return_full_text))
+        return await self._respond([job], _Job.tgi_event, job.tgi_body)
 
     async def _compat_generate(self, request: Request) -> Response:
-        received_at = time.monotonic()
-        if (rejection := self._unauthorized(request)) is not None:
-            return rejection
-        try:
-            inputs, parameters, stream = _parse_generate_request(await _json_body(request), compat=True)
-        except _BodyRejection as exc:
-            return exc.response()
-        return_full_text = parameters.return_full_text
-        if return_full_text is None:
-            # TGI defaults return_full_text on this route from the model's pipeline tag.
-            return_full_text = self.model_pipeline_tag in (None, "text-generation")
-        if stream:
-            return self._generate_stream_response(inputs, parameters, return_full_text)
-        self._count_request()
-        try:
-            job, generation = await self._run_generate(inputs, parameters, return_full_text, received_at)
-        except InferError as exc:
-            return exc.response()
-        return JSONResponse(
-            [self._generate_response_body(job, generation)],
-            headers=self._generation_headers(job, generation, received_at),
+        body = await _parse(request, _GenerateBody)
+        # TGI defaults return_full_text on this route from the model's pipeline tag (text-generation: true).
+        job = _Job(
+            body.inputs, body.parameters, body.stream, return_full_text=body.parameters.return_full_text is not False
         )
+        return await self._respond([job], _Job.tgi_event, lambda: [job.tgi_body()])
 
-    def _generate_stream_response(self, inputs: str, parameters: _Parameters, return_full_text: bool) -> Response:
-        self._count_request()
-        received_at = time.monotonic()
-
-        async def events() -> AsyncIterator[bytes]:
-            try:
-                async with self._permit():
-                    job = self._validate(inputs, parameters, stream=True, return_full_text=return_full_text)
-                    timing: dict[str, float] = {}
-                    tokens: list[Token] = []
-                    async for step in self._steps(job, timing):
-                        tokens.append(step.token)
-                        event: dict[str, Any] = {
-                            "index": step.index,
-                            "token": step.token.as_json(),
-                            "generated_text": None,
-                            "details": None,
-                        }
-                        if step.finish_reason is not None:
-                            generated = step.generated_text or ""
-                            event["generated_text"] = inputs + generated if return_full_text else generated
-                            if job.details:
-                                event["details"] = {
-                                    "finish_reason": step.finish_reason,
-                                    "generated_tokens": step.generated_tokens,
-                                    "seed": job.seed,
-                                    "input_length": job.input_length,
-                                }
-                            self._count_success(
-                                job,
-                                _Generation(
-                                    tokens=tokens,
-                                    text=generated,
-                                    finish_reason=step.finish_reason,
-                                    queued_at=timing["queued_at"],
-                                    started_at=timing["started_at"],
-                                    finished_at=timing["finished_at"],
-                                ),
-                                received_at,
-                            )
-                        yield _sse(event)
-            except InferError as exc:
-                yield _sse(exc.body())
-
-        return StreamingResponse(events(), headers=self._stream_headers(inputs))
-
-    # ---------------------------------------------------------------- OpenAI-compatible routes
+    def _openai(self, kind: str, choices: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+        return {
+            "object": kind,
+            "id": "",
+            "created": int(time.time()),
+            "model": self.model_id,
+            "system_fingerprint": f"{TGI_VERSION}-native",
+            "choices": choices,
+            **fields,
+        }
 
     async def _chat_completions(self, request: Request) -> Response:
-        received_at = time.monotonic()
-        if (rejection := self._unauthorized(request)) is not None:
-            return rejection
-        try:
-            data = await _json_body(request)
-            messages = _take(data, "messages", "list", required=True, nullable=False)
-            for position, message in enumerate(messages):
-                where = f"messages[{position}]."
-                if not isinstance(message, dict):
-                    raise _deserialize_error(f"messages[{position}]: invalid type: {_describe(message)}, "
-                                             "expected struct Message")  # fmt: skip
-                _take(message, "role", "str", path=where, required=True, nullable=False)
-                content = message.get("content")
-                if content is not None and not isinstance(content, str | list):
-                    raise _deserialize_error(f"{where}content: data did not match any variant of untagged enum "
-                                             "MessageContent")  # fmt: skip
-            stream = _take(data, "stream", "bool", default=False, nullable=False)
-            stream_options = _take(data, "stream_options", "object")
-            include_usage = bool(stream_options and stream_options.get("include_usage"))
-            logprobs = bool(_take(data, "logprobs", "bool"))
-            parameters = self._openai_parameters(data)
-        except _BodyRejection as exc:
-            return exc.response()
-        prompt = render_chat_prompt(messages)
-        self._count_request()
-        if stream:
-            return StreamingResponse(
-                self._chat_events(prompt, parameters, include_usage, logprobs, received_at),
-                headers=self._stream_headers(prompt),
-            )
-        try:
-            job, generation = await self._run_generate(prompt, parameters, False, received_at)
-        except InferError as exc:
-            return exc.response()
-        generated = len(generation.tokens)
-        body = {
-            "object": "chat.completion",
-            "id": "",
-            "created": int(time.time()),
-            "model": self.model_id,
-            "system_fingerprint": self.system_fingerprint,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": generation.text},
-                    "logprobs": _chat_logprobs(generation.tokens) if logprobs else None,
-                    "finish_reason": _openai_finish_reason(generation.finish_reason),
-                }
-            ],
-            "usage": {
-                "prompt_tokens": job.input_length,
-                "completion_tokens": generated,
-                "total_tokens": job.input_length + generated,
-            },
-        }
-        return JSONResponse(body, headers=self._generation_headers(job, generation, received_at))
+        body = await _parse(request, _ChatBody)
+        prompt = render_chat_prompt([message.model_dump() for message in body.messages])
+        job = _Job(prompt, body.parameters(), body.stream)
+        include_usage = bool(body.stream_options and body.stream_options.get("include_usage"))
 
-    def _openai_parameters(self, data: Mapping[str, Any]) -> _Parameters:
-        _take(data, "model", "str")
-        max_tokens = _take(data, "max_tokens", "uint")
-        temperature = _take(data, "temperature", "float")
-        presence_penalty = _take(data, "presence_penalty", "float")
-        stop = _take(data, "stop", "str_list") or []
-        return _Parameters(
-            # TGI switches to greedy decoding for temperature 0 instead of rejecting it.
-            temperature=None if temperature == 0.0 else temperature,
-            do_sample=temperature != 0.0,
-            repetition_penalty=None if presence_penalty is None else presence_penalty + 2.0,
-            frequency_penalty=_take(data, "frequency_penalty", "float"),
-            top_p=_take(data, "top_p", "float"),
-            max_new_tokens=DEFAULT_MAX_NEW_TOKENS if max_tokens is None else max_tokens,
-            stop=tuple(stop),
-            seed=_take(data, "seed", "uint"),
-            details=True,
-            top_n_tokens=_take(data, "top_logprobs", "uint"),
-        )
+        def chunk(job: _Job, _index: int, token: Token) -> dict[str, Any]:
+            delta = {"role": "assistant", "content": token.text}
+            usage = job.usage() if include_usage and job.finish_reason else None
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": job.finish_reason}
+            return self._openai("chat.completion.chunk", [choice], usage=usage)
 
-    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None) -> dict[str, Any]:
-        return {
-            "object": "chat.completion.chunk",
-            "id": "",
-            "created": int(time.time()),
-            "model": self.model_id,
-            "system_fingerprint": self.system_fingerprint,
-            "choices": choices,
-            "usage": usage,
-        }
+        def answer() -> dict[str, Any]:
+            message = {"role": "assistant", "content": job.text}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": job.finish_reason}
+            return self._openai("chat.completion", [choice], usage=job.usage())
 
-    async def _chat_events(
-        self, prompt: str, parameters: _Parameters, include_usage: bool, logprobs: bool, received_at: float
-    ) -> AsyncIterator[bytes]:
-        try:
-            async with self._permit():
-                job = self._validate(prompt, parameters, stream=True, return_full_text=False)
-                timing: dict[str, float] = {}
-                tokens: list[Token] = []
-                async for step in self._steps(job, timing):
-                    tokens.append(step.token)
-                    usage = None
-                    finish_reason = None
-                    if step.finish_reason is not None:
-                        finish_reason = _openai_finish_reason(step.finish_reason)
-                        if include_usage:
-                            usage = {
-                                "prompt_tokens": job.input_length,
-                                "completion_tokens": step.generated_tokens,
-                                "total_tokens": job.input_length + step.generated_tokens,
-                            }
-                        self._count_success(job, _finished(tokens, step, timing), received_at)
-                    choice = {
-                        "index": 0,
-                        "delta": {"role": "assistant", "content": step.token.text},
-                        "logprobs": _chat_logprobs([step.token]) if logprobs else None,
-                        "finish_reason": finish_reason,
-                    }
-                    yield _sse(self._chunk([choice], usage))
-        except InferError as exc:
-            yield _sse(exc.body())
-        yield b"data: [DONE]\n\n"
+        return await self._respond([job], chunk, answer, done=True)
 
     async def _completions(self, request: Request) -> Response:
-        received_at = time.monotonic()
-        if (rejection := self._unauthorized(request)) is not None:
-            return rejection
-        try:
-            data = await _json_body(request)
-            if "prompt" not in data:
-                raise _deserialize_error("missing field `prompt`")
-            raw_prompt = data["prompt"]
-            if isinstance(raw_prompt, str):
-                prompts = [raw_prompt]
-            elif isinstance(raw_prompt, list) and all(isinstance(p, str) for p in raw_prompt):
-                prompts = list(raw_prompt)
-            else:
-                raise _deserialize_error("prompt: data did not match any variant of untagged enum Prompt")
-            stream = _take(data, "stream", "bool", default=False, nullable=False)
-            suffix = _take(data, "suffix", "str")
-            parameters = self._openai_parameters(data)
-        except _BodyRejection as exc:
-            return exc.response()
-        self._count_request()
-        if suffix is not None:
-            self._count_failure("validation")
-            return JSONResponse(
-                {
-                    "error": "Suffix is not supported and can be achieved by preprocessing the prompt.",
-                    "error_type": "suffix not supported",
-                },
-                status_code=422,
-            )
-        if len(prompts) > self.max_client_batch_size:
-            self._count_failure("validation")
-            return JSONResponse(
-                {
-                    "error": "Number of prompts exceeds the maximum allowed batch size of "
-                    f"{self.max_client_batch_size}",
-                    "error_type": "batch size exceeded",
-                },
-                status_code=422,
-            )
-        if stream:
-            return StreamingResponse(
-                self._completion_events(prompts, parameters, received_at),
-                headers=self._stream_headers("".join(prompts)),
-            )
-        choices = []
-        usage = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-        headers: dict[str, str] = {}
-        for index, prompt in enumerate(prompts):
-            try:
-                job, generation = await self._run_generate(prompt, parameters, False, received_at)
-            except InferError as exc:
-                return exc.response()
-            generated = len(generation.tokens)
-            choices.append(
-                {
-                    "finish_reason": _openai_finish_reason(generation.finish_reason),
-                    "index": index,
-                    "logprobs": None,
-                    "text": generation.text,
-                }
-            )
-            usage["prompt_tokens"] += job.input_length
-            usage["completion_tokens"] += generated
-            usage["total_tokens"] += job.input_length + generated
-            headers = headers or self._generation_headers(job, generation, received_at)
-        body = {
-            "object": "text_completion",
-            "id": "",
-            "created": int(time.time()),
-            "model": self.model_id,
-            "system_fingerprint": self.system_fingerprint,
-            "choices": choices,
-            "usage": usage,
-        }
-        return JSONResponse(body, headers=headers)
+        body = await _parse(request, _CompletionBody)
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        jobs = [_Job(prompt, body.parameters(), body.stream) for prompt in prompts]
 
-    async def _completion_events(
-        self, prompts: list[str], parameters: _Parameters, received_at: float
-    ) -> AsyncIterator[bytes]:
-        for index, prompt in enumerate(prompts):
-            try:
-                async with self._permit():
-                    job = self._validate(prompt, parameters, stream=True, return_full_text=False)
-                    timing: dict[str, float] = {}
-                    tokens: list[Token] = []
-                    async for step in self._steps(job, timing):
-                        tokens.append(step.token)
-                        body: dict[str, Any] = {
-                            "object": "text_completion",
-                            "id": "",
-                            "created": int(time.time()),
-                            "model": self.model_id,
-                            "system_fingerprint": self.system_fingerprint,
-                        }
-                        if step.finish_reason is None:
-                            body["choices"] = [
-                                {"finish_reason": "", "index": index, "logprobs": None, "text": step.token.text}
-                            ]
-                        else:
-                            # The streamed final chunk keeps the raw finish reason (Display, not format(true)).
-                            body["choices"] = [
-                                {
-                                    "finish_reason": step.finish_reason,
-                                    "index": index,
-                                    "logprobs": None,
-                                    "text": step.token.text,
-                                }
-                            ]
-                            body["usage"] = {
-                                "prompt_tokens": job.input_length,
-                                "completion_tokens": step.generated_tokens,
-                                "total_tokens": job.input_length + step.generated_tokens,
-                            }
-                            self._count_success(job, _finished(tokens, step, timing), received_at)
-                        yield _sse(body)
-            except InferError as exc:
-                yield _sse(exc.body())
-        yield b"data: [DONE]\n\n"
+        def chunk(job: _Job, index: int, token: Token) -> dict[str, Any]:
+            # Streamed chunks say "" until the last, which keeps the raw finish reason.
+            choice = {"finish_reason": job.finish_reason or "", "index": index, "logprobs": None, "text": token.text}
+            return self._openai("text_completion", [choice], **({"usage": job.usage()} if job.finish_reason else {}))
+
+        def answer() -> dict[str, Any]:
+            choices = [
+                {"finish_reason": job.finish_reason, "index": index, "logprobs": None, "text": job.text}
+                for index, job in enumerate(jobs)
+            ]
+            usage = {key: sum(job.usage()[key] for job in jobs) for key in jobs[0].usage()}
+            return self._openai("text_completion", choices, usage=usage)
+
+        return await self._respond(jobs, chunk, answer, done=True)
 
 
-def _finished(tokens: list[Token], step: _Step, timing: Mapping[str, float]) -> _Generation:
-    return _Generation(
-        tokens=list(tokens),
-        text=step.generated_text or "",
-        finish_reason=step.finish_reason or "length",
-        queued_at=timing["queued_at"],
-        started_at=timing["started_at"],
-        finished_at=timing["finished_at"],
-    )
-
-
-def _chat_logprobs(tokens: Sequence[Token]) -> dict[str, Any]:
-    return {"content": [{"token": t.text, "logprob": t.logprob, "top_logprobs": []} for t in tokens]}
+async def _not_found(scope: Any, receive: Any, send: Any) -> None:
+    # axum answers unknown routes with an empty 404.
+    await Response(status_code=404)(scope, receive, send)
 
 
 def _sse(payload: Mapping[str, Any]) -> bytes:
@@ -1635,21 +854,10 @@ def _sse(payload: Mapping[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 
 
-def parse_sse_data(lines: Iterator[str] | Sequence[str]) -> Iterator[Any]:
-    """Decode the ``data:`` payloads of an SSE body (JSON objects, or the string ``"[DONE]"``)."""
-    for line in lines:
-        if not line.startswith("data:"):
-            continue
-        data = line[len("data:") :].strip()
-        yield data if data == "[DONE]" else json.loads(data)
+# ---------------------------------------------------------------------------------------- CLI
 
 
-# --------------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------------
-
-
-def _parser() -> argparse.ArgumentParser:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m spotkeeper_local.tgi_emulator",
         description="Serve an emulated Hugging Face TGI on a loopback address (no GPU, deterministic text).",
@@ -1660,30 +868,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--load-seconds", type=float, default=0.0, help="port stays closed this long")
     parser.add_argument("--token-delay", type=float, default=0.02, help="real seconds between tokens")
     parser.add_argument("--max-concurrent-requests", type=int, default=128)
-    parser.add_argument("--max-batch-size", type=int, default=None)
     parser.add_argument("--max-input-tokens", type=int, default=1024)
     parser.add_argument("--max-total-tokens", type=int, default=2048)
-    parser.add_argument("--api-key", default=None, help="require `Authorization: Bearer <key>` like TGI")
     parser.add_argument("--drain-seconds", type=float, default=5.0, help="grace period on SIGTERM/SIGINT")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    options = vars(parser.parse_args(argv))
+    drain_seconds = options.pop("drain_seconds")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        emulator = TgiEmulator(
-            host=args.host,
-            port=args.port,
-            model_id=args.model_id,
-            load_seconds=args.load_seconds,
-            token_delay=args.token_delay,
-            max_concurrent_requests=args.max_concurrent_requests,
-            max_batch_size=args.max_batch_size,
-            max_input_tokens=args.max_input_tokens,
-            max_total_tokens=args.max_total_tokens,
-            api_key=args.api_key,
-        )
+        emulator = TgiEmulator(**options)
     except (ValueError, OSError) as exc:
         logger.error("cannot start the TGI emulator: %s", exc)
         return 2
@@ -1691,10 +883,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: shutdown.set())
     emulator.boot()
-    logger.info("loading %s for %.1f s; %s opens when loaded", args.model_id, args.load_seconds, emulator.url)
+    logger.info("loading %s for %.1f s; %s opens when loaded", emulator.model_id, emulator.load_seconds, emulator.url)
     while not shutdown.wait(0.5):
         pass
-    emulator.stop(drain_seconds=args.drain_seconds)
+    emulator.stop(drain_seconds=drain_seconds)
     return 0
 
 
