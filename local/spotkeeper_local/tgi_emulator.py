@@ -166,21 +166,21 @@ class InferError(Exception):
 
 # serde's view of TGI's request structs: strict types, unknown fields ignored, missing optionals defaulted.
 _SERDE = ConfigDict(strict=True, extra="ignore")
-U32, U64 = Annotated[int, Field(ge=0, le=2**32 - 1)], Annotated[int, Field(ge=0, le=2**64 - 1)]
+_U32, _U64 = Annotated[int, Field(ge=0, le=2**32 - 1)], Annotated[int, Field(ge=0, le=2**64 - 1)]
 
 
 class _Parameters(BaseModel):
     """The GenerateParameters the emulator acts on (the gateway bounds the sampling ones itself)."""
 
     model_config = _SERDE
-    best_of: U32 | None = None
+    best_of: _U32 | None = None
     temperature: float | None = None
     do_sample: bool = False
-    max_new_tokens: U32 | None = DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens: _U32 | None = DEFAULT_MAX_NEW_TOKENS
     return_full_text: bool | None = None
     stop: list[str] = []
     details: bool = False
-    seed: U64 | None = None
+    seed: _U64 | None = None
 
 
 class _GenerateBody(BaseModel):
@@ -192,10 +192,10 @@ class _GenerateBody(BaseModel):
 
 class _OpenAiBody(BaseModel):
     model_config = _SERDE
-    max_tokens: U32 | None = None
+    max_tokens: _U32 | None = None
     temperature: float | None = None
     stop: list[str] | None = None
-    seed: U64 | None = None
+    seed: _U64 | None = None
     stream: bool = False
 
     def parameters(self) -> _Parameters:
@@ -262,12 +262,8 @@ class _Job:
     finished_at: float = 0.0
 
     def usage(self) -> dict[str, int]:
-        generated = len(self.tokens)
-        return {
-            "prompt_tokens": self.input_length,
-            "completion_tokens": generated,
-            "total_tokens": self.input_length + generated,
-        }
+        prompt, generated = self.input_length, len(self.tokens)
+        return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
 
     def tgi_body(self) -> dict[str, Any]:
         """The ``/generate`` answer (GenerateResponse)."""
@@ -280,17 +276,16 @@ class _Job:
         """One ``/generate_stream`` event (StreamResponse); the last carries the text and, if asked, details."""
         last = self.finish_reason is not None
         details = self._details(input_length=self.input_length) if last and self.parameters.details else None
-        generated_text = self._output() if last else None
-        return {
-            "index": len(self.tokens),
-            "token": token.as_json(),
-            "generated_text": generated_text,
-            "details": details,
-        }
+        text = self._output() if last else None
+        return {"index": len(self.tokens), "token": token.as_json(), "generated_text": text, "details": details}
 
     def _details(self, **extra: Any) -> dict[str, Any]:
-        return {"finish_reason": self.finish_reason, "generated_tokens": len(self.tokens),
-                "seed": self.parameters.seed, **extra}  # fmt: skip
+        return {
+            "finish_reason": self.finish_reason,
+            "generated_tokens": len(self.tokens),
+            "seed": self.parameters.seed,
+            **extra,
+        }
 
     def _output(self) -> str:
         return self.inputs + self.text if self.return_full_text else self.text
@@ -329,8 +324,9 @@ class _Metrics:
             "tgi_request_duration", "Total time spent processing the request", buckets=seconds, registry=registry
         )
         tokens = [max_total_tokens / 100 * n for n in range(1, 101)]
-        self.generated = Histogram("tgi_request_generated_tokens", "Generated tokens per request", buckets=tokens,
-                                   registry=registry)  # fmt: skip
+        self.generated = Histogram(
+            "tgi_request_generated_tokens", "Generated tokens per request", buckets=tokens, registry=registry
+        )
 
     def value(self, name: str) -> int:
         return int(self.registry.get_sample_value(name) or 0)
@@ -396,8 +392,7 @@ class TgiEmulator:
         self._metrics = _Metrics(max_total_tokens)
         self._in_flight = 0  # changed only on the server's event loop
         self._unhealthy = False
-        self._fail_after: int | None = None
-        self._fail_message = ""
+        self._fault: tuple[int, str] | None = None  # (after how many tokens, message)
         self._control_lock = threading.Lock()
         self._state = CREATED
         self._boot_time = 0.0
@@ -488,7 +483,7 @@ class TgiEmulator:
         send that many token events then TGI's SSE error event; other calls answer 424."""
         if n_tokens is not None and n_tokens < 0:
             raise ValueError("n_tokens must be >= 0 or None")
-        self._fail_message, self._fail_after = message, n_tokens
+        self._fault = None if n_tokens is None else (n_tokens, message)
 
     def kill(self) -> None:
         """The instance is gone: close the listener and drop every connection, in-flight or idle, at once."""
@@ -538,9 +533,17 @@ class TgiEmulator:
         self._sock = sock
 
     def _start_loop(self) -> None:
-        # run_coroutine_threadsafe queues work even before run_forever starts: no handshake needed.
-        self._loop, self._opening = asyncio.new_event_loop(), asyncio.Lock()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"tgi-emulator-{self.url}", daemon=True)
+        loop = self._loop = asyncio.new_event_loop()
+        self._opening = asyncio.Lock()
+
+        def run() -> None:  # run_coroutine_threadsafe queues work even before this starts: no handshake
+            try:
+                loop.run_forever()
+            finally:
+                loop.run_until_complete(_drop_pending())
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"tgi-emulator-{self.url}", daemon=True)
         self._thread.start()
 
     def _call_in_loop(self, coroutine: Any, timeout: float = 10.0) -> Any:
@@ -592,8 +595,6 @@ class TgiEmulator:
                 self._call_in_loop(self._close_network(final_state, drain_seconds), timeout=drain_seconds + 10)
                 loop.call_soon_threadsafe(loop.stop)
                 self._thread.join(5.0)
-                loop.run_until_complete(_drop_pending())
-                loop.close()
             if self._sock is not None:
                 self._sock.close()
                 self._sock = None
@@ -681,9 +682,9 @@ class TgiEmulator:
                         job.inputs, job.max_new_tokens, model_id=self.model_id, seed=job.parameters.seed
                     )
                     for position, token in enumerate(tokens):
-                        if self._unhealthy or (self._fail_after is not None and position >= self._fail_after):
-                            fault = "Server error: the shard is unhealthy" if self._unhealthy else self._fail_message
-                            raise InferError(424, f"Request failed during generation: {fault}", "generation")
+                        if self._unhealthy or (self._fault and position >= self._fault[0]):
+                            reason = "Server error: the shard is unhealthy" if self._unhealthy else self._fault[1]
+                            raise InferError(424, f"Request failed during generation: {reason}", "generation")
                         if self.token_delay:
                             await asyncio.sleep(self.token_delay)
                         job.tokens.append(token)
@@ -794,15 +795,8 @@ class TgiEmulator:
         return await self._respond([job], _Job.tgi_event, lambda: [job.tgi_body()])
 
     def _openai(self, kind: str, choices: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
-        return {
-            "object": kind,
-            "id": "",
-            "created": int(time.time()),
-            "model": self.model_id,
-            "system_fingerprint": f"{TGI_VERSION}-native",
-            "choices": choices,
-            **fields,
-        }
+        envelope = {"object": kind, "id": "", "created": int(time.time()), "model": self.model_id}
+        return {**envelope, "system_fingerprint": f"{TGI_VERSION}-native", "choices": choices, **fields}
 
     async def _chat_completions(self, request: Request) -> Response:
         body = await _parse(request, _ChatBody)
