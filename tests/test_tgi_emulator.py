@@ -397,7 +397,7 @@ def test_malformed_bodies_get_axum_extractor_rejections(make_tgi):
     no_content_type = httpx.post(f"{tgi.url}/generate", content=b'{"inputs": "x"}')
 
     assert syntax.status_code == 400 and syntax.text.startswith("Failed to parse the request body as JSON")
-    assert wrong_type.status_code == 422 and "inputs" in wrong_type.text
+    assert wrong_type.status_code == 422 and "inputs: Input should be a valid string" in wrong_type.text
     assert missing.status_code == 422 and "missing field `inputs`" in missing.text
     assert negative.status_code == 422 and "max_new_tokens" in negative.text
     assert no_content_type.status_code == 415
