@@ -1,7 +1,7 @@
 """Copy fleet/bootstrap.sh into template.yaml's UserData (CloudFormation cannot read a file at deploy time).
 
-    python fleet/embed.py          # rewrite the embedded copy
-    python fleet/embed.py --check  # exit 1 when the copy differs from the file (tests/test_bootstrap.py checks too)
+python fleet/embed.py          # rewrite the embedded copy
+python fleet/embed.py --check  # exit 1 when the copy differs from the file (tests/test_bootstrap.py checks too)
 """
 
 from __future__ import annotations

@@ -411,8 +411,6 @@ def test_attach_mode_manages_the_given_group_and_eip(cfn: dict[str, Any]) -> Non
 # ------------------------------------------------------------------------------------------------------------
 # User data and secrets
 # ------------------------------------------------------------------------------------------------------------
-TOKEN = "hf_" + "Q" * 34
-SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT_ID}:secret:spotkeeper/hf-token-AbCdEf"
 SECRET_LIKE = re.compile(
     r"hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|-----BEGIN"
 )
