@@ -154,3 +154,17 @@ def test_cli_prints_the_breakdown_as_json(capsys: pytest.CaptureFixture[str]) ->
     assert [p["name"] for p in printed["phases"]] == ["boot", "image", "weights", "load+warmup"]
     assert printed["total_seconds"] == pytest.approx(sum(p["seconds"] for p in printed["phases"]), abs=0.1)
     assert launch_time.main(["--instance-type", "p9.mega", "--weights", "hub"]) == 2
+
+
+def test_the_bench_table_has_every_option_and_its_n1_downtime() -> None:
+    from bench import launch, targets
+
+    result = launch.run(progress=lambda _line: None)
+    assert [r["option"] for r in result["rows"]] == list(PRESETS)
+    for row in result["rows"]:
+        assert row["downtime_n1_seconds"] == pytest.approx(max(0.0, row["total_seconds"] - 120), abs=0.1)
+    rendered = launch.section(result)
+    assert all(name in rendered for name in PRESETS)
+    (target,) = targets.launch_targets(result)
+    assert target.verdict == ("PASS" if min(r["total_seconds"] for r in result["rows"]) <= 150 else "MISS")
+    assert targets.launch_targets(None)[0].verdict == "NOT MEASURED"
