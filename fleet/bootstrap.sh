@@ -7,6 +7,7 @@ CONF="${SPOTKEEPER_CONF:-/etc/spotkeeper/tgi.conf}"
 DATA_DIR="${SPOTKEEPER_DATA_DIR:-/data}"
 UNIT_DIR="${SPOTKEEPER_UNIT_DIR:-/etc/systemd/system}"
 DOCKER_DAEMON_JSON="${SPOTKEEPER_DOCKER_DAEMON_JSON:-/etc/docker/daemon.json}"
+FSTAB="${SPOTKEEPER_FSTAB:-/etc/fstab}"
 SELF="${SPOTKEEPER_SELF:-/usr/local/bin/spotkeeper-tgi}"
 # shellcheck source=/dev/null
 source "$CONF"
@@ -24,9 +25,12 @@ data_on_nvme() {
   mnt="$(findmnt -nro TARGET -S "$dev" || true)"
   if [ -n "$mnt" ]; then  # the Deep Learning AMI may have mounted it already (/opt/dlami/nvme)
     mount --bind "$mnt" "$DATA_DIR"
+    echo "$mnt $DATA_DIR none bind,nofail 0 0" >>"$FSTAB"
   else
     mkfs.xfs -f "$dev" >/dev/null
     mount -o noatime "$dev" "$DATA_DIR"
+    # A reboot keeps the instance store's data (a stop does not): mount it again, and boot without it if absent.
+    echo "$dev $DATA_DIR xfs noatime,nofail 0 2" >>"$FSTAB"
   fi
   log "/data on instance store $dev"
 }
@@ -164,7 +168,8 @@ start() {
     tgi_args+=(--quantize "$QUANTIZE")
   fi
   if fetch_weights; then
-    # TGI finds the files in its cache (/data) and never asks the Hub: /info still names the model id.
+    # With HF_HUB_OFFLINE TGI resolves the model id and revision to /data/models--*/snapshots/<revision>
+    # (text_generation_server/utils/hub.py) and never asks the Hub; /info still names the model id.
     docker_env+=(-e HF_HUB_OFFLINE=1)
   elif [ -n "${WEIGHTS_BUCKET:-}" ] && [ "${PRIME_WEIGHTS:-false}" = "true" ]; then
     systemd-run --no-block --unit spotkeeper-prime --collect "$SELF" prime || log "could not schedule the primer"

@@ -185,6 +185,7 @@ def _new_instance(tmp_path: Path, aws: dict[str, str], name: str, lsblk: str = E
         "SPOTKEEPER_DATA_DIR": str(root / "data"),
         "SPOTKEEPER_UNIT_DIR": str(root / "etc/systemd/system"),
         "SPOTKEEPER_DOCKER_DAEMON_JSON": str(root / "etc/docker/daemon.json"),
+        "SPOTKEEPER_FSTAB": str(root / "etc/fstab"),
         "PRIME_POLL_SECONDS": "0",
         "STUB_LOG": str(root / "out" / "calls"),
         "STUB_OUT": str(root / "out"),
@@ -401,6 +402,7 @@ def test_instance_store_is_formatted_and_holds_data_and_docker_layers(tmp_path: 
     calls = instance.calls()
     assert "mkfs.xfs -f /dev/nvme1n1" in calls
     assert f"mount -o noatime /dev/nvme1n1 {instance.data}" in calls
+    assert (instance.root / "etc/fstab").read_text() == f"/dev/nvme1n1 {instance.data} xfs noatime,nofail 0 2\n"
     daemon = json.loads((instance.root / "etc/docker/daemon.json").read_text())
     assert daemon["data-root"] == f"{instance.data}/docker"
     assert daemon["runtimes"] == {"nvidia": {"path": "nvidia-container-runtime"}}  # the AMI's runtime is kept
@@ -413,6 +415,7 @@ def test_an_instance_store_the_ami_mounted_is_bound_not_formatted(tmp_path: Path
     instance.env["STUB_MOUNTED"] = "/opt/dlami/nvme"
     instance.boot()
     assert f"mount --bind /opt/dlami/nvme {instance.data}" in instance.calls()
+    assert (instance.root / "etc/fstab").read_text() == f"/opt/dlami/nvme {instance.data} none bind,nofail 0 0\n"
     assert "mkfs.xfs" not in instance.calls()
 
 
@@ -420,6 +423,7 @@ def test_without_instance_store_data_stays_on_the_root_volume(tmp_path: Path, aw
     instance = _new_instance(tmp_path, aws, "i")
     instance.boot()
     assert "mkfs" not in instance.calls() and "mount" not in instance.calls()
+    assert not (instance.root / "etc/fstab").exists()
     assert "data-root" not in (instance.root / "etc/docker/daemon.json").read_text()
     assert "systemctl restart docker" not in instance.calls()
 
