@@ -67,6 +67,7 @@ class LaunchOptions:
 # The options the bench compares: today's user data, the issue-13 fast start, and a baked AMI on top.
 PRESETS: dict[str, LaunchOptions] = {
     "default (Hub weights, ghcr image, gp3 default)": LaunchOptions(),
+    "Hub weights, gp3 at 1000 MiB/s": LaunchOptions(root_throughput_mibps=1000),
     "S3 weights + NVMe /data": LaunchOptions(weights="s3", data_on_nvme=True),
     "S3 weights + NVMe + ECR image": LaunchOptions(weights="s3", data_on_nvme=True, image="ecr"),
     "baked image + S3 weights + NVMe": LaunchOptions(weights="s3", data_on_nvme=True, image="baked"),
