@@ -78,6 +78,17 @@ UNIT
 snapshot_dir() { echo "$DATA_DIR/models--${MODEL_ID//\//--}/snapshots/$MODEL_REVISION"; }
 weights_url() { echo "s3://$WEIGHTS_BUCKET/weights/$MODEL_ID/$MODEL_REVISION"; }
 
+# The AWS CLI with parallel S3 transfers (its s3 settings live only in a config file; a unit may have no $HOME).
+s3() {
+  local config
+  config="$(mktemp)"
+  printf '[default]\ns3 =\n  max_concurrent_requests = 64\n  multipart_chunksize = 16MB\n' >"$config"
+  AWS_CONFIG_FILE="$config" aws s3 "$@" --region "$REGION" --only-show-errors
+  local status=$?
+  rm -f "$config"
+  return $status
+}
+
 # Exit 0 when every file the manifest lists is in $1 with its size and sha256 (and no path leaves $1).
 verify_manifest() {
   python3 - "$1" "$2" <<'PY'
@@ -119,11 +130,9 @@ fetch_weights() {
   staging="$snap.partial"
   rm -rf "$staging"
   mkdir -p "$staging"
-  aws configure set default.s3.max_concurrent_requests 64
-  aws configure set default.s3.multipart_chunksize 16MB
-  if ! aws s3 cp --only-show-errors "$url/manifest.json" "$staging/.spotkeeper-manifest.json"; then
+  if ! s3 cp "$url/manifest.json" "$staging/.spotkeeper-manifest.json"; then
     log "no complete copy at $url (manifest missing or bucket unreachable): weights from the Hub"
-  elif ! aws s3 cp --only-show-errors --recursive "$url/files/" "$staging/"; then
+  elif ! s3 cp --recursive "$url/files/" "$staging/"; then
     log "download from $url failed: weights from the Hub"
   elif ! verify_manifest "$staging" "$staging/.spotkeeper-manifest.json"; then
     log "copy at $url is corrupt or partial: weights from the Hub"
@@ -209,8 +218,8 @@ for dirpath, _, names in os.walk(root, followlinks=True):
         files.append({"path": os.path.relpath(path, root), "size": os.path.getsize(path), "sha256": digest.hexdigest()})
 json.dump({"model_id": model_id, "revision": revision, "files": files}, sys.stdout)
 PY
-  aws s3 cp --only-show-errors --recursive --exclude ".spotkeeper*" "$snap/" "$url/files/"
-  aws s3 cp --only-show-errors "$manifest" "$url/manifest.json"
+  s3 cp --recursive --exclude ".spotkeeper*" "$snap/" "$url/files/"
+  s3 cp "$manifest" "$url/manifest.json"
   rm -f "$manifest"
   log "weights primed to $url"
 }

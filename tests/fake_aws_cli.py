@@ -26,7 +26,8 @@ def _split(url: str) -> tuple[str, str]:
 def _s3_cp(args: list[str]) -> int:
     recursive = "--recursive" in args
     excludes = [args[i + 1] for i, a in enumerate(args) if a == "--exclude"]
-    paths = [a for i, a in enumerate(args) if not a.startswith("--") and (i == 0 or args[i - 1] != "--exclude")]
+    valued = {"--exclude", "--region"}
+    paths = [a for i, a in enumerate(args) if not a.startswith("--") and (i == 0 or args[i - 1] not in valued)]
     source, destination = paths
     s3 = boto3.client("s3")
     try:
@@ -62,8 +63,10 @@ def _s3_cp(args: list[str]) -> int:
 def main(argv: list[str]) -> int:
     with open(os.environ["FAKE_AWS_LOG"], "a") as log:
         log.write(" ".join(argv) + "\n")
-    if argv[:2] == ["configure", "set"]:
-        return 0
+    config = os.environ.get("AWS_CONFIG_FILE")
+    if config:
+        with open(os.environ["FAKE_AWS_LOG"], "a") as log:
+            log.write("config: " + Path(config).read_text().replace("\n", "|") + "\n")
     if argv[:2] == ["s3", "cp"]:
         return _s3_cp(argv[2:])
     if argv[:2] == ["secretsmanager", "get-secret-value"]:

@@ -276,7 +276,8 @@ def test_a_good_copy_is_fetched_verified_and_served_offline(tmp_path: Path, aws:
     assert "-v" in instance.docker_run() and f"{instance.data}:/data" in instance.docker_run()
     assert "spotkeeper-prime" not in instance.calls()
     # with parallel requests configured for the CLI's S3 transfers
-    assert "configure set default.s3.max_concurrent_requests 64" in instance.calls()
+    assert "config: [default]|s3 =|  max_concurrent_requests = 64|" in instance.calls()
+    assert f"--region {REGION} --only-show-errors" in instance.calls()
     # A restart of the unit reuses the verified copy without downloading again
     before = instance.calls().count("s3 cp")
     instance.start()
