@@ -36,7 +36,7 @@ def run(progress: Callable[[str], None] = print) -> dict[str, Any]:
     data = load_data()
     estimates = sorted(
         f"{section}.{name}"
-        for section in ("phases", "network", "sources", "image", "storage")
+        for section in ("phases", "network", "sources", "verify", "image", "storage")
         for name, entry in data[section].items()
         if entry.get("estimate")
     )

@@ -198,9 +198,11 @@ def _new_instance(tmp_path: Path, aws: dict[str, str], name: str, lsblk: str = E
     return Instance(root, env, user_data)
 
 
-def _prime_bucket(tmp_path: Path, aws: dict[str, str]) -> None:
+def _prime_bucket(tmp_path: Path, aws: dict[str, str], chunk_bytes: int | None = None) -> None:
     """The first instance: downloads from the Hub, then its primer puts the weights in S3."""
     first = _new_instance(tmp_path, aws, "first")
+    if chunk_bytes:
+        first.env["SPOTKEEPER_CHUNK_BYTES"] = str(chunk_bytes)
     first.boot()
     first.start()
     first.hub_download()
@@ -236,8 +238,9 @@ def test_the_primer_uploads_the_files_then_the_manifest(tmp_path: Path, aws: dic
     assert set(objects) == {f"{PREFIX}/files/{n}" for n in WEIGHTS} | {f"{PREFIX}/manifest.json"}
     manifest = json.loads(objects[f"{PREFIX}/manifest.json"])
     assert (manifest["model_id"], manifest["revision"]) == (MODEL, REVISION)
+    assert manifest["chunk_bytes"] == 256 * 1024 * 1024
     assert {f["path"]: (f["size"], f["sha256"]) for f in manifest["files"]} == {
-        n: (len(b), hashlib.sha256(b).hexdigest()) for n, b in WEIGHTS.items()
+        n: (len(b), [hashlib.sha256(b).hexdigest()]) for n, b in WEIGHTS.items()
     }
     # the manifest is written after every file it lists
     uploads = [line for line in (tmp_path / "first/out/calls").read_text().splitlines() if line.startswith("s3 cp")]
@@ -298,6 +301,34 @@ def test_a_corrupt_copy_falls_back_to_the_hub_and_is_primed_again(tmp_path: Path
     assert instance.arg("--model-id") == MODEL
     assert not instance.snapshot.exists()  # nothing half-verified is left where TGI looks
     assert "spotkeeper-prime" in instance.calls()
+
+
+def test_one_bad_byte_in_one_chunk_is_found(tmp_path: Path, aws: dict[str, str]) -> None:
+    # Given a copy hashed in 100 kB chunks (the 300 kB shard has three)
+    _prime_bucket(tmp_path, aws, chunk_bytes=100_000)
+    manifest = json.loads(_objects()[f"{PREFIX}/manifest.json"])
+    shard = next(f for f in manifest["files"] if f["path"] == "model-00001-of-00002.safetensors")
+    body = WEIGHTS["model-00001-of-00002.safetensors"]
+    assert shard["sha256"] == [hashlib.sha256(body[i : i + 100_000]).hexdigest() for i in range(0, len(body), 100_000)]
+    # When one byte of the middle chunk changes in S3
+    damaged = bytearray(body)
+    damaged[150_000] ^= 0xFF
+    key = f"{PREFIX}/files/model-00001-of-00002.safetensors"
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=key, Body=bytes(damaged))
+    instance = _new_instance(tmp_path, aws, "second")
+    instance.boot()
+    instance.start()
+    # Then the copy is refused and TGI downloads from the Hub
+    assert "sha256 of model-00001-of-00002.safetensors" in instance.console()
+    assert "HF_HUB_OFFLINE=1" not in instance.docker_run()
+
+
+def test_an_intact_multi_chunk_copy_is_accepted(tmp_path: Path, aws: dict[str, str]) -> None:
+    _prime_bucket(tmp_path, aws, chunk_bytes=100_000)  # 300 kB: exactly three chunks, 200 kB: two
+    instance = _new_instance(tmp_path, aws, "second")
+    instance.boot()
+    instance.start()
+    assert "HF_HUB_OFFLINE=1" in instance.docker_run()
 
 
 def test_a_partial_copy_without_its_manifest_is_not_used(tmp_path: Path, aws: dict[str, str]) -> None:

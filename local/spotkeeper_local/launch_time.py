@@ -7,8 +7,9 @@ Every constant comes from ``data/launch_times.yaml`` with its public source; thi
   then extracted onto Docker's data root (the NVMe /data when there is one, else the root volume) - whichever
   is slower bounds the phase; a baked AMI skips it;
 - weights: from the Hugging Face Hub (internet gateway), from the stack's S3 copy (in region, parallel
-  requests) or baked into the AMI, written to /data (local NVMe or the root gp3 volume) - the slowest of
-  source, instance network and disk write bounds the phase;
+  requests, then every chunk checked against the manifest's sha256) or baked into the AMI, written to /data
+  (local NVMe or the root gp3 volume) - the slowest of source, instance network and disk write bounds the
+  download;
 - load and warm-up: the weights read back from /data at its read throughput (TGI's load is disk-bound) plus
   a constant for TGI's start, warm-up and CUDA graphs.
 
@@ -241,13 +242,15 @@ def launch_to_ready(
             where = "S3 in region"
         rate = min(source_mbps, data_write)
         bound = "source" if source_mbps <= data_write else data_name
-        phases.append(
-            Phase(
-                "weights",
-                weights_bytes / (rate * MB),
-                f"{weights_bytes / 1e9:.1f} GB from {where} to {data_name} at {rate:.0f} MB/s (bound: {bound})",
-            )
-        )
+        download = weights_bytes / (rate * MB)
+        detail = f"{weights_bytes / 1e9:.1f} GB from {where} to {data_name} at {rate:.0f} MB/s (bound: {bound})"
+        verify = 0.0
+        if options.weights == "s3":
+            # Every chunk is checked against the manifest, one thread per vCPU.
+            verify_mbps = _value(data, "verify", "sha256_per_core_mbps") * spec["vcpus"]
+            verify = weights_bytes / (verify_mbps * MB)
+            detail += f" + sha256 check at {verify_mbps:.0f} MB/s ({verify:.0f} s)"
+        phases.append(Phase("weights", download + verify, detail))
 
     load = weights_bytes / (data_read * MB)
     warm = _value(data, "phases", "tgi_start_and_warmup_seconds")
