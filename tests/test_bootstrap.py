@@ -564,3 +564,39 @@ def test_the_ecr_cache_rule_needs_a_credential_named_as_ecr_requires() -> None:
     assert star == [{"Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"}]
     (pull,) = [s for s in statements if s["Resource"] != "*"]
     assert pull["Resource"].endswith(":repository/spotkeeper-ghcr/huggingface/text-generation-inference")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The operator's primer (fleet/prime.py) writes what the instances accept
+# --------------------------------------------------------------------------------------------------------------
+def _prime_module() -> Any:
+    sys.path.insert(0, str(ROOT / "fleet"))
+    try:
+        import prime  # fleet/ is not a package
+    finally:
+        sys.path.pop(0)
+    return prime
+
+
+def test_an_operator_primed_copy_is_what_instances_accept(tmp_path: Path, aws: dict[str, str]) -> None:
+    # Given the weights in a local directory, uploaded by the operator command
+    files = tmp_path / "weights"
+    files.mkdir()
+    for name, body in WEIGHTS.items():
+        (files / name).write_bytes(body)
+    argv = ["--bucket", BUCKET, "--model-id", MODEL, "--revision", REVISION, "--from-dir", str(files)]
+    assert _prime_module().main(argv, s3=boto3.client("s3")) == 0
+    assert f"{PREFIX}/manifest.json" in _objects()
+    # When an instance that may not prime starts
+    instance = _new_instance(tmp_path, aws, "i", PrimeWeights="false")
+    instance.boot()
+    instance.start()
+    # Then it serves from that copy
+    assert "HF_HUB_OFFLINE=1" in instance.docker_run()
+    assert {p.name: p.read_bytes() for p in instance.snapshot.iterdir() if not p.name.startswith(".")} == WEIGHTS
+
+
+def test_the_operator_primer_refuses_what_the_template_would(tmp_path: Path) -> None:
+    prime = _prime_module()
+    assert prime.main(["--bucket", BUCKET, "--model-id", MODEL, "--revision", "main"]) == 2
+    assert prime.main(["--bucket", BUCKET, "--model-id", "a/b c", "--revision", REVISION]) == 2
