@@ -50,7 +50,11 @@ PY
 boot() {
   mkdir -p "$DATA_DIR"
   if data_on_nvme; then
-    docker_root_on_data
+    if docker image inspect "$TGI_IMAGE" >/dev/null 2>&1; then
+      log "TGI image baked into the AMI: Docker keeps its data root"
+    else
+      docker_root_on_data
+    fi
   fi
   cat >"$UNIT_DIR/spotkeeper-tgi.service" <<UNIT
 [Unit]

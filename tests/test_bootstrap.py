@@ -49,7 +49,7 @@ STUBS = {
     "docker": """
 echo "docker $*" >> "$STUB_LOG"
 case "$1" in
-  image) exit 1 ;;
+  image) [ -n "${STUB_IMAGE_BAKED-}" ] ;;
   login) echo "login-password=$(cat)" > "$STUB_OUT/docker-login" ;;
   run) printf '%s\\n' "$@" > "$STUB_OUT/docker-run"
        printf '%s' "${HF_TOKEN-unset}" > "$STUB_OUT/docker-hf-token" ;;
@@ -449,6 +449,18 @@ def test_an_instance_store_the_ami_mounted_is_bound_not_formatted(tmp_path: Path
     assert f"mount --bind /opt/dlami/nvme {instance.data}" in instance.calls()
     assert (instance.root / "etc/fstab").read_text() == f"/opt/dlami/nvme {instance.data} none bind,nofail 0 0\n"
     assert "mkfs.xfs" not in instance.calls()
+
+
+def test_a_baked_image_keeps_dockers_data_root_and_is_not_pulled(tmp_path: Path, aws: dict[str, str]) -> None:
+    instance = _new_instance(tmp_path, aws, "i", lsblk=INSTANCE_STORE)
+    instance.env["STUB_IMAGE_BAKED"] = "1"
+    instance.boot()
+    instance.start()
+    # /data (the weights) still goes to the instance store, but the AMI's image stays where Docker has it
+    assert f"mount -o noatime /dev/nvme1n1 {instance.data}" in instance.calls()
+    assert "data-root" not in (instance.root / "etc/docker/daemon.json").read_text()
+    assert "docker pull" not in instance.calls()
+    assert "ghcr.io/huggingface/text-generation-inference:3.3.6" in instance.docker_run()
 
 
 def test_without_instance_store_data_stays_on_the_root_volume(tmp_path: Path, aws: dict[str, str]) -> None:
