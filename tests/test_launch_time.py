@@ -52,6 +52,10 @@ def test_the_template_default_is_what_the_model_defaults_to() -> None:
     )
     breakdown = launch_to_ready()
     assert (breakdown.instance_type, breakdown.model) == template_defaults()
+    # and the root volume's throughput is the template's default, gp3's free baseline
+    gp3 = load_data()["storage"]["gp3_default_throughput_mibps"]["value"]
+    assert parameters["RootVolumeThroughput"]["Default"] == gp3
+    assert f"gp3 root ({gp3:g} MiB/s)" in breakdown.phases[1].detail
 
 
 def test_the_default_lands_in_the_range_users_report() -> None:

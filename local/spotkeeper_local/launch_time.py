@@ -53,7 +53,7 @@ class LaunchOptions:
     image: ImageSource = "ghcr"
     # /data on the instance's local NVMe (only where the type has one) instead of the root gp3 volume.
     data_on_nvme: bool = False
-    root_throughput_mibps: float | None = None  # None: gp3's default
+    root_throughput_mibps: float | None = None  # None: the template's RootVolumeThroughput default
     network: Network = "baseline"
 
     def validate(self) -> None:
@@ -129,16 +129,25 @@ def _value(data: dict[str, Any], section: str, name: str) -> float:
     return float(data[section][name]["value"])
 
 
-def template_defaults(path: Path = TEMPLATE_PATH) -> tuple[str, str]:
-    """(instance type, model id) the template deploys by default: the first InstanceTypes entry and ModelId."""
-
+@cache
+def _template_parameters(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
     class _IgnoreTags(yaml.SafeLoader):
         pass
 
     _IgnoreTags.add_multi_constructor("!", lambda loader, suffix, node: None)
-    parameters = yaml.load(path.read_text(), Loader=_IgnoreTags)["Parameters"]  # noqa: S506 - SafeLoader subclass
+    return yaml.load(path.read_text(), Loader=_IgnoreTags)["Parameters"]  # noqa: S506 - SafeLoader subclass
+
+
+def template_defaults(path: Path = TEMPLATE_PATH) -> tuple[str, str]:
+    """(instance type, model id) the template deploys by default: the first InstanceTypes entry and ModelId."""
+    parameters = _template_parameters(path)
     instance_type = str(parameters["InstanceTypes"]["Default"]).split(",")[0].strip()
     return instance_type, str(parameters["ModelId"]["Default"])
+
+
+def template_root_throughput(path: Path = TEMPLATE_PATH) -> float:
+    """The gp3 throughput (MiB/s) the template gives the root volume by default."""
+    return float(_template_parameters(path)["RootVolumeThroughput"]["Default"])
 
 
 def _network_mbps(spec: dict[str, Any], network: Network) -> float:
@@ -176,7 +185,7 @@ def launch_to_ready(
     weights_bytes = float(data["models"][model]["weights_bytes"])
     notes: list[str] = []
 
-    root_mibps = options.root_throughput_mibps or _value(data, "storage", "gp3_default_throughput_mibps")
+    root_mibps = options.root_throughput_mibps or template_root_throughput()
     lowest, highest = (
         _value(data, "storage", "gp3_default_throughput_mibps"),
         _value(data, "storage", "gp3_max_throughput_mibps"),
