@@ -24,13 +24,20 @@ data_on_nvme() {
   fi
   mnt="$(findmnt -nro TARGET -S "$dev" || true)"
   if [ -n "$mnt" ]; then  # the Deep Learning AMI may have mounted it already (/opt/dlami/nvme)
-    mount --bind "$mnt" "$DATA_DIR"
+    if ! mount --bind "$mnt" "$DATA_DIR"; then
+      log "could not bind $mnt: /data on the root volume"
+      return 1
+    fi
     echo "$mnt $DATA_DIR none bind,nofail 0 0" >>"$FSTAB"
   else
-    mkfs.xfs -f "$dev" >/dev/null
-    mount -o noatime "$dev" "$DATA_DIR"
+    local fs=xfs force=-f
+    command -v mkfs.xfs >/dev/null || { fs=ext4; force=-F; }
+    if ! { "mkfs.$fs" "$force" "$dev" >/dev/null && mount -o noatime "$dev" "$DATA_DIR"; }; then
+      log "could not format or mount $dev: /data on the root volume"
+      return 1
+    fi
     # A reboot keeps the instance store's data (a stop does not): mount it again, and boot without it if absent.
-    echo "$dev $DATA_DIR xfs noatime,nofail 0 2" >>"$FSTAB"
+    echo "$dev $DATA_DIR $fs noatime,nofail 0 2" >>"$FSTAB"
   fi
   log "/data on instance store $dev"
 }

@@ -60,7 +60,7 @@ esac
     "lsblk": 'printf "%b" "$STUB_LSBLK"',
     "findmnt": 'echo "findmnt $*" >> "$STUB_LOG"; [ -n "${STUB_MOUNTED-}" ] && echo "$STUB_MOUNTED"; true',
     "mount": 'echo "mount $*" >> "$STUB_LOG"',
-    "mkfs.xfs": 'echo "mkfs.xfs $*" >> "$STUB_LOG"',
+    "mkfs.xfs": 'echo "mkfs.xfs $*" >> "$STUB_LOG"; [ -z "${STUB_MKFS_FAILS-}" ]',
     "curl": 'echo "curl $*" >> "$STUB_LOG"',
 }
 
@@ -449,6 +449,20 @@ def test_an_instance_store_the_ami_mounted_is_bound_not_formatted(tmp_path: Path
     assert f"mount --bind /opt/dlami/nvme {instance.data}" in instance.calls()
     assert (instance.root / "etc/fstab").read_text() == f"/opt/dlami/nvme {instance.data} none bind,nofail 0 0\n"
     assert "mkfs.xfs" not in instance.calls()
+
+
+def test_an_instance_store_that_cannot_be_formatted_leaves_data_on_the_root_volume(
+    tmp_path: Path, aws: dict[str, str]
+) -> None:
+    instance = _new_instance(tmp_path, aws, "i", lsblk=INSTANCE_STORE)
+    instance.env["STUB_MKFS_FAILS"] = "1"
+    instance.boot()
+    instance.start()
+    assert "could not format or mount /dev/nvme1n1" in instance.console()
+    assert "mount -o" not in instance.calls()
+    assert not (instance.root / "etc/fstab").exists()
+    assert "data-root" not in (instance.root / "etc/docker/daemon.json").read_text()
+    assert instance.arg("--model-id") == MODEL  # and TGI still starts
 
 
 def test_a_baked_image_keeps_dockers_data_root_and_is_not_pulled(tmp_path: Path, aws: dict[str, str]) -> None:
