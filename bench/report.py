@@ -191,6 +191,12 @@ def targets_section(targets: list[dict[str, str]]) -> str:
     return "Targets\n" + table(("verdict", "target", "limit", "measured"), rows)
 
 
+def _launch_section(launch: dict[str, Any]) -> str:
+    from bench.launch import section  # bench.launch imports table from here
+
+    return section(launch)
+
+
 def render(results: dict[str, Any]) -> str:
     sections = []
     for key, render_one in (
@@ -199,6 +205,7 @@ def render(results: dict[str, Any]) -> str:
         ("reaction", reaction_section),
         ("failover", failover_section),
         ("cost", cost_section),
+        ("launch", _launch_section),
     ):
         part = results.get(key)
         if isinstance(part, dict) and "error" in part:

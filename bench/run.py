@@ -1,4 +1,4 @@
-"""`make bench`: gateway overhead, cold starts, reactions, failover and cost, in one run.
+"""`make bench`: gateway overhead, cold starts, reactions, failover, cost and launch-to-ready, in one run.
 
     python bench/run.py [--only PART ...] [--quick] [--out build/bench] [--instance-type g5.2xlarge]
 
@@ -26,9 +26,9 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import cold_start, cost, failover, gateway_overhead, reaction, report, targets  # noqa: E402
+from bench import cold_start, cost, failover, gateway_overhead, launch, reaction, report, targets  # noqa: E402
 
-PARTS = ("gateway", "cold", "reaction", "failover", "cost")
+PARTS = ("gateway", "cold", "reaction", "failover", "cost", "launch")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
         )
 
+    if "launch" in parts:
+        _measure("launch-to-ready (model)", results, "launch", lambda: launch.run(progress))
+
     results["targets"] = [t.as_json() for t in targets.evaluate(_usable_parts(results), loads)]
     results["wall_seconds"]["total"] = round(time.monotonic() - started, 1)
     path = out / "results.json"
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render(results))
     print()
     misses = sum(1 for t in results["targets"] if t["verdict"] == "MISS")
-    errors = [key for key in ("gateway_overhead", "cold_start", "reaction", "failover", "cost") if
+    errors = [key for key in ("gateway_overhead", "cold_start", "reaction", "failover", "cost", "launch") if
               isinstance(results.get(key), dict) and "error" in results[key]]  # fmt: skip
     print(
         f"bench: {len(results['targets']) - misses} targets met, {misses} missed"

@@ -119,4 +119,21 @@ def evaluate(results: dict[str, Any], load_seconds: tuple[float, ...]) -> list[T
         *cold_start_targets(results.get("cold_start")),
         *reaction_targets(results.get("reaction")),
         *failover_targets(results.get("failover"), load_seconds),
+        *launch_targets(results.get("launch")),
+    ]
+
+
+LAUNCH_FASTEST_SECONDS = 150.0
+
+
+def launch_targets(launch: dict[str, Any] | None) -> list[Target]:
+    fastest = min((r["total_seconds"] for r in launch["rows"]), default=None) if launch else None
+    model = f"{launch['model']} on {launch['instance_type']}" if launch else "default model"
+    return [
+        Target(
+            f"launch-to-ready (modelled), fastest option, {model}",
+            f"<= {LAUNCH_FASTEST_SECONDS:g} s",
+            _fmt(fastest, " s"),
+            _verdict(None if fastest is None else fastest <= LAUNCH_FASTEST_SECONDS),
+        )
     ]

@@ -76,6 +76,13 @@ NOT_DEPLOYED: dict[str, str] = {
     "way AlertSqsSubscription declares (AlertSqsArn)",
     "AWS::SQS::QueuePolicy": "moto's CloudFormation does not support it (and moto does not enforce policies)",
     "AWS::EC2::SecurityGroupEgress": "moto's CloudFormation does not support it (loopback has no firewall)",
+    # Fast start (ModelRevision / GhcrCredentialSecretArn; off by default): they serve the GPU instance's user data,
+    # which the drill does not run (tests/test_bootstrap.py runs it against moto); launch times come from
+    # spotkeeper_local.launch_time.
+    "AWS::S3::Bucket": "the weights cache is read by the instance's user data only",
+    "AWS::S3::BucketPolicy": "see AWS::S3::Bucket",
+    "AWS::IAM::RolePolicy": "grants of the instance role, used by the instance's user data only",
+    "AWS::ECR::PullThroughCacheRule": "the image cache is used by the instance's user data only",
 }
 
 # The outputs the drill reads, and the rules' retry settings it honours, come from the template itself.
