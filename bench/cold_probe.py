@@ -1,42 +1,41 @@
-"""One cold start, in a fresh interpreter: ``python -P bench/cold_probe.py TARGET`` prints one JSON line.
+"""One cold import, in a fresh interpreter, the way Lambda's python3.13 runtime imports a handler.
 
-TARGET is ``boto3`` (the baseline: a bare ``import boto3``), ``boto3-clients`` (the cost of each client a
-function builds), or a function folder name, optionally suffixed ``+notrace`` (the caller's environment then
-turns tracing off). A function is imported the way Lambda's bootstrap imports it (its folder first on
-sys.path, ``import app``), then its clients are built the way its first event builds them. Nothing but
-``sys``, ``os`` and ``time`` (loaded with the interpreter anyway) is imported before the clock starts, so the
-baseline and every function pay for the same modules.
+    python -I -S -B bench/cold_probe.py TARGET TASK_ROOT LAYER_ROOT RUNTIME_SITE
 
-When ``BENCH_DEPLOYED_PACKAGES`` lists top-level names (what ``sam build`` put in the layer and the function,
-plus what the Lambda runtime brings), any other third-party package of this machine's environment is
-refused, as it would be missing in Lambda: optional imports (httpx's CLI pulling in rich and pygments when
-they happen to be installed) then cost what they cost in Lambda.
+prints one JSON line. ``bench/cold_start.py`` starts it with the paths of a Lambda-like file system made from
+``sam build``'s output: TASK_ROOT stands for ``/var/task`` (the function's folder), LAYER_ROOT for
+``/opt/python`` (the layer), RUNTIME_SITE for ``/var/lang/lib/python3.13/site-packages`` (the runtime's own,
+precompiled boto3 and botocore). ``sys.path`` is put in Lambda's order: task root, layer, the standard library,
+the runtime's site-packages; ``-I -S`` keeps this machine's environment off it, and ``-B`` (with the files
+read-only) means no ``.pyc`` is written, as in Lambda, so a module shipped without bytecode is compiled at
+every cold start.
+
+TARGET is ``boto3`` (the baseline: a bare ``import boto3``, with the task root and the layer left off the
+path: what a function without a layer pays), ``boto3-clients`` (the cost of each client a function builds), or
+a function folder name (``import app``, then its clients built as its first event builds them). Nothing but
+``sys``, ``os`` and ``time`` (loaded with the interpreter anyway) is imported before the clock starts.
+
+Every module compiled from source while importing is counted, by where it came from (``compiled``): that is
+how the bench checks that the shipped bytecode is really what Python loads.
 """
 
 import os
 import sys
 import time
 
-
-class _OnlyDeployed:
-    """A meta path finder refusing top-level third-party packages that are not deployed."""
-
-    def __init__(self, allowed):
-        self.allowed = allowed
-
-    def find_spec(self, name, path=None, target=None):
-        if path is not None:
-            return None
-        if name in self.allowed or name in sys.stdlib_module_names or name in sys.builtin_module_names:
-            return None
-        if name.startswith("_sysconfigdata"):  # the interpreter's own build configuration
-            return None
-        raise ModuleNotFoundError(f"No module named {name!r} (not in the deployed package)", name=name)
+_COMPILED = []
 
 
-_DEPLOYED = os.environ.get("BENCH_DEPLOYED_PACKAGES")
-if _DEPLOYED:
-    sys.meta_path.insert(0, _OnlyDeployed(frozenset(_DEPLOYED.split(",")) | {"app", "__main__"}))
+def _count_compilations():
+    """Record every source compilation the import system does (it calls SourceLoader.source_to_code)."""
+    loader = sys.modules["_frozen_importlib_external"].SourceLoader
+    original = loader.source_to_code
+
+    def source_to_code(self, data, path, *args, **kwargs):
+        _COMPILED.append(path)
+        return original(self, data, path, *args, **kwargs)
+
+    loader.source_to_code = source_to_code
 
 
 def _build_clients(name, app):
@@ -46,18 +45,13 @@ def _build_clients(name, app):
         app.capacity_deps()
     elif name == "authorizer":
         app._store()
-    elif name in ("gateway", "gateway-first-request"):
+    elif name == "gateway":
         import asyncio
 
         async def start():
             # What the Lambda Web Adapter's readiness check waits for: the app's lifespan has run.
             async with app.app.router.lifespan_context(app.app):
-                if name == "gateway-first-request":
-                    # A gateway reading the serving instance from the state table builds its DynamoDB
-                    # resource on the first request.
-                    import boto3
-
-                    boto3.resource("dynamodb").Table(os.environ["STATE_TABLE_NAME"])
+                pass
 
         asyncio.run(start())
     else:
@@ -80,33 +74,46 @@ def _client_costs():
     return costs
 
 
+def _where(path, roots):
+    for name, root in roots.items():
+        if path.startswith(root + os.sep):
+            return name
+    return "stdlib"
+
+
 def main(argv):
-    if len(argv) != 3:
-        raise SystemExit("usage: python -P bench/cold_probe.py TARGET FUNCTIONS_DIR")
-    target, functions_dir = argv[1], argv[2]
-    base = target.split("+")[0]
+    if len(argv) != 5:
+        raise SystemExit("usage: python -I -S -B bench/cold_probe.py TARGET TASK_ROOT LAYER_ROOT RUNTIME_SITE")
+    target, task_root, layer_root, runtime_site = argv[1:]
+    baseline = target.startswith("boto3")
+    # Lambda: /var/task, /opt/python, then the interpreter's own paths, then its site-packages.
+    sys.path[:] = ([] if baseline else [task_root, layer_root]) + sys.path + [runtime_site]
+    _count_compilations()
     extra = {}
     started = time.perf_counter()
-    if base == "boto3":
-        import boto3  # the import is what is timed
+    if target == "boto3":
+        import boto3  # noqa: F401 - the import is what is timed
 
         imported = built = time.perf_counter()
-    elif base == "boto3-clients":
+    elif target == "boto3-clients":
         import boto3  # noqa: F401
 
         imported = time.perf_counter()
         extra["client_ms"] = _client_costs()
         built = time.perf_counter()
     else:
-        folder = "gateway" if base.startswith("gateway") else base
-        sys.path.insert(0, f"{functions_dir}/{folder}")
         import app
 
         imported = time.perf_counter()
-        _build_clients(base, app)
+        _build_clients(target, app)
         built = time.perf_counter()
     import json
 
+    roots = {"task": task_root, "layer": layer_root, "runtime": runtime_site}
+    compiled = {"task": 0, "layer": 0, "runtime": 0, "stdlib": 0}
+    for path in _COMPILED:
+        compiled[_where(path, roots)] += 1
+    layer_botocore = getattr(sys.modules.get("botocore"), "__file__", "") or ""
     print(
         json.dumps(
             {
@@ -115,6 +122,8 @@ def main(argv):
                 "clients_ms": round((built - imported) * 1000.0, 3),
                 "total_ms": round((built - started) * 1000.0, 3),
                 "modules": len(sys.modules),
+                "compiled": compiled,
+                "botocore_from": _where(layer_botocore, roots) if layer_botocore else None,
                 "loaded": sorted(
                     name
                     for name in ("boto3", "botocore", "aws_xray_sdk", "pydantic", "fastapi", "httpx")

@@ -1,41 +1,65 @@
-"""Cold start: a fresh interpreter importing each function and building its clients, against ``import boto3``.
+"""Cold start as Lambda runs it: ``sam build``'s artifacts, read-only, in Lambda's path order, against ``import boto3``.
 
-Every probe is a new process (``bench/cold_probe.py``) with a Lambda-like environment: the function's folder
-first on sys.path (Lambda's task root), the shared layer next (``/opt/python``), the function's variables set,
-X-Ray tracing on as the template deploys it (``Tracing: Active``). Probes of all targets are interleaved and
-repeated; the median is reported, as a ratio to the median of a bare ``import boto3`` measured the same way.
+A Lambda-like file system is made in a temporary folder from ``.aws-sam/build`` (``sam build`` is run when it
+is missing):
 
-Sizes are read from ``.aws-sam/build`` (``sam build`` is run when it is missing): unzipped bytes, the size of
-the zip Lambda would get, and the largest top-level entries.
+- ``task/<function>`` is the function's built folder (``/var/task``), ``opt/python`` the layer's
+  (``/opt/python``), both copied as built: whatever bytecode the build ships, and nothing more;
+- ``runtime`` stands for the python3.13 runtime's site-packages: boto3, botocore and their dependencies copied
+  from this machine's environment and compiled, as the runtime image ships them;
+- native extensions built for the deployed architecture (arm64) are swapped for this machine's build of the
+  same distribution and version (``pip install --no-deps --platform <this machine>``), so they can load here;
+- everything is then made read-only and every probe runs with ``-B``: as in Lambda, no ``.pyc`` is written,
+  so a module shipped without bytecode is compiled again at every cold start. The bench checks afterwards that
+  no bytecode appeared.
+
+Each control function is a fresh ``python -I -S -B bench/cold_probe.py`` importing its handler module with
+``sys.path`` in Lambda's order (task root, layer, standard library, runtime); the baseline is the same
+interpreter importing boto3 from the runtime alone. Targets are interleaved and repeated; medians are reported.
+The gateway is timed the way its cold start happens: from starting ``functions/gateway/run.sh`` (what the
+Lambda Web Adapter runs) to the first answered request (its readiness path), against a fresh process that
+imports boto3 and says so.
+
+Sizes are read from ``.aws-sam/build``: unzipped bytes, the size of the zip Lambda would get, the largest
+top-level entries, and whether the artifact ships bytecode.
 """
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import os
+import platform
 import re
+import shutil
+import stat
 import subprocess
 import sys
+import sysconfig
+import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from bench.servers import LAYER, ROOT
+from bench.servers import ROOT, free_port
 from bench.stats import median, ratio
 
 FUNCTIONS = ("interruption", "lifecycle", "health", "capacity", "gateway", "authorizer")
 CONTROL_FUNCTIONS = ("interruption", "lifecycle", "health", "capacity", "authorizer")
-# Not targets, evidence: the gateway once its first request built the DynamoDB resource, and what turning
-# the tracer's module patching off would save.
-EXTRA_TARGETS = ("gateway-first-request", "interruption+notrace", "gateway+notrace")
 PROBE = Path(__file__).resolve().parent / "cold_probe.py"
 FUNCTIONS_DIR = ROOT / "functions"
 BUILD_DIR = ROOT / ".aws-sam" / "build"
+LAYER_URI = "layers/spotkeeper"
 
-# The variables the template gives every control function (values shaped like the deployed ones).
+# What the Lambda python3.13 runtime itself brings (/var/lang/lib/python3.13/site-packages): the AWS SDK and
+# its dependencies, by import name.
+RUNTIME_PACKAGES = ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six")
+
+# The variables the template gives every function (values shaped like the deployed ones).
 FUNCTION_ENV = {
     "POWERTOOLS_SERVICE_NAME": "spotkeeper",
     "POWERTOOLS_METRICS_NAMESPACE": "Spotkeeper",
@@ -55,11 +79,10 @@ LAMBDA_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "256",
+    "LANG": "en_US.UTF-8",
+    "TZ": ":UTC",
 }
-
-
-# What the Lambda python3.13 runtime itself has on sys.path (/var/runtime): the AWS SDK and its dependencies.
-RUNTIME_PACKAGES = frozenset({"boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six"})
+GATEWAY_READY_PATH = "/gateway/ping"
 
 
 class ColdStartError(RuntimeError):
@@ -68,72 +91,207 @@ class ColdStartError(RuntimeError):
 
 @dataclass(frozen=True)
 class ColdStartConfig:
-    targets: tuple[str, ...] = FUNCTIONS + EXTRA_TARGETS
+    targets: tuple[str, ...] = FUNCTIONS
     repeats: int = 7
     sizes: bool = True
     build_if_missing: bool = True
     import_profile: bool = True
+    build_dir: Path = BUILD_DIR
 
 
-def top_level_names(directory: Path) -> set[str]:
-    """Importable top-level names in a built Lambda artifact (packages, modules, extension modules)."""
-    names = set()
-    for entry in directory.iterdir():
-        if entry.name.endswith((".dist-info", ".egg-info", ".data")) or entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            names.add(entry.name)
-        elif entry.suffix in (".py", ".so", ".pyd"):
-            names.add(entry.name.split(".")[0])
-    return names
+@dataclass
+class LambdaFiles:
+    """The Lambda-like file system the probes import from (see the module docstring)."""
+
+    root: Path
+    layer: Path
+    runtime: Path
+    tasks: dict[str, Path] = field(default_factory=dict)
+    python: str = ""
+    swapped_extensions: list[str] = field(default_factory=list)
+
+    def bytecode_files(self) -> int:
+        return sum(1 for _ in self.root.rglob("*.pyc"))
 
 
-def deployed_packages(build_dir: Path = BUILD_DIR) -> dict[str, frozenset[str]] | None:
-    """Per function folder: the top-level names Lambda could import (function + layer + runtime)."""
-    ids = logical_ids()
-    layer_id = ids.get("layers/spotkeeper")
-    if layer_id is None or not (build_dir / layer_id / "python").is_dir():
-        return None
-    layer = top_level_names(build_dir / layer_id / "python")
-    found = {}
-    for name in FUNCTIONS:
-        logical_id = ids.get(f"functions/{name}")
-        if logical_id is None or not (build_dir / logical_id).is_dir():
-            return None
-        found[name] = frozenset(top_level_names(build_dir / logical_id) | layer | RUNTIME_PACKAGES)
+# --- the template and the build ----------------------------------------------------------------------------
+def logical_ids(template_path: Path = ROOT / "template.yaml") -> dict[str, str]:
+    """Folder (functions/<name>, layers/<name>) -> logical id, from the template's CodeUri / ContentUri."""
+    from spotkeeper_local.embedded_aws import load_sam_template
+
+    template = load_sam_template(template_path)
+    found: dict[str, str] = {}
+    for logical_id, resource in template.get("Resources", {}).items():
+        properties = resource.get("Properties", {}) or {}
+        uri = properties.get("CodeUri") or properties.get("ContentUri")
+        if isinstance(uri, str) and resource.get("Type", "").startswith("AWS::Serverless::"):
+            found[uri.rstrip("/")] = logical_id
     return found
 
 
-def probe_env(target: str, deployed: dict[str, frozenset[str]] | None = None) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("POWERTOOLS_", "AWS_"))}
-    env.pop("PYTHONPATH", None)
+def sam_build() -> None:
+    sam = ROOT / ".venv-sam" / "bin" / "sam"
+    if not sam.exists():
+        raise ColdStartError("sam build is needed, and .venv-sam/bin/sam is missing: run make dev")
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
+    env.setdefault("SAM_CLI_TELEMETRY", "0")
+    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    done = subprocess.run(  # noqa: S603 - the project's own sam, as make build runs it
+        [str(sam), "build", "--parallel"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    if done.returncode != 0:
+        raise ColdStartError(f"sam build failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
+
+
+def built_artifacts(config: ColdStartConfig, progress: Any = print) -> tuple[dict[str, Path], bool]:
+    """name ("layer" or a function folder) -> its folder in the build; runs sam build when one is missing."""
+    ids = logical_ids()
+    wanted = {f"functions/{name}": name for name in FUNCTIONS} | {LAYER_URI: "layer"}
+    unknown = [uri for uri in wanted if uri not in ids]
+    if unknown:
+        raise ColdStartError(f"template.yaml has no resource with CodeUri/ContentUri {unknown}")
+    folders = {name: config.build_dir / ids[uri] for uri, name in wanted.items()}
+    built_now = False
+    if any(not folder.is_dir() for folder in folders.values()):
+        if not config.build_if_missing:
+            raise ColdStartError(f"{config.build_dir} lacks {sorted(n for n, f in folders.items() if not f.is_dir())}")
+        progress("  cold start: running sam build")
+        sam_build()
+        built_now = True
+    return folders, built_now
+
+
+# --- the Lambda-like file system ---------------------------------------------------------------------------
+def base_python() -> str:
+    """The Python 3.13 install this bench runs on, outside any virtualenv (so none of its packages leak in)."""
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    return str(Path(base).resolve())
+
+
+def _host_platform_tag() -> str:
+    return f"manylinux2014_{platform.machine()}"
+
+
+def _owner(extension: Path, root: Path) -> tuple[str, str]:
+    """The distribution (name, version) whose RECORD lists ``extension``."""
+    relative = extension.relative_to(root).as_posix()
+    for record in root.glob("*.dist-info/RECORD"):
+        if any(line.split(",", 1)[0] == relative for line in record.read_text().splitlines()):
+            name, version = record.parent.name.removesuffix(".dist-info").rsplit("-", 1)
+            return name, version
+    raise ColdStartError(f"no .dist-info/RECORD in {root} lists {relative}")
+
+
+def swap_foreign_extensions(root: Path, python: str, scratch: Path) -> list[str]:
+    """Replace extension modules built for another architecture with this machine's build of the same version."""
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")  # e.g. .cpython-313-x86_64-linux-gnu.so
+    foreign = [p for p in root.rglob("*.so") if not p.name.endswith(suffix) and ".cpython-" in p.name]
+    if not foreign:
+        return []
+    owners = sorted({_owner(p, root) for p in foreign})
+    target = scratch / f"host-{root.parent.name}-{root.name}"
+    command = [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--root-user-action=ignore"]
+    command += ["--disable-pip-version-check", "--only-binary=:all:", "--implementation", "cp"]
+    command += ["--python-version", "3.13", "--platform", _host_platform_tag(), "--target", str(target)]
+    command += [f"{name}=={version}" for name, version in owners]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)  # noqa: S603 - pip, pinned names
+    if done.returncode != 0:
+        raise ColdStartError(f"could not fetch this machine's build of {owners}:\n{done.stderr[-1500:]}")
+    swapped = []
+    for extension in foreign:
+        module = extension.name.split(".", 1)[0]
+        folder = target / extension.parent.relative_to(root)
+        counterpart = folder / f"{module}{suffix}"
+        if not counterpart.is_file():
+            raise ColdStartError(f"this machine's build has no counterpart of {extension.name} in {folder}")
+        extension.unlink()
+        shutil.copy2(counterpart, extension.parent / counterpart.name)
+        swapped.append(extension.relative_to(root).as_posix())
+    return swapped
+
+
+def runtime_site(destination: Path, python: str) -> Path:
+    """The runtime's SDK: boto3, botocore and their dependencies from this environment, compiled like the runtime's."""
+    destination.mkdir(parents=True)
+    for name in RUNTIME_PACKAGES:
+        spec = find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ColdStartError(f"{name} is not installed here: run make dev")
+        origin = Path(spec.origin)
+        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+        if origin.name == "__init__.py":
+            shutil.copytree(origin.parent, destination / name, ignore=ignore)
+        else:
+            shutil.copy2(origin, destination / origin.name)
+    done = subprocess.run(  # noqa: S603 - the stdlib's compileall on our copy
+        [python, "-m", "compileall", "-q", "-j", "0", str(destination)], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0:
+        raise ColdStartError(f"could not compile the runtime's SDK:\n{done.stdout[-1500:]}")
+    return destination
+
+
+def _read_only(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            mode = path.stat().st_mode
+            path.chmod(mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _writable(root: Path) -> None:
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | stat.S_IWUSR)
+
+
+def lambda_files(artifacts: dict[str, Path], root: Path, progress: Any = print) -> LambdaFiles:
+    python = base_python()
+    progress("  cold start: copying the build into a Lambda-like, read-only file system")
+    layer_source = artifacts["layer"] / "python"
+    if not layer_source.is_dir():
+        raise ColdStartError(f"{artifacts['layer']} has no python/ folder: not a Python layer")
+    files = LambdaFiles(root=root, layer=root / "opt" / "python", runtime=root / "runtime", python=python)
+    shutil.copytree(layer_source, files.layer, symlinks=True)
+    files.swapped_extensions += swap_foreign_extensions(files.layer, python, root.parent)
+    for name in FUNCTIONS:
+        task = root / "task" / name
+        shutil.copytree(artifacts[name], task, symlinks=True)
+        files.swapped_extensions += [f"{name}/{p}" for p in swap_foreign_extensions(task, python, root.parent)]
+        files.tasks[name] = task
+    runtime_site(files.runtime, python)
+    bin_dir = root / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(python)  # run.sh's `python`, as the runtime's PATH resolves it
+    _read_only(root)
+    return files
+
+
+# --- probes ------------------------------------------------------------------------------------------------
+def function_env(name: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("POWERTOOLS_", "AWS_", "PYTHON"))}
     env.update(LAMBDA_ENV)
-    env["PYTHONPATH"] = str(LAYER)
-    base = target.split("+")[0]
-    if target.endswith("+notrace"):
-        env["POWERTOOLS_TRACE_DISABLED"] = "true"
-    if not base.startswith("boto3"):
-        folder = "gateway" if base.startswith("gateway") else base
-        env.update(FUNCTION_ENV)
-        env["AWS_LAMBDA_FUNCTION_NAME"] = f"spotkeeper-{folder}"
-        env["LAMBDA_TASK_ROOT"] = str(FUNCTIONS_DIR / folder)
-        if folder == "gateway":
-            env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = "512"
-        if deployed is not None:
-            env["BENCH_DEPLOYED_PACKAGES"] = ",".join(sorted(deployed[folder]))
-    elif deployed is not None:
-        env["BENCH_DEPLOYED_PACKAGES"] = ",".join(sorted(RUNTIME_PACKAGES))
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    if name.startswith("boto3"):
+        return env
+    env.update(FUNCTION_ENV)
+    env["AWS_LAMBDA_FUNCTION_NAME"] = f"spotkeeper-{name}"
+    if name == "gateway":
+        env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = "512"
     return env
 
 
-def probe(target: str, import_time: bool = False, deployed: dict[str, frozenset[str]] | None = None) -> dict[str, Any]:
-    command = [sys.executable, "-P"]
+def probe(target: str, files: LambdaFiles, import_time: bool = False) -> dict[str, Any]:
+    task = files.tasks.get(target, files.root / "task")
+    command = [files.python, "-I", "-S", "-B"]
     if import_time:
         command += ["-X", "importtime"]
-    command += [str(PROBE), target, str(FUNCTIONS_DIR)]
+    command += [str(PROBE), target, str(task), str(files.layer), str(files.runtime)]
+    env = function_env(target)
+    env["LAMBDA_TASK_ROOT"] = str(task)
     started = time.perf_counter()
-    done = subprocess.run(  # noqa: S603 - this interpreter running the bench's own probe
-        command, env=probe_env(target, deployed), capture_output=True, text=True, timeout=120, cwd=ROOT
+    done = subprocess.run(  # noqa: S603 - the base interpreter running the bench's own probe
+        command, env=env, capture_output=True, text=True, timeout=120, cwd=task
     )
     wall = (time.perf_counter() - started) * 1000.0
     if done.returncode != 0:
@@ -146,6 +304,71 @@ def probe(target: str, import_time: bool = False, deployed: dict[str, frozenset[
     if import_time:
         result["importtime"] = done.stderr
     return result
+
+
+def boto3_process(files: LambdaFiles) -> float:
+    """Milliseconds from starting a fresh interpreter to its saying ``import boto3`` is done."""
+    code = f"import sys; sys.path.append({str(files.runtime)!r}); import boto3; print('ready', flush=True)"
+    started = time.perf_counter()
+    process = subprocess.Popen(  # noqa: S603 - the base interpreter, fixed code
+        [files.python, "-B", "-c", code],
+        env=function_env("boto3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=files.root,
+    )
+    line = process.stdout.readline() if process.stdout else ""
+    ready = (time.perf_counter() - started) * 1000.0
+    _, err = process.communicate(timeout=60)
+    if line.strip() != "ready":
+        raise ColdStartError(f"the boto3 process failed:\n{err[-1500:]}")
+    return ready
+
+
+def _answers(port: int) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("GET", GATEWAY_READY_PATH)
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+def gateway_start(files: LambdaFiles, timeout: float = 60.0) -> float:
+    """Milliseconds from starting run.sh (as the Lambda Web Adapter does) to the first answered request."""
+    task = files.tasks["gateway"]
+    port = free_port()
+    env = function_env("gateway")
+    env.update(
+        LAMBDA_TASK_ROOT=str(task),
+        PORT=str(port),
+        # Lambda's PATH starts with the runtime's bin; /opt/python does not exist here, the layer is passed on.
+        PATH=os.pathsep.join((str(files.root / "bin"), "/usr/bin", "/bin")),
+        PYTHONPATH=os.pathsep.join((str(files.layer), str(files.runtime))),
+    )
+    started = time.perf_counter()
+    process = subprocess.Popen(  # noqa: S603 - the built run.sh of this repository
+        ["bash", str(task / "run.sh")], env=env, cwd=task, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        while time.perf_counter() - started < timeout:
+            if process.poll() is not None:
+                err = process.stderr.read().decode(errors="replace") if process.stderr else ""
+                raise ColdStartError(f"run.sh exited with {process.returncode}:\n{err[-2000:]}")
+            if _answers(port):
+                return (time.perf_counter() - started) * 1000.0
+            time.sleep(0.002)
+        raise ColdStartError(f"the gateway did not answer {GATEWAY_READY_PATH} within {timeout:g} s")
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
 
 
 _IMPORT_LINE = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)")
@@ -164,80 +387,72 @@ def heaviest_packages(importtime_output: str, top: int = 8) -> list[dict[str, An
     return [{"package": name, "self_ms": round(us / 1000.0, 1)} for name, us in ranked]
 
 
-def measure(
-    config: ColdStartConfig, deployed: dict[str, frozenset[str]] | None = None, progress: Any = print
-) -> dict[str, Any]:
+def measure(config: ColdStartConfig, files: LambdaFiles, progress: Any = print) -> dict[str, Any]:
     targets = ("boto3", *config.targets)
     runs: dict[str, list[dict[str, Any]]] = {target: [] for target in targets}
-    probe("gateway", deployed=deployed)  # the first process pays for a cold page cache; not counted
+    processes: dict[str, list[float]] = {"boto3-process": [], "gateway-run.sh": []}
+    bytecode_before = files.bytecode_files()
+    probe("boto3", files)  # the first process pays for a cold page cache; not counted
     for repeat in range(config.repeats):
         progress(f"  cold start: round {repeat + 1}/{config.repeats}")
         order = targets if repeat % 2 == 0 else tuple(reversed(targets))
         for target in order:
-            runs[target].append(probe(target, deployed=deployed))
-    baseline_ms = median([r["total_ms"] for r in runs["boto3"]])
+            runs[target].append(probe(target, files))
+        processes["boto3-process"].append(boto3_process(files))
+        if "gateway" in config.targets:
+            processes["gateway-run.sh"].append(gateway_start(files))
+    if files.bytecode_files() != bytecode_before:
+        raise ColdStartError("a probe wrote bytecode into the read-only file system: the timings are not Lambda's")
+    baseline_ms = median([r["import_ms"] for r in runs["boto3"]])
     results: dict[str, Any] = {}
     for target in targets:
         samples = runs[target]
+        imported = median([r["import_ms"] for r in samples])
         total = median([r["total_ms"] for r in samples])
         results[target] = {
-            "total_ms": round(total, 1),
-            "import_ms": round(median([r["import_ms"] for r in samples]), 1),
+            "import_ms": round(imported, 1),
             "clients_ms": round(median([r["clients_ms"] for r in samples]), 1),
+            "total_ms": round(total, 1),
             "process_ms": round(median([r["process_ms"] for r in samples]), 1),
-            "ratio_to_boto3": ratio(total, baseline_ms),
-            "import_ratio_to_boto3": ratio(median([r["import_ms"] for r in samples]), baseline_ms),
+            "import_ratio_to_boto3": ratio(imported, baseline_ms),
+            "total_ratio_to_boto3": ratio(total, baseline_ms),
             "modules": samples[-1]["modules"],
+            "compiled": samples[-1]["compiled"],
+            "botocore_from": samples[-1]["botocore_from"],
             "loaded": samples[-1]["loaded"],
-            "samples_total_ms": [r["total_ms"] for r in samples],
+            "samples_import_ms": [r["import_ms"] for r in samples],
         }
-    results["boto3-clients"] = {"client_ms": probe("boto3-clients", deployed=deployed)["client_ms"]}
+    results["boto3-clients"] = {"client_ms": probe("boto3-clients", files)["client_ms"]}
+    boto3_process_ms = median(processes["boto3-process"])
+    gateway: dict[str, Any] | None = None
+    if processes["gateway-run.sh"]:
+        ready = median(processes["gateway-run.sh"])
+        gateway = {
+            "ready_ms": round(ready, 1),
+            "boto3_process_ms": round(boto3_process_ms, 1),
+            "ratio_to_boto3_process": ratio(ready, boto3_process_ms),
+            "ratio_to_boto3_import": ratio(ready, baseline_ms),
+            "samples_ready_ms": [round(s, 1) for s in processes["gateway-run.sh"]],
+        }
     if config.import_profile:
         progress("  cold start: import profiles (python -X importtime)")
-        for target in ("boto3", *(t for t in config.targets if "+" not in t)):
-            profile = probe(target, import_time=True, deployed=deployed)["importtime"]
+        for target in targets:
+            profile = probe(target, files, import_time=True)["importtime"]
             results[target]["heaviest_imports"] = heaviest_packages(profile)
     return {
-        "only_deployed_packages": deployed is not None,
-        "baseline": "a fresh interpreter's `import boto3` (median)",
+        "baseline": "a fresh interpreter's `import boto3` from the runtime's precompiled SDK (median)",
         "baseline_ms": round(baseline_ms, 1),
         "repeats": config.repeats,
-        "what": "import the handler module, then build its clients (control_deps(), capacity_deps(), "
-        "the authorizer's table, the gateway app's lifespan); Lambda-like env, X-Ray tracing on",
+        "python": files.python,
+        "swapped_extensions": files.swapped_extensions,
+        "what": "import the handler module from sam build's artifacts (read-only, no .pyc written, sys.path in "
+        "Lambda's order), then build its clients; the gateway: run.sh start to the first answered request",
         "targets": results,
+        "gateway_process": gateway,
     }
 
 
 # --- package sizes -----------------------------------------------------------------------------------------
-def logical_ids(template_path: Path = ROOT / "template.yaml") -> dict[str, str]:
-    """Folder (functions/<name>, layers/<name>) -> logical id, from the template's CodeUri / ContentUri."""
-    from spotkeeper_local.embedded_aws import load_sam_template
-
-    template = load_sam_template(template_path)
-    found: dict[str, str] = {}
-    for logical_id, resource in template.get("Resources", {}).items():
-        properties = resource.get("Properties", {}) or {}
-        uri = properties.get("CodeUri") or properties.get("ContentUri")
-        if isinstance(uri, str) and resource.get("Type", "").startswith("AWS::Serverless::"):
-            found[uri.rstrip("/")] = logical_id
-    return found
-
-
-def sam_build() -> None:
-    sam = ROOT / ".venv-sam" / "bin" / "sam"
-    if not sam.exists():
-        raise ColdStartError("sam build is needed for package sizes, and .venv-sam/bin/sam is missing: run make dev")
-    env = dict(os.environ)
-    env["PATH"] = os.pathsep.join((str(Path(sys.executable).parent), env.get("PATH", "")))
-    env.setdefault("SAM_CLI_TELEMETRY", "0")
-    env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    done = subprocess.run(  # noqa: S603 - the project's own sam, as make build runs it
-        [str(sam), "build", "--parallel"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
-    )
-    if done.returncode != 0:
-        raise ColdStartError(f"sam build failed:\n{done.stdout[-1500:]}\n{done.stderr[-1500:]}")
-
-
 def directory_size(path: Path, zipped: bool = True) -> dict[str, Any]:
     files = [p for p in path.rglob("*") if p.is_file() and not p.is_symlink()]
     unzipped = sum(p.stat().st_size for p in files)
@@ -248,6 +463,8 @@ def directory_size(path: Path, zipped: bool = True) -> dict[str, Any]:
         entries[key] = entries.get(key, 0) + p.stat().st_size
     result: dict[str, Any] = {
         "files": len(files),
+        "bytecode_files": sum(1 for p in files if p.suffix == ".pyc"),
+        "source_files": sum(1 for p in files if p.suffix == ".py"),
         "unzipped_bytes": unzipped,
         "largest": [{"entry": name, "bytes": size} for name, size in sorted(entries.items(), key=lambda i: -i[1])[:5]],
     }
@@ -260,37 +477,26 @@ def directory_size(path: Path, zipped: bool = True) -> dict[str, Any]:
     return result
 
 
-def package_sizes(config: ColdStartConfig, build_dir: Path = BUILD_DIR, progress: Any = print) -> dict[str, Any]:
-    ids = logical_ids()
-    wanted = {f"functions/{name}": name for name in FUNCTIONS} | {"layers/spotkeeper": "layer"}
-    missing = [ids[uri] for uri in wanted if uri in ids and not (build_dir / ids[uri]).is_dir()]
-    built_now = False
-    if missing:
-        if not config.build_if_missing:
-            raise ColdStartError(f"{build_dir} lacks {missing}: run sam build")
-        progress("  package sizes: running sam build")
-        sam_build()
-        built_now = True
-    sizes: dict[str, Any] = {}
-    for uri, name in wanted.items():
-        logical_id = ids.get(uri)
-        if logical_id is None:
-            raise ColdStartError(f"template.yaml has no resource with CodeUri/ContentUri {uri}")
-        sizes[name] = {"logical_id": logical_id, **directory_size(build_dir / logical_id)}
-    return {"build_dir": str(build_dir.relative_to(ROOT)), "built_now": built_now, "artifacts": sizes}
+def package_sizes(artifacts: dict[str, Path], build_dir: Path = BUILD_DIR) -> dict[str, Any]:
+    sizes = {name: {"logical_id": folder.name, **directory_size(folder)} for name, folder in artifacts.items()}
+    try:
+        shown = str(build_dir.relative_to(ROOT))
+    except ValueError:
+        shown = str(build_dir)
+    return {"build_dir": shown, "artifacts": sizes}
 
 
 def run(config: ColdStartConfig, progress: Any = print) -> dict[str, Any]:
-    sizes: dict[str, Any] | None = None
-    if config.sizes:
+    artifacts, built_now = built_artifacts(config, progress)
+    with tempfile.TemporaryDirectory(prefix="spotkeeper-cold-") as scratch:
+        root = Path(scratch) / "lambda"
         try:
-            sizes = package_sizes(config, progress=progress)
-        except ColdStartError as error:
-            # The timings do not need the sizes: they are measured with every installed package instead.
-            sizes = {"error": str(error)}
-    # With the built artifacts at hand, a probe may import only what Lambda would have.
-    deployed = deployed_packages() if sizes is not None and "error" not in sizes else None
-    result = measure(config, deployed, progress)
-    if sizes is not None:
-        result["sizes"] = sizes
+            files = lambda_files(artifacts, root, progress)
+            result = measure(config, files, progress)
+        finally:
+            if root.exists():
+                _writable(root)
+    result["built_now"] = built_now
+    if config.sizes:
+        result["sizes"] = package_sizes(artifacts, config.build_dir)
     return result
