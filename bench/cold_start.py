@@ -306,24 +306,31 @@ def probe(target: str, files: LambdaFiles, import_time: bool = False) -> dict[st
     return result
 
 
-def boto3_process(files: LambdaFiles) -> float:
-    """Milliseconds from starting a fresh interpreter to its saying ``import boto3`` is done."""
+def _reap(process: subprocess.Popen[Any]) -> float:
+    """Wait for ``process`` and return the CPU milliseconds (user + system) it used."""
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return (usage.ru_utime + usage.ru_stime) * 1000.0
+
+
+def boto3_process(files: LambdaFiles) -> tuple[float, float]:
+    """Milliseconds from starting a fresh interpreter to its saying ``import boto3`` is done; its CPU ms."""
     code = f"import sys; sys.path.append({str(files.runtime)!r}); import boto3; print('ready', flush=True)"
     started = time.perf_counter()
     process = subprocess.Popen(  # noqa: S603 - the base interpreter, fixed code
         [files.python, "-B", "-c", code],
         env=function_env("boto3"),
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         text=True,
         cwd=files.root,
     )
     line = process.stdout.readline() if process.stdout else ""
     ready = (time.perf_counter() - started) * 1000.0
-    _, err = process.communicate(timeout=60)
+    cpu = _reap(process)
     if line.strip() != "ready":
-        raise ColdStartError(f"the boto3 process failed:\n{err[-1500:]}")
-    return ready
+        raise ColdStartError(f"the boto3 process failed ({process.returncode})")
+    return ready, cpu
 
 
 def _answers(port: int) -> bool:
@@ -337,8 +344,11 @@ def _answers(port: int) -> bool:
         connection.close()
 
 
-def gateway_start(files: LambdaFiles, timeout: float = 60.0) -> float:
-    """Milliseconds from starting run.sh (as the Lambda Web Adapter does) to the first answered request."""
+def gateway_start(files: LambdaFiles, timeout: float = 60.0) -> tuple[float, float]:
+    """Milliseconds from starting run.sh (as the Lambda Web Adapter does) to the first answered request.
+
+    Also the CPU milliseconds the process used, up to its stop right after that answer.
+    """
     task = files.tasks["gateway"]
     port = free_port()
     env = function_env("gateway")
@@ -350,25 +360,33 @@ def gateway_start(files: LambdaFiles, timeout: float = 60.0) -> float:
         PYTHONPATH=os.pathsep.join((str(files.layer), str(files.runtime))),
     )
     started = time.perf_counter()
-    process = subprocess.Popen(  # noqa: S603 - the built run.sh of this repository
-        ["bash", str(task / "run.sh")], env=env, cwd=task, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    process = subprocess.Popen(  # noqa: S603 - bash running the built run.sh of this repository
+        [shutil.which("bash") or "/bin/bash", str(task / "run.sh")],
+        env=env,
+        cwd=task,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
+    ready = None
     try:
         while time.perf_counter() - started < timeout:
             if process.poll() is not None:
                 err = process.stderr.read().decode(errors="replace") if process.stderr else ""
                 raise ColdStartError(f"run.sh exited with {process.returncode}:\n{err[-2000:]}")
             if _answers(port):
-                return (time.perf_counter() - started) * 1000.0
+                ready = (time.perf_counter() - started) * 1000.0
+                break
             time.sleep(0.002)
-        raise ColdStartError(f"the gateway did not answer {GATEWAY_READY_PATH} within {timeout:g} s")
+        else:
+            raise ColdStartError(f"the gateway did not answer {GATEWAY_READY_PATH} within {timeout:g} s")
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        if process.returncode is None:
+            process.terminate()
+            # stderr is not read past this point: it must not fill up and block the shutdown.
+            if process.stderr:
+                process.stderr.close()
+            cpu = _reap(process)
+    return ready, cpu
 
 
 _IMPORT_LINE = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)")
@@ -387,10 +405,32 @@ def heaviest_packages(importtime_output: str, top: int = 8) -> list[dict[str, An
     return [{"package": name, "self_ms": round(us / 1000.0, 1)} for name, us in ranked]
 
 
+def _summary(samples: list[dict[str, Any]], baseline: dict[str, float]) -> dict[str, Any]:
+    imported = median([r["import_ms"] for r in samples])
+    cpu = median([r["import_cpu_ms"] for r in samples])
+    total = median([r["total_ms"] for r in samples])
+    last = samples[-1]
+    return {
+        "import_ms": round(imported, 1),
+        "import_cpu_ms": round(cpu, 1),
+        "clients_ms": round(median([r["clients_ms"] for r in samples]), 1),
+        "total_ms": round(total, 1),
+        "process_ms": round(median([r["process_ms"] for r in samples]), 1),
+        "import_ratio_to_boto3": ratio(imported, baseline["wall"]),
+        "import_cpu_ratio_to_boto3": ratio(cpu, baseline["cpu"]),
+        "total_ratio_to_boto3": ratio(total, baseline["wall"]),
+        "modules": last["modules"],
+        "compiled": last["compiled"],
+        "botocore_from": last["botocore_from"],
+        "loaded": last["loaded"],
+        "samples_import_ms": [r["import_ms"] for r in samples],
+    }
+
+
 def measure(config: ColdStartConfig, files: LambdaFiles, progress: Any = print) -> dict[str, Any]:
     targets = ("boto3", *config.targets)
     runs: dict[str, list[dict[str, Any]]] = {target: [] for target in targets}
-    processes: dict[str, list[float]] = {"boto3-process": [], "gateway-run.sh": []}
+    processes: dict[str, list[tuple[float, float]]] = {"boto3": [], "gateway": []}
     bytecode_before = files.bytecode_files()
     probe("boto3", files)  # the first process pays for a cold page cache; not counted
     for repeat in range(config.repeats):
@@ -398,41 +438,31 @@ def measure(config: ColdStartConfig, files: LambdaFiles, progress: Any = print) 
         order = targets if repeat % 2 == 0 else tuple(reversed(targets))
         for target in order:
             runs[target].append(probe(target, files))
-        processes["boto3-process"].append(boto3_process(files))
+        processes["boto3"].append(boto3_process(files))
         if "gateway" in config.targets:
-            processes["gateway-run.sh"].append(gateway_start(files))
+            processes["gateway"].append(gateway_start(files))
     if files.bytecode_files() != bytecode_before:
         raise ColdStartError("a probe wrote bytecode into the read-only file system: the timings are not Lambda's")
-    baseline_ms = median([r["import_ms"] for r in runs["boto3"]])
-    results: dict[str, Any] = {}
-    for target in targets:
-        samples = runs[target]
-        imported = median([r["import_ms"] for r in samples])
-        total = median([r["total_ms"] for r in samples])
-        results[target] = {
-            "import_ms": round(imported, 1),
-            "clients_ms": round(median([r["clients_ms"] for r in samples]), 1),
-            "total_ms": round(total, 1),
-            "process_ms": round(median([r["process_ms"] for r in samples]), 1),
-            "import_ratio_to_boto3": ratio(imported, baseline_ms),
-            "total_ratio_to_boto3": ratio(total, baseline_ms),
-            "modules": samples[-1]["modules"],
-            "compiled": samples[-1]["compiled"],
-            "botocore_from": samples[-1]["botocore_from"],
-            "loaded": samples[-1]["loaded"],
-            "samples_import_ms": [r["import_ms"] for r in samples],
-        }
+    baseline = {
+        "wall": median([r["import_ms"] for r in runs["boto3"]]),
+        "cpu": median([r["import_cpu_ms"] for r in runs["boto3"]]),
+    }
+    results: dict[str, Any] = {target: _summary(runs[target], baseline) for target in targets}
     results["boto3-clients"] = {"client_ms": probe("boto3-clients", files)["client_ms"]}
-    boto3_process_ms = median(processes["boto3-process"])
     gateway: dict[str, Any] | None = None
-    if processes["gateway-run.sh"]:
-        ready = median(processes["gateway-run.sh"])
+    if processes["gateway"]:
+        boto3_wall = median([wall for wall, _ in processes["boto3"]])
+        boto3_cpu = median([cpu for _, cpu in processes["boto3"]])
+        ready = median([wall for wall, _ in processes["gateway"]])
+        ready_cpu = median([cpu for _, cpu in processes["gateway"]])
         gateway = {
             "ready_ms": round(ready, 1),
-            "boto3_process_ms": round(boto3_process_ms, 1),
-            "ratio_to_boto3_process": ratio(ready, boto3_process_ms),
-            "ratio_to_boto3_import": ratio(ready, baseline_ms),
-            "samples_ready_ms": [round(s, 1) for s in processes["gateway-run.sh"]],
+            "cpu_ms": round(ready_cpu, 1),
+            "boto3_process_ms": round(boto3_wall, 1),
+            "boto3_process_cpu_ms": round(boto3_cpu, 1),
+            "ratio_to_boto3_process": ratio(ready, boto3_wall),
+            "cpu_ratio_to_boto3_process": ratio(ready_cpu, boto3_cpu),
+            "samples_ready_ms": [round(wall, 1) for wall, _ in processes["gateway"]],
         }
     if config.import_profile:
         progress("  cold start: import profiles (python -X importtime)")
@@ -441,7 +471,8 @@ def measure(config: ColdStartConfig, files: LambdaFiles, progress: Any = print) 
             results[target]["heaviest_imports"] = heaviest_packages(profile)
     return {
         "baseline": "a fresh interpreter's `import boto3` from the runtime's precompiled SDK (median)",
-        "baseline_ms": round(baseline_ms, 1),
+        "baseline_ms": round(baseline["wall"], 1),
+        "baseline_cpu_ms": round(baseline["cpu"], 1),
         "repeats": config.repeats,
         "python": files.python,
         "swapped_extensions": files.swapped_extensions,
