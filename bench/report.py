@@ -55,27 +55,58 @@ def gateway_section(gateway: dict[str, Any]) -> str:
     return head + "\n" + table(header, rows)
 
 
+def _ratio(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}x"
+
+
 def cold_section(cold: dict[str, Any]) -> str:
     rows = []
     for name, result in cold["targets"].items():
-        if "total_ms" not in result:
+        if "import_ms" not in result:
             continue
         heavy = ", ".join(f"{h['package']} {h['self_ms']:g}" for h in result.get("heaviest_imports", [])[:4])
+        compiled = sum(result.get("compiled", {}).values())
         rows.append(
             (
                 name,
                 f"{result['import_ms']:.0f}",
-                f"{result['clients_ms']:.0f}",
+                _ratio(result["import_ratio_to_boto3"]),
+                f"{result['import_cpu_ms']:.0f}",
+                _ratio(result["import_cpu_ratio_to_boto3"]),
                 f"{result['total_ms']:.0f}",
-                f"{result['ratio_to_boto3']:.2f}x",
+                _ratio(result["total_ratio_to_boto3"]),
+                compiled,
                 heavy,
             )
         )
     out = [
-        f"Cold start (fresh interpreter, median of {cold['repeats']}; baseline import boto3 = "
-        f"{cold['baseline_ms']:g} ms; only deployed packages importable: {cold.get('only_deployed_packages')})",
-        table(("target", "import ms", "clients ms", "total ms", "/ boto3", "heaviest imports (self ms)"), rows),
+        "Cold start as Lambda runs it (sam build's artifacts, read-only, no .pyc written, sys.path in Lambda's "
+        f"order; median of {cold['repeats']} fresh interpreters; baseline import boto3 = {cold['baseline_ms']:g} ms, "
+        f"{cold.get('baseline_cpu_ms', 0):g} ms CPU)",
+        table(
+            (
+                "target",
+                "import ms",
+                "/ boto3",
+                "CPU ms",
+                "/ boto3",
+                "+clients ms",
+                "/ boto3",
+                "compiled",
+                "heaviest imports (self ms)",
+            ),
+            rows,
+        ),
     ]
+    gateway = cold.get("gateway_process")
+    if gateway:
+        out.append(
+            f"gateway: run.sh start to the first answered request {gateway['ready_ms']:g} ms "
+            f"({gateway['cpu_ms']:g} ms CPU) against a fresh process importing boto3 "
+            f"{gateway['boto3_process_ms']:g} ms "
+            f"({gateway['boto3_process_cpu_ms']:g} ms CPU): {_ratio(gateway['ratio_to_boto3_process'])} "
+            f"(CPU {_ratio(gateway['cpu_ratio_to_boto3_process'])})"
+        )
     clients = cold["targets"].get("boto3-clients", {}).get("client_ms")
     if clients:
         out.append("client build after import boto3 (ms): " + ", ".join(f"{k} {v:.0f}" for k, v in clients.items()))
@@ -89,12 +120,13 @@ def cold_section(cold: dict[str, Any]) -> str:
                 artifact["logical_id"],
                 _size(artifact["unzipped_bytes"]),
                 _size(artifact.get("zipped_bytes", 0)),
+                f"{artifact.get('bytecode_files', 0)}/{artifact.get('source_files', 0)}",
                 ", ".join(f"{e['entry']} {_size(e['bytes'])}" for e in artifact["largest"][:3]),
             )
             for name, artifact in sizes["artifacts"].items()
         ]
         out.append(f"Package sizes after sam build ({sizes['build_dir']})")
-        out.append(table(("artifact", "logical id", "unzipped", "zipped", "largest entries"), size_rows))
+        out.append(table(("artifact", "logical id", "unzipped", "zipped", ".pyc/.py", "largest entries"), size_rows))
     return "\n".join(out)
 
 

@@ -5,6 +5,7 @@ are asserted: this machine's speed is not what is under test."""
 from __future__ import annotations
 
 import json
+import py_compile
 from pathlib import Path
 
 import boto3
@@ -56,16 +57,68 @@ def test_gateway_overhead_measures_both_arms_against_real_servers(tmp_path: Path
     assert result["workload"]["emulator_token_delay_ms"] == delay * 1000.0
 
 
-def test_cold_probe_times_a_fresh_interpreter():
-    baseline = cold_start.probe("boto3")
-    function = cold_start.probe("authorizer")
-    assert baseline["target"] == "boto3" and baseline["clients_ms"] == 0.0
-    assert "boto3" in baseline["loaded"] and "pydantic" not in baseline["loaded"]
-    # The authorizer built its DynamoDB table: boto3 is loaded, and building took time of its own
-    assert "boto3" in function["loaded"] and function["clients_ms"] > 0
+def _lambda_files(tmp_path: Path) -> cold_start.LambdaFiles:
+    """A tiny Lambda-like file system: a function, a layer with one module compiled and one not, a stand-in SDK."""
+    root = tmp_path / "lambda"
+    task, layer, runtime = root / "task" / "interruption", root / "opt" / "python", root / "runtime"
+    for folder in (task, layer, runtime / "boto3", root / "bin"):
+        folder.mkdir(parents=True)
+    (root / "bin" / "python").symlink_to(cold_start.base_python())
+    (runtime / "boto3" / "__init__.py").write_text("import json\n")
+    (layer / "shipped.py").write_text("VALUE = 1\n")
+    (layer / "unshipped.py").write_text("VALUE = 2\n")
+    (task / "app.py").write_text("import boto3, shipped, unshipped\n\ndef control_deps():\n    return shipped.VALUE\n")
+    for path in (layer / "shipped.py", task / "app.py", runtime / "boto3" / "__init__.py"):
+        py_compile.compile(str(path), doraise=True, invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    tasks = {"interruption": task, "gateway": root / "task" / "gateway"}
+    return cold_start.LambdaFiles(root=root, layer=layer, runtime=runtime, tasks=tasks, python=cold_start.base_python())
+
+
+def test_cold_probe_imports_in_lambdas_order_and_counts_what_it_compiles(tmp_path: Path):
+    files = _lambda_files(tmp_path)
+    bytecode = files.bytecode_files()
+    baseline = cold_start.probe("boto3", files)
+    function = cold_start.probe("interruption", files)
+    # Only the module shipped without bytecode was compiled, and no .pyc was written for it
+    assert {k: baseline["compiled"][k] for k in ("task", "layer", "runtime")} == {"task": 0, "layer": 0, "runtime": 0}
+    assert {k: function["compiled"][k] for k in ("task", "layer", "runtime")} == {"task": 0, "layer": 1, "runtime": 0}
+    assert files.bytecode_files() == bytecode
+    assert baseline["loaded"] == ["boto3"] and "boto3" in function["loaded"]
+    assert function["import_ms"] > 0 and function["import_cpu_ms"] > 0
     assert function["total_ms"] == pytest.approx(function["import_ms"] + function["clients_ms"], abs=0.01)
     assert function["modules"] > baseline["modules"]
     assert function["process_ms"] > function["total_ms"]
+
+
+def test_gateway_start_is_timed_to_its_first_answered_request(tmp_path: Path):
+    files = _lambda_files(tmp_path)
+    gateway = files.tasks["gateway"]
+    gateway.mkdir()
+    (gateway / "server.py").write_text(
+        "import http.server, os, time\n"
+        "time.sleep(0.3)\n"
+        "class Ping(http.server.BaseHTTPRequestHandler):\n"
+        "    def do_GET(self):\n"
+        "        self.send_response(200 if self.path == '/gateway/ping' else 404)\n"
+        "        self.end_headers()\n"
+        "http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), Ping).serve_forever()\n"
+    )
+    (gateway / "run.sh").write_text('exec python "${LAMBDA_TASK_ROOT}/server.py"\n')
+    ready_ms, cpu_ms = cold_start.gateway_start(files, timeout=30)
+    assert ready_ms >= 300 and cpu_ms > 0
+
+
+def test_an_extension_is_traced_to_the_distribution_that_installed_it(tmp_path: Path):
+    (tmp_path / "pkg").mkdir()
+    extension = tmp_path / "pkg" / "_fast.cpython-313-aarch64-linux-gnu.so"
+    extension.write_bytes(b"\x7fELF")
+    (tmp_path / "pkg_core-2.5.0.dist-info").mkdir()
+    (tmp_path / "pkg_core-2.5.0.dist-info" / "RECORD").write_text(
+        "pkg/__init__.py,sha256=x,1\npkg/_fast.cpython-313-aarch64-linux-gnu.so,sha256=y,4\n"
+    )
+    assert cold_start._owner(extension, tmp_path) == ("pkg_core", "2.5.0")
+    with pytest.raises(cold_start.ColdStartError, match="RECORD"):
+        cold_start._owner(tmp_path / "pkg" / "other.so", tmp_path)
 
 
 def test_import_profile_is_summed_by_top_level_package():
@@ -91,6 +144,7 @@ def test_package_size_is_read_from_the_files(tmp_path: Path):
     (tmp_path / "python" / "mod.py").write_bytes(b"y" * 20)
     size = cold_start.directory_size(tmp_path)
     assert size["files"] == 2 and size["unzipped_bytes"] == 1520
+    assert (size["source_files"], size["bytecode_files"]) == (2, 0)
     assert size["largest"][0] == {"entry": "pkg", "bytes": 1500}
     assert 0 < size["zipped_bytes"] < 1520 + 500
 
@@ -232,7 +286,8 @@ def test_report_prints_every_part_and_a_verdict_per_target():
     assert "Failover" in text and "Cost" in text and "Reaction" in text
     verdicts = {t["name"]: t["verdict"] for t in results["targets"]}
     assert verdicts["Spot warning -> replacement launch requested"] == "PASS"
-    assert verdicts["cold start of gateway (import + clients) / import boto3"] == "NOT MEASURED"
+    assert verdicts["cold start of gateway: run.sh start to first answer / a process importing boto3"] == "NOT MEASURED"
+    assert verdicts["cold start of capacity: handler import / import boto3 (as Lambda runs it)"] == "NOT MEASURED"
     assert "DetachInstances" in text
 
 
