@@ -1,7 +1,8 @@
 # How `sam build` builds every function and the layer (template Metadata `BuildMethod: makefile`).
 #
-# sam build copies a CodeUri/ContentUri folder to a scratch folder and runs `make build-<LogicalId>` there, with
-# ARTIFACTS_DIR set; each of those folders has a two-line Makefile that includes this file. The recipe:
+# sam build copies a CodeUri/ContentUri folder to a scratch folder and runs `make build-<LogicalId>` there with
+# that folder's Makefile, ARTIFACTS_DIR set. Each of those Makefiles is a symlink to this file: sam build's cache
+# hashes the folder's files through it, so a change here rebuilds every artifact. The recipe:
 #   1. copies the folder (without its Makefile) and installs its requirements.txt for Lambda's platform,
 #   2. leaves out what the python3.13 runtime already ships (boto3, botocore and their dependencies): the
 #      X-Ray SDK depends on botocore, and a second, unpinned copy would shadow the runtime's,
