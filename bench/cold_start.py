@@ -183,15 +183,27 @@ def _owner(extension: Path, root: Path) -> tuple[str, str]:
     raise ColdStartError(f"no .dist-info/RECORD in {root} lists {relative}")
 
 
-def swap_foreign_extensions(root: Path, python: str, scratch: Path) -> list[str]:
-    """Replace extension modules built for another architecture with this machine's build of the same version."""
+def swap_foreign_extensions(root: Path, scratch: Path) -> list[str]:
+    """Replace extension modules built for another architecture with this machine's build of the same version.
+
+    pip is the bench's own (its virtualenv always has one); only the wheels' files are used.
+    """
     suffix = sysconfig.get_config_var("EXT_SUFFIX")  # e.g. .cpython-313-x86_64-linux-gnu.so
     foreign = [p for p in root.rglob("*.so") if not p.name.endswith(suffix) and ".cpython-" in p.name]
     if not foreign:
         return []
     owners = sorted({_owner(p, root) for p in foreign})
     target = scratch / f"host-{root.parent.name}-{root.name}"
-    command = [python, "-m", "pip", "install", "--quiet", "--no-deps", "--no-compile", "--root-user-action=ignore"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-deps",
+        "--no-compile",
+        "--root-user-action=ignore",
+    ]
     command += ["--disable-pip-version-check", "--only-binary=:all:", "--implementation", "cp"]
     command += ["--python-version", "3.13", "--platform", _host_platform_tag(), "--target", str(target)]
     command += [f"{name}=={version}" for name, version in owners]
@@ -253,11 +265,11 @@ def lambda_files(artifacts: dict[str, Path], root: Path, progress: Any = print) 
         raise ColdStartError(f"{artifacts['layer']} has no python/ folder: not a Python layer")
     files = LambdaFiles(root=root, layer=root / "opt" / "python", runtime=root / "runtime", python=python)
     shutil.copytree(layer_source, files.layer, symlinks=True)
-    files.swapped_extensions += swap_foreign_extensions(files.layer, python, root.parent)
+    files.swapped_extensions += swap_foreign_extensions(files.layer, root.parent)
     for name in FUNCTIONS:
         task = root / "task" / name
         shutil.copytree(artifacts[name], task, symlinks=True)
-        files.swapped_extensions += [f"{name}/{p}" for p in swap_foreign_extensions(task, python, root.parent)]
+        files.swapped_extensions += [f"{name}/{p}" for p in swap_foreign_extensions(task, root.parent)]
         files.tasks[name] = task
     runtime_site(files.runtime, python)
     bin_dir = root / "bin"
