@@ -18,7 +18,7 @@ from spotkeeper.aws import AwsClients
 from spotkeeper.deps import CapacityDeps
 from spotkeeper.events import InvalidEvent
 from spotkeeper.logic.capacity import classify_launch_failure
-from spotkeeper.records import ON_DEMAND, SPOT
+from spotkeeper.records import ON_DEMAND, SPOT, PendingLaunch
 from spotkeeper.settings import CapacityEnv
 from spotkeeper_local.aws_events import aws_event, load_event
 from spotkeeper_local.lambda_runtime import invoke
@@ -145,6 +145,20 @@ def without_base(policy: dict[str, Any]) -> dict[str, Any]:
 
 def kinds(alerts: list[dict[str, Any]]) -> list[str]:
     return [a["attributes"]["event"] for a in alerts]
+
+
+def has_served(capacity: Capacity, at: float) -> str:
+    """An instance of the stack served from ``at`` on (the endpoint-down alarm only falls back after that)."""
+    [instance] = [i["InstanceId"] for i in capacity.stack.group_description()["Instances"]]
+    state, group = capacity.deps.state, capacity.stack.group
+    assert state.set_serving(group, instance, "10.0.1.10", at, state.get_endpoint(group).version)
+    return instance
+
+
+def loading(capacity: Capacity, instance_id: str, started_at: float, deadline_seconds: float = 900.0) -> None:
+    """A replacement launch recorded by the lifecycle function, its TGI loading."""
+    launch = PendingLaunch(instance_id, "spotkeeper-launch", "token-1", started_at, started_at + deadline_seconds)
+    assert capacity.deps.state.put_pending_launch(capacity.stack.group, launch)
 
 
 def fall_back(capacity: Capacity) -> None:
@@ -283,6 +297,7 @@ def test_retry_after_the_alert_failed_alerts_once(stack, monkeypatch):
 def test_endpoint_down_alarm_falls_back_once(stack):
     clock = SimClock()
     capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
     before = policy_of(stack)
     alarm = alarm_change(ENDPOINT_DOWN, "ALARM", clock.now())
     shortage = launch_failure(stack, NO_SPOT_CAPACITY, clock.now())
@@ -303,6 +318,7 @@ def test_endpoint_down_alarm_falls_back_once(stack):
 
 def test_endpoint_down_sample_alone_falls_back(stack):
     capacity = Capacity(stack, SimClock())
+    has_served(capacity, 1_700_000_000.0)  # before the sample's alarm; no launch pending since
     assert capacity.invoke(load_event("alarm-endpoint-down")) == "fell-back"
     assert capacity.endpoint().mode_reason == "endpoint-down alarm"
     alerts = {a["attributes"]["event"]: a for a in stack.alerts()}
@@ -319,6 +335,7 @@ def test_endpoint_down_sample_alone_falls_back(stack):
 def test_every_alarm_transition_gives_one_readable_alert(stack):
     clock = SimClock()
     capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
     for name in STACK_ALARMS:
         raised = alarm_change(name, "ALARM", clock.now())
         clock.advance(60)
@@ -353,6 +370,145 @@ def test_other_alarms_do_not_fall_back(stack):
     assert capacity.invoke(alarm_change("spotkeeper-function-errors", "ALARM", capacity.clock.now())) == "alerted"
     assert capacity.endpoint().mode == SPOT
     assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
+
+
+# --- the endpoint-down alarm while Spot delivers ------------------------------------------------------
+def base_capacity(stack: Any) -> int:
+    return policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"]
+
+
+def test_alarm_while_a_replacement_loads_alerts_without_falling_back(stack):
+    # Given the serving instance was reclaimed and its replacement is loading its model, well within its deadline
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
+    loading(capacity, "i-0replacement00001", started_at=clock.now() - 240)
+    before = policy_of(stack)
+    # When the endpoint-down alarm fires (three minutes without a healthy probe)
+    outcome = capacity.invoke(alarm_change(ENDPOINT_DOWN, "ALARM", clock.now()))
+    # Then ops are told, critically, and nothing switches to On-Demand
+    assert outcome == "replacement-loading"
+    assert policy_of(stack) == before and capacity.endpoint().mode == SPOT
+    [alert] = stack.alerts()
+    assert alert["attributes"] == {"severity": "critical", "event": "alarm-raised"}
+    assert alert["subject"] == f"[spotkeeper critical] {ENDPOINT_DOWN} is in ALARM: replacement loading, no fallback"
+    assert alert["body"]["why"] == "replacement i-0replacement00001 loading (660 s left)"
+
+
+def test_alarm_with_the_replacement_past_its_deadline_falls_back(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
+    loading(capacity, "i-0replacement00001", started_at=clock.now() - 901)
+    assert capacity.invoke(alarm_change(ENDPOINT_DOWN, "ALARM", clock.now())) == "fell-back"
+    assert base_capacity(stack) == 1 and capacity.endpoint().mode == ON_DEMAND
+    alerts = {a["attributes"]["event"]: a for a in stack.alerts()}
+    assert alerts["alarm-raised"]["body"]["why"] == "launch deadline passed for i-0replacement00001"
+    assert alerts["fallback-on-demand"]["body"]["fallback_because"] == "launch deadline passed for i-0replacement00001"
+
+
+def test_alarm_with_no_launch_pending_falls_back(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
+    assert capacity.invoke(alarm_change(ENDPOINT_DOWN, "ALARM", clock.now())) == "fell-back"
+    assert base_capacity(stack) == 1
+    alerts = {a["attributes"]["event"]: a for a in stack.alerts()}
+    assert alerts["alarm-raised"]["body"]["why"] == "no replacement launch pending"
+
+
+def test_a_replacement_interrupted_while_loading_is_not_a_reason_to_wait(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
+    loading(capacity, "i-0replacement00001", started_at=clock.now() - 60)
+    capacity.deps.state.begin_replacement(
+        stack.group, "i-0replacement00001", "doomed_at", clock.now() - 10, "event-1", "scale-out", 1
+    )
+    assert capacity.invoke(alarm_change(ENDPOINT_DOWN, "ALARM", clock.now())) == "fell-back"
+
+
+def test_alarm_before_the_first_instance_ever_served_only_alerts(stack):
+    # Given a fresh stack whose first instance is still loading (or never got a launch event at all)
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    # When the alarm fires, however often, and the schedule looks again later
+    for _ in range(3):
+        assert capacity.invoke(alarm_change(ENDPOINT_DOWN, "ALARM", clock.now())) == "not-yet-served"
+    clock.advance(3600)
+    assert capacity.invoke(schedule(clock.now())) == "on-spot"
+    # Then one critical alert, no On-Demand
+    [alert] = stack.alerts()
+    assert alert["subject"].endswith("nothing served yet, no fallback")
+    assert alert["attributes"]["severity"] == "critical"
+    assert base_capacity(stack) == 0 and capacity.endpoint().mode == SPOT
+
+
+def test_a_held_alarm_falls_back_on_schedule_once_the_replacement_misses_its_deadline(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
+    loading(capacity, "i-0replacement00001", started_at=clock.now() - 300)
+    alarm = alarm_change(ENDPOINT_DOWN, "ALARM", clock.now())
+    assert capacity.invoke(alarm) == "replacement-loading"
+    # While it loads, the schedule holds too
+    clock.advance(300)
+    assert capacity.invoke(schedule(clock.now())) == "on-spot"
+    assert base_capacity(stack) == 0
+    # Past the deadline, with the alarm still in ALARM (CloudWatch sends no second event), the schedule falls back
+    clock.advance(301)
+    runs = [capacity.invoke(schedule(clock.now())) for _ in range(2)]
+    assert runs[0] == "fell-back" and capacity.endpoint().mode == ON_DEMAND
+    assert base_capacity(stack) == 1
+    # And a replay of the alarm changes nothing more
+    assert capacity.invoke(alarm) == "already-on-demand"
+    alerts = stack.alerts()
+    assert kinds(alerts) == ["alarm-raised", "fallback-on-demand"]
+    assert alerts[1]["body"]["fallback_because"] == "launch deadline passed for i-0replacement00001"
+
+
+def test_replayed_and_reordered_alarm_events_after_recovery_change_nothing(stack):
+    # Given the alarm fired while a replacement loaded, and cleared once it served
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
+    loading(capacity, "i-0replacement00001", started_at=clock.now() - 200)
+    raised = alarm_change(ENDPOINT_DOWN, "ALARM", clock.now())
+    clock.advance(240)
+    state = capacity.deps.state
+    state.set_serving(
+        stack.group, "i-0replacement00001", "10.0.1.11", clock.now(), state.get_endpoint(stack.group).version
+    )
+    state.complete_launch(stack.group, "i-0replacement00001")
+    clock.advance(120)
+    cleared = alarm_change(ENDPOINT_DOWN, "OK", clock.now(), previous="ALARM")
+    # When EventBridge delivers each of them one to three times, out of order, long after the deadline
+    clock.advance(3600)
+    deliveries = [raised, raised, cleared, raised, cleared, cleared]
+    for seed in (1, 2, 3):
+        random.Random(seed).shuffle(deliveries)
+        outcomes = {capacity.invoke(event) for event in deliveries}
+        assert outcomes <= {"recovered", "recovering", "replacement-loading", "alerted"}
+        assert capacity.invoke(schedule(clock.now())) == "on-spot"
+    # Then nothing fell back, and each transition was alerted once
+    assert base_capacity(stack) == 0 and capacity.endpoint().mode == SPOT
+    assert sorted(kinds(stack.alerts())) == ["alarm-ok", "alarm-raised"]
+
+
+def test_an_alarm_older_than_the_serving_instance_does_not_fall_back(stack):
+    # The replacement serves, but the alarm has not turned OK yet (it needs fresh datapoints)
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
+    raised = alarm_change(ENDPOINT_DOWN, "ALARM", clock.now() - 120)
+    capacity.deps.state.record_endpoint_alarm(stack.group, "ALARM", clock.now() - 120)
+    state = capacity.deps.state
+    state.set_serving(
+        stack.group, "i-0replacement00001", "10.0.1.11", clock.now(), state.get_endpoint(stack.group).version
+    )
+    assert capacity.invoke(raised) == "recovering"
+    assert capacity.invoke(schedule(clock.now())) == "on-spot"
+    assert base_capacity(stack) == 0
 
 
 # --- fall-forward ------------------------------------------------------------------------------------
@@ -424,6 +580,9 @@ def test_fall_forward_starts_exactly_one_refresh_when_spot_is_back(stack):
     [started] = capacity.refresh.started()
     assert started["Preferences"]["MinHealthyPercentage"] == 100
     assert started["Preferences"]["MaxHealthyPercentage"] == 200
+    # With an explicit warm-up: without it AWS waits the health check grace period (the launch deadline, 30 min)
+    # before it terminates the On-Demand instance, although the launch hook only let the Spot one in once it served
+    assert started["Preferences"]["InstanceWarmup"] == 60
     assert policy_of(stack) == before
     endpoint = capacity.endpoint()
     assert endpoint.mode == SPOT and endpoint.mode_reason.startswith("spot-back: placement score 8")
@@ -521,6 +680,122 @@ def test_late_spot_failure_after_fall_forward_changes_nothing(stack):
     clock.advance(30)
     assert capacity.invoke(launch_failure(stack, NO_SPOT_CAPACITY, clock.now())) == "fell-back"
     assert capacity.endpoint().mode == ON_DEMAND
+
+
+def test_the_refresh_warm_up_is_the_configured_one(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock, INSTANCE_WARMUP_SECONDS="180")
+    fall_back(capacity)
+    clock.advance(MIN_ON_DEMAND)
+    capacity.market.set_score(9)
+    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    [started] = capacity.refresh.started()
+    assert started["Preferences"]["InstanceWarmup"] == 180
+
+
+# --- reconcile, every five minutes -------------------------------------------------------------------
+def redeploy(stack: Any, **distribution: int) -> dict[str, Any]:
+    """What `sam deploy` with a changed launch template does: a new template version, and the template's whole
+    MixedInstancesPolicy written to the group (OnDemandBaseCapacity 0 included)."""
+    ec2, autoscaling = stack.session.client("ec2"), stack.session.client("autoscaling")
+    version = ec2.create_launch_template_version(
+        LaunchTemplateId=stack.launch_template_id,
+        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "g5.2xlarge", "UserData": "bmV3"},
+    )["LaunchTemplateVersion"]["VersionNumber"]
+    policy = {
+        "LaunchTemplate": {
+            "LaunchTemplateSpecification": {"LaunchTemplateId": stack.launch_template_id, "Version": str(version)},
+            "Overrides": [{"InstanceType": "g5.2xlarge"}, {"InstanceType": "g6.2xlarge"}],
+        },
+        "InstancesDistribution": {
+            "OnDemandBaseCapacity": 0,
+            "OnDemandPercentageAboveBaseCapacity": 0,
+            "SpotAllocationStrategy": "price-capacity-optimized",
+            **distribution,
+        },
+    }
+    autoscaling.update_auto_scaling_group(AutoScalingGroupName=stack.group, MixedInstancesPolicy=policy)
+    return policy_of(stack)
+
+
+def test_reconcile_puts_the_on_demand_base_back_after_a_redeploy_reset_it(stack):
+    # Given the group fell back to On-Demand, then a redeploy rewrote its policy with OnDemandBaseCapacity 0
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    fall_back(capacity)
+    clock.advance(600)
+    redeployed = redeploy(stack)
+    assert base_capacity(stack) == 0
+    # When the schedule runs (too soon to fall forward), twice
+    runs = [capacity.invoke(schedule(clock.now())) for _ in range(2)]
+    # Then the base is back to 1, and the rest of the redeployed policy (its new launch template version) is kept
+    assert runs == ["too-soon; reconciled on-demand-base", "too-soon"]
+    after = policy_of(stack)
+    assert base_capacity(stack) == 1 and without_base(after) == without_base(redeployed)
+    assert after["LaunchTemplate"]["LaunchTemplateSpecification"]["Version"] == "2"
+    [alert] = stack.alerts()
+    assert alert["attributes"] == {"severity": "warning", "event": "on-demand-base-restored"}
+    assert alert["body"]["found"] == 0 and alert["body"]["restored"] == 1
+    assert capacity.endpoint().mode == ON_DEMAND
+
+
+def test_reconcile_leaves_a_fall_forward_refresh_alone(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    fall_back(capacity)
+    # A fall-forward half-way: base already 0, its refresh running, the switch not recorded yet
+    capacity.deps.policy.set_on_demand_base(0)
+    capacity.deps.policy.start_launch_before_terminate_refresh(60)
+    assert capacity.invoke(schedule(clock.now())) == "too-soon"
+    assert base_capacity(stack) == 0 and stack.alerts() == []
+
+
+def test_reconcile_alerts_an_on_demand_base_the_spot_mode_does_not_explain(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    redeploy(stack, OnDemandBaseCapacity=1)
+    runs = [capacity.invoke(schedule(clock.now())) for _ in range(2)]
+    assert runs == ["on-spot; reconciled purchase-options-drift"] * 2
+    assert base_capacity(stack) == 1 and capacity.endpoint().mode == SPOT
+    [alert] = stack.alerts()  # once an hour
+    assert alert["attributes"] == {"severity": "warning", "event": "purchase-options-drift"}
+
+
+def test_reconcile_puts_a_missing_lifecycle_hook_back(stack):
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    autoscaling = stack.session.client("autoscaling")
+    autoscaling.delete_lifecycle_hook(LifecycleHookName="spotkeeper-launch", AutoScalingGroupName=stack.group)
+    runs = [capacity.invoke(schedule(clock.now())) for _ in range(2)]
+    assert runs == ["on-spot; reconciled hooks", "on-spot"]
+    hooks = {
+        h["LifecycleHookName"]: h
+        for h in autoscaling.describe_lifecycle_hooks(AutoScalingGroupName=stack.group)["LifecycleHooks"]
+    }
+    launch = hooks["spotkeeper-launch"]
+    assert launch["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"
+    assert (launch["HeartbeatTimeout"], launch["DefaultResult"]) == (900, "ABANDON")
+    assert hooks["spotkeeper-terminate"]["HeartbeatTimeout"] == 900  # present: left as it was
+    assert kinds(stack.alerts()) == ["lifecycle-hooks-restored"]
+
+
+def test_reconcile_gives_back_the_capacity_a_running_replacement_needs(stack):
+    # Given an interruption's replacement started by scale-out (desired 1 -> 2), then a redeploy set desired to 1
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    [doomed] = [i["InstanceId"] for i in stack.group_description()["Instances"]]
+    capacity.deps.state.begin_replacement(stack.group, doomed, "doomed_at", clock.now(), "event-1", "scale-out", 1)
+    assert stack.group_description()["DesiredCapacity"] == 1
+    # When the schedule runs
+    runs = [capacity.invoke(schedule(clock.now())) for _ in range(2)]
+    # Then the group has room for the replacement again
+    assert runs == ["on-spot; reconciled desired-capacity", "on-spot"]
+    assert stack.group_description()["DesiredCapacity"] == 2
+    assert kinds(stack.alerts()) == ["desired-capacity-restored"]
+    # And once the doomed instance is retired, nothing is given back again
+    capacity.deps.state.finish_action(stack.group, doomed, "retire")
+    stack.session.client("autoscaling").set_desired_capacity(AutoScalingGroupName=stack.group, DesiredCapacity=1)
+    assert capacity.invoke(schedule(clock.now())) == "on-spot"
 
 
 # --- bad input ---------------------------------------------------------------------------------------

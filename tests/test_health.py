@@ -11,7 +11,9 @@ from control import control_deps_for, instance_ids
 from spotkeeper_local.aws_events import scheduled
 from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import invoke
+from spotkeeper_local.lifecycle_hooks import LAUNCHING, LifecycleHooks, lifecycle_event
 from spotkeeper_local.sim_clock import SimClock
+from spotkeeper_local.spot_market_stand_ins import InstanceRefreshStandIn
 
 
 @pytest.fixture
@@ -116,3 +118,76 @@ def test_a_probe_that_loses_the_adoption_race_does_not_alert_again(world):
     # Then the EIP stays put and no second alert goes out
     assert stack.eip_holder() == instance
     assert stack.alerts() == []
+
+
+# --- a launch whose lifecycle event was lost ----------------------------------------------------------
+@pytest.fixture
+def lost_launch(stack):
+    """The group's instance serves; a second one waits in Pending:Wait on the launch hook, its event lost.
+
+    moto holds no instance in Pending:Wait and has no lifecycle actions: the instance refresh stand-in shows the
+    Pending:Wait state on the control plane's client and ``LifecycleHooks`` holds the pending action.
+    """
+    clock = SimClock()
+    fleet = EmulatedInstances(stack.session.client("ec2"), MODEL_ID, clock)
+    hooks = LifecycleHooks()
+    refresh = InstanceRefreshStandIn(hooks, clock=clock.now)
+    deps = control_deps_for(stack, clock=clock, tgi=fleet.tgi_client(), hooks=hooks)
+    refresh.install(deps.clients.autoscaling)
+    [serving] = instance_ids(stack)
+    fleet.boot(serving)
+    invoke("health", scheduled(), deps, clock=clock)
+    deps.clients.autoscaling.set_desired_capacity(AutoScalingGroupName=stack.group, DesiredCapacity=2)
+    [new] = [i for i in instance_ids(stack) if i != serving]
+    refresh.waiting[new] = "Pending:Wait"
+    action = hooks.open(stack.group, "spotkeeper-launch", new, LAUNCHING)  # its event is never delivered
+    stack.alerts()
+    yield stack, clock, fleet, deps, hooks, action, new
+    fleet.close()
+
+
+def test_probe_adopts_a_pending_wait_instance_nobody_recorded_and_continues_it_when_ready(lost_launch):
+    stack, clock, fleet, deps, hooks, action, new = lost_launch
+    fleet.boot(new, load_seconds=300)
+    # When the probe runs while the model loads
+    first = invoke("health", scheduled(), deps, clock=clock)
+    # Then it adopts the launch (once), and keeps the hook alive by InstanceId
+    assert first["adopted_launches"] == [new] and first["launches"] == {new: "waiting"}
+    assert [a["attributes"]["event"] for a in stack.alerts()] == ["launch-adopted"]
+    assert action.result is None and action.heartbeats == 1
+    # And once TGI serves, the next probe completes the hook CONTINUE, without a token
+    clock.advance(301)
+    second = invoke("health", scheduled(), deps, clock=clock)
+    assert second["adopted_launches"] == [] and second["launches"] == {new: "continued"}
+    assert action.result == "CONTINUE"
+    [completion] = hooks.completions()
+    assert "LifecycleActionToken" not in completion and completion["InstanceId"] == new
+    # And a probe after that has nothing left to adopt or finish
+    assert invoke("health", scheduled(), deps, clock=clock)["launches"] == {}
+    assert stack.alerts() == []
+
+
+def test_an_adopted_launch_that_never_serves_is_abandoned_at_its_deadline(lost_launch):
+    stack, clock, fleet, deps, hooks, action, new = lost_launch
+    fleet.boot(new, load_seconds=10_000)
+    invoke("health", scheduled(), deps, clock=clock)
+    clock.advance(deps.env.launch_deadline_seconds)
+    assert invoke("health", scheduled(), deps, clock=clock)["launches"] == {new: "abandoned"}
+    assert action.result == "ABANDON"
+    assert [a["attributes"]["event"] for a in stack.alerts()] == ["launch-adopted", "launch-abandoned"]
+
+
+def test_a_late_lifecycle_event_carries_on_with_the_adopted_launch(lost_launch):
+    stack, clock, fleet, deps, hooks, action, new = lost_launch
+    fleet.boot(new, load_seconds=60)
+    invoke("health", scheduled(), deps, clock=clock)
+    # The lost event turns up after all (EventBridge redelivered it) once TGI serves
+    clock.advance(61)
+    late = lifecycle_event(stack.group, "spotkeeper-launch", new, LAUNCHING, action.token)
+    outcome = invoke("lifecycle", late, deps, clock=clock)
+    assert outcome["outcome"] in {"continued", "promoted"}
+    assert action.result == "CONTINUE" and len(hooks.completions()) == 1
+    # And neither the probe nor a redelivery completes it again
+    assert invoke("health", scheduled(), deps, clock=clock)["launches"] == {}
+    assert invoke("lifecycle", late, deps, clock=clock) == outcome  # the idempotency record answers
+    assert len(hooks.completions()) == 1

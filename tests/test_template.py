@@ -40,6 +40,7 @@ STAR_ONLY_ACTIONS = {
     "autoscaling:DescribeAutoScalingGroups",
     "autoscaling:DescribeAutoScalingInstances",
     "autoscaling:DescribeInstanceRefreshes",
+    "autoscaling:DescribeLifecycleHooks",
     "autoscaling:DescribeScalingActivities",
     "ec2:DescribeAddresses",
     "ec2:DescribeInstances",
@@ -89,7 +90,12 @@ COMMON_ENV = {
     "POWERTOOLS_LOG_LEVEL",
 }
 EXTRA_ENV = {
-    "CapacityFunction": {"MIN_ON_DEMAND_SECONDS", "SPOT_SCORE_THRESHOLD", "ENDPOINT_DOWN_ALARM_NAME"},
+    "CapacityFunction": {
+        "MIN_ON_DEMAND_SECONDS",
+        "SPOT_SCORE_THRESHOLD",
+        "ENDPOINT_DOWN_ALARM_NAME",
+        "INSTANCE_WARMUP_SECONDS",
+    },
     "GatewayFunction": {
         "MAX_BODY_BYTES",
         "MAX_NEW_TOKENS",
@@ -387,6 +393,41 @@ def test_group_is_spot_first_with_headroom_for_a_replacement(
     hooks = {h["LifecycleTransition"]: h for h in group["LifecycleHookSpecificationList"]}
     assert hooks["autoscaling:EC2_INSTANCE_LAUNCHING"]["DefaultResult"] == "ABANDON"
     assert hooks["autoscaling:EC2_INSTANCE_TERMINATING"]["DefaultResult"] == "CONTINUE"
+
+
+@pytest.mark.parametrize("warmup", ["60", "0", "600"])
+def test_refreshes_warm_up_as_configured_not_for_the_health_check_grace_period(
+    cfn: dict[str, Any], warmup: str
+) -> None:
+    # Without DefaultInstanceWarmup (and InstanceWarmup) an instance refresh waits HealthCheckGracePeriod - the
+    # launch deadline - per instance: the fall-forward would keep the On-Demand instance half an hour too long.
+    # https://docs.aws.amazon.com/autoscaling/ec2/userguide/understand-instance-refresh-default-values.html
+    stack = Stack(cfn, parameters={"InstanceWarmupSeconds": warmup})
+    group = stack.resolve(cfn["Resources"]["FleetGroup"]["Properties"])
+    assert group["DefaultInstanceWarmup"] == warmup
+    assert int(group["DefaultInstanceWarmup"]) < int(group["HealthCheckGracePeriod"])
+    capacity = stack.resolve(cfn["Resources"]["CapacityFunction"]["Properties"]["Environment"]["Variables"])
+    assert capacity["INSTANCE_WARMUP_SECONDS"] == warmup
+    # AWS accepts a DefaultInstanceWarmup of 0-3600 seconds (-1 turns it off)
+    # https://docs.aws.amazon.com/autoscaling/ec2/userguide/enable-default-instance-warmup.html
+    declared = cfn["Parameters"]["InstanceWarmupSeconds"]
+    assert (declared["MinValue"], declared["MaxValue"]) == (0, 3600)
+
+
+@pytest.mark.parametrize(("reserved", "expected"), [(None, 100), ("250", 250), ("0", None)])
+def test_the_gateway_has_a_concurrency_ceiling_and_0_never_throttles_it(
+    cfn: dict[str, Any], reserved: str | None, expected: int | None
+) -> None:
+    # Lambda reads ReservedConcurrentExecutions 0 as "throttle every invocation"
+    # (https://docs.aws.amazon.com/lambda/latest/dg/configuration-concurrency.html): the parameter's 0 means
+    # "reserve nothing" and leaves the property out.
+    stack = Stack(cfn, parameters={"GatewayReservedConcurrency": reserved} if reserved else {})
+    gateway = stack.resolve(cfn["Resources"]["GatewayFunction"]["Properties"])
+    assert gateway.get("ReservedConcurrentExecutions") == (str(expected) if expected is not None else None)
+    # The control functions are not capped: only the gateway's traffic comes from outside
+    for function in FUNCTIONS:
+        if function != "GatewayFunction":
+            assert "ReservedConcurrentExecutions" not in cfn["Resources"][function]["Properties"], function
 
 
 def test_first_launch_waits_for_its_lifecycle_rule(cfn: dict[str, Any]) -> None:

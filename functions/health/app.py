@@ -18,4 +18,9 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     deps = control_deps()
     tag_metrics(deps.group)
     report = probe_endpoint(deps)
-    return {"healthy": report.healthy, "serving": report.serving_instance_id, "launches": report.launches}
+    return {
+        "healthy": report.healthy,
+        "serving": report.serving_instance_id,
+        "launches": report.launches,
+        "adopted_launches": report.adopted_launches,
+    }

@@ -4,8 +4,8 @@ moto launches and terminates instances at once and implements neither CompleteLi
 RecordLifecycleActionHeartbeat, and emits no EventBridge events. This module stands in for that part of AWS:
 
 * ``LifecycleHooks`` answers those two API calls on a boto3 client the way AWS does: a pending action is
-  completed once (CONTINUE or ABANDON); completing it again, or with an unknown token, is a ValidationError
-  "No active Lifecycle Action found with token ...".
+  completed once (CONTINUE or ABANDON), by its token or, without one, by InstanceId; completing it again, or
+  with an unknown token, is a ValidationError "No active Lifecycle Action found with token ...".
 * ``GroupWatcher`` compares the group's instances between two looks and produces the
   "EC2 Instance-launch/terminate Lifecycle Action" events AWS would have emitted, in the shape of
   ``events/lifecycle-*.json``, each with a fresh pending action.
@@ -75,7 +75,22 @@ class LifecycleHooks:
 
     # the two API calls ----------------------------------------------------------------------------
     def _find(self, params: dict[str, Any], operation: str) -> LifecycleAction:
-        action = self.actions.get(params.get("LifecycleActionToken", ""))
+        token = params.get("LifecycleActionToken")
+        if token:
+            action = self.actions.get(token)
+        else:
+            # AWS completes "the lifecycle action for the specified token or instance": without a token, the
+            # instance's pending action of that hook (how a launch whose event was lost is completed).
+            action = next(
+                (
+                    a
+                    for a in self.actions.values()
+                    if a.result is None
+                    and a.instance_id == params.get("InstanceId")
+                    and a.group == params.get("AutoScalingGroupName")
+                ),
+                None,
+            )
         if (
             action is None
             or action.result is not None

@@ -118,6 +118,26 @@ class CapacityPolicy:
         )
         return True
 
+    def set_desired(self, desired: int) -> None:
+        self._autoscaling.set_desired_capacity(
+            AutoScalingGroupName=self.group_name, DesiredCapacity=desired, HonorCooldown=False
+        )
+
+    # lifecycle hooks --------------------------------------------------------------------------
+    def lifecycle_hooks(self) -> dict[str, str]:
+        """The group's lifecycle hooks: name -> transition."""
+        hooks = self._autoscaling.describe_lifecycle_hooks(AutoScalingGroupName=self.group_name)["LifecycleHooks"]
+        return {hook["LifecycleHookName"]: hook["LifecycleTransition"] for hook in hooks}
+
+    def put_lifecycle_hook(self, name: str, transition: str, heartbeat_timeout: int, default_result: str) -> None:
+        self._autoscaling.put_lifecycle_hook(
+            LifecycleHookName=name,
+            AutoScalingGroupName=self.group_name,
+            LifecycleTransition=transition,
+            HeartbeatTimeout=heartbeat_timeout,
+            DefaultResult=default_result,
+        )
+
     # instance refresh -------------------------------------------------------------------------
     def refreshes(self) -> list[InstanceRefresh]:
         """The group's instance refreshes, newest first (as AWS lists them)."""
@@ -133,8 +153,14 @@ class CapacityPolicy:
                 return found
             kwargs["NextToken"] = response["NextToken"]
 
-    def start_launch_before_terminate_refresh(self) -> tuple[str, bool]:
+    def start_launch_before_terminate_refresh(self, warmup_seconds: int) -> tuple[str, bool]:
         """Replace every instance of the group, each replacement healthy before its predecessor goes.
+
+        ``warmup_seconds`` is the InstanceWarmup: how long after a replacement is InService the refresh waits
+        before it terminates the predecessor. Without it AWS waits the group's DefaultInstanceWarmup, or else its
+        health check grace period (https://docs.aws.amazon.com/autoscaling/ec2/userguide/
+        understand-instance-refresh-default-values.html) - half an hour of On-Demand for nothing here, since
+        the launch hook only lets a replacement go InService once its TGI serves.
 
         Returns (refresh id, started): AWS allows one active refresh per group, so when one is already
         running (a racing or retried reaction started it) that one is returned with started False.
@@ -146,6 +172,7 @@ class CapacityPolicy:
                 Preferences={
                     "MinHealthyPercentage": MIN_HEALTHY_PERCENTAGE,
                     "MaxHealthyPercentage": MAX_HEALTHY_PERCENTAGE,
+                    "InstanceWarmup": warmup_seconds,
                     # Matching instances must be replaced too: the On-Demand one matches the launch template.
                     "SkipMatching": False,
                 },

@@ -80,14 +80,18 @@ class Fleet:
 
     # lifecycle hooks --------------------------------------------------------------------------
     def complete_lifecycle_action(self, hook_name: str, token: str, instance_id: str, result: str) -> bool:
-        """Complete a hook. False when AWS says it is no longer pending (completed already, or expired)."""
+        """Complete a hook. False when AWS says it is no longer pending (completed already, or expired).
+
+        Without a token (its lifecycle event was lost) the action is completed by InstanceId, which AWS accepts:
+        "Completes the lifecycle action for the specified token or instance" (API_CompleteLifecycleAction).
+        """
         try:
             self._autoscaling.complete_lifecycle_action(
                 LifecycleHookName=hook_name,
                 AutoScalingGroupName=self.group_name,
-                LifecycleActionToken=token,
                 LifecycleActionResult=result,
                 InstanceId=instance_id,
+                **_token(token),
             )
         except ClientError as error:
             if error_code(error) == "ValidationError" and "No active Lifecycle Action" in error_message(error):
@@ -104,8 +108,8 @@ class Fleet:
             self._autoscaling.record_lifecycle_action_heartbeat(
                 LifecycleHookName=hook_name,
                 AutoScalingGroupName=self.group_name,
-                LifecycleActionToken=token,
                 InstanceId=instance_id,
+                **_token(token),
             )
         except ClientError as error:
             if error_code(error) == "ValidationError":
@@ -123,3 +127,8 @@ class Fleet:
         self._ec2.associate_address(
             AllocationId=self.eip_allocation_id, InstanceId=instance_id, AllowReassociation=True
         )
+
+
+def _token(token: str) -> dict[str, str]:
+    """The lifecycle action token when there is one; an adopted launch has none and goes by InstanceId."""
+    return {"LifecycleActionToken": token} if token else {}

@@ -28,6 +28,13 @@ class Endpoint:
     mode_since: float | None = None
     mode_reason: str | None = None
     version: int = 0
+    first_served_at: float | None = None  # when an instance of this stack first served; never cleared
+    alarm_state: str | None = None  # the endpoint-down alarm's newest recorded state (ALARM / OK / ...)
+    alarm_at: float | None = None  # when the alarm entered that state
+
+    @property
+    def ever_served(self) -> bool:
+        return self.first_served_at is not None or self.serving_since is not None
 
     @classmethod
     def from_item(cls, group: str, item: dict[str, Any] | None) -> Endpoint:
@@ -42,6 +49,9 @@ class Endpoint:
             mode_since=_num(item.get("mode_since")),
             mode_reason=item.get("mode_reason"),
             version=int(item.get("version", 0)),
+            first_served_at=_num(item.get("first_served_at")),
+            alarm_state=item.get("alarm_state"),
+            alarm_at=_num(item.get("alarm_at")),
         )
 
 

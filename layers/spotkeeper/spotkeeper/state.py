@@ -53,7 +53,8 @@ class StateStore:
         return conditional_write(
             self._table.update_item,
             Key={"pk": _pk(group), "sk": ENDPOINT_SK},
-            UpdateExpression="SET serving_instance_id = :i, serving_address = :a, serving_since = :t, version = :next",
+            UpdateExpression="SET serving_instance_id = :i, serving_address = :a, serving_since = :t, "
+            "first_served_at = if_not_exists(first_served_at, :t), version = :next",
             ConditionExpression="attribute_not_exists(version) OR version = :v",
             ExpressionAttributeValues={
                 ":i": instance_id,
@@ -92,6 +93,17 @@ class StateStore:
                 ":zero": 0,
                 ":one": 1,
             },
+        )
+
+    def record_endpoint_alarm(self, group: str, state: str, at: float) -> bool:
+        """Record the endpoint-down alarm's state unless a newer one is recorded already (a late or replayed
+        event changes nothing). Not versioned: it never races the serving instance's optimistic lock."""
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": _pk(group), "sk": ENDPOINT_SK},
+            UpdateExpression="SET alarm_state = :s, alarm_at = :t",
+            ConditionExpression="attribute_not_exists(alarm_at) OR alarm_at < :t",
+            ExpressionAttributeValues={":s": state, ":t": Decimal(str(at))},
         )
 
     # instances --------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Capacity: fall back to On-Demand when Spot runs dry, forward to Spot when it returns; alarm alerts.
 
-Fallback (a launch failed for a Spot capacity or price reason, or the endpoint-down alarm fired): the group's
+Fallback (a launch failed for a Spot capacity or price reason, or the endpoint-down alarm fired while Spot is
+not delivering - see ``spot_delivery``: a replacement still loading within its deadline, or a stack whose first
+instance never served yet, only alerts; the five-minute schedule decides such a held-back alarm again): the group's
 MixedInstancesPolicy gets OnDemandBaseCapacity 1, then the mode switch is recorded with a conditional write
 so that, of any number of duplicated, racing or reordered triggers, exactly one switches and alerts. The
 policy is written before the mode: a reaction that dies in between is redone by its retry, while the
@@ -23,6 +25,7 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 from pydantic import Field
@@ -58,9 +61,18 @@ def react_to_capacity_event(event: LaunchUnsuccessful | AlarmStateChange | Sched
     elif isinstance(event, AlarmStateChange):
         outcome = on_alarm_state_change(event, deps)
     else:
-        outcome = fall_forward_if_spot_is_back(deps)
+        outcome = on_schedule(deps)
     publish_mode(deps)
     return outcome
+
+
+def on_schedule(deps: CapacityDeps) -> str:
+    """Every five minutes: decide a held-back endpoint-down alarm again, fall forward, reconcile the group."""
+    from spotkeeper.logic.reconcile import decide_held_alarm, reconcile  # reconcile builds on this module
+
+    outcome = decide_held_alarm(deps) or fall_forward_if_spot_is_back(deps)
+    repaired = reconcile(deps)
+    return f"{outcome}; reconciled {', '.join(repaired)}" if repaired else outcome
 
 
 def publish_mode(deps: CapacityDeps) -> None:
@@ -218,24 +230,97 @@ def _before_last_switch(happened_at: float, endpoint: Endpoint) -> bool:
 def on_alarm_state_change(event: AlarmStateChange, deps: CapacityDeps) -> str:
     detail = event.detail
     state = detail.state.value
+    endpoint_down = detail.alarm_name == deps.env.endpoint_down_alarm_name
+    if endpoint_down:
+        # Newest state wins: a late or replayed event cannot overwrite a later transition.
+        deps.state.record_endpoint_alarm(deps.group, state, alarm_time(event))
     if state not in ("ALARM", "OK"):
         logger.info("alarm state not alerted", extra={"alarm": detail.alarm_name, "state": state})
         return "ignored"
-    endpoint_down = detail.alarm_name == deps.env.endpoint_down_alarm_name
-    outcome = "alerted"
+    outcome, action, why = "alerted", None, None
     if endpoint_down and state == "ALARM":
-        # Switch first, so the alert says what actually happened.
-        outcome = fall_back_to_on_demand(
-            "endpoint-down alarm",
-            event.time.timestamp(),
-            deps,
-            {"alarm_name": detail.alarm_name, "alarm_reason": detail.state.reason},
+        # Decide first, so the alert says what actually happened.
+        outcome, why = react_to_endpoint_down(
+            deps, {"alarm_name": detail.alarm_name, "alarm_reason": detail.state.reason}
         )
-    alert = alarm_alert(event, FALLBACK_OUTCOMES.get(outcome) if endpoint_down else None)
+        action = FALLBACK_OUTCOMES.get(outcome, outcome)
+    alert = alarm_alert(event, action, why if action else None)
     # One alert per transition, however often the event is delivered.
     key = f"alarm#{detail.alarm_name}#{state}#{detail.state.timestamp or event.id}"
     _once(deps, key, lambda: deps.alerts.send(alert))
     return outcome
+
+
+def alarm_time(event: AlarmStateChange) -> float:
+    """When the alarm entered its state (CloudWatch's ``state.timestamp``), else when the event was sent."""
+    stamp = event.detail.state.timestamp
+    if stamp:
+        for layout in ("%Y-%m-%dT%H:%M:%S.%f%z", "%Y-%m-%dT%H:%M:%S%z"):
+            try:
+                return datetime.strptime(stamp, layout).timestamp()
+            except ValueError:
+                continue
+    return event.time.timestamp()
+
+
+def react_to_endpoint_down(deps: CapacityDeps, facts: dict) -> tuple[str, str]:
+    """The endpoint-down alarm is (still) in ALARM: fall back to On-Demand only when Spot cannot deliver.
+
+    Judged on the newest recorded alarm state, not on the event at hand, so a replay of an old ALARM after the
+    recovery changes nothing. Returns (outcome, why).
+    """
+    endpoint = deps.state.get_endpoint(deps.group)
+    if endpoint.alarm_state != "ALARM":
+        return "recovered", f"a later alarm state is recorded ({endpoint.alarm_state})"
+    alarm_at = endpoint.alarm_at or 0.0
+    if endpoint.mode == ON_DEMAND:
+        # Nothing to switch; a retry of the switching reaction whose alert failed sends it now.
+        return fall_back_to_on_demand(ENDPOINT_DOWN_REASON, alarm_at, deps, facts), "already on On-Demand"
+    if endpoint.serving_since is not None and endpoint.serving_since >= alarm_at:
+        return "recovering", f"{endpoint.serving_instance_id} serves again since the alarm"
+    verdict = spot_delivery(endpoint, deps)
+    if verdict.holds:
+        logger.info("endpoint down, not falling back", extra={"why": verdict.why})
+        return verdict.outcome, verdict.why
+    outcome = fall_back_to_on_demand(ENDPOINT_DOWN_REASON, alarm_at, deps, {**facts, "fallback_because": verdict.why})
+    return outcome, verdict.why
+
+
+ENDPOINT_DOWN_REASON = "endpoint-down alarm"
+
+
+@dataclass(frozen=True)
+class SpotDelivery:
+    holds: bool  # True: Spot is still delivering (or nothing has served yet): the alarm does not fall back
+    outcome: str
+    why: str
+
+
+def spot_delivery(endpoint: Endpoint, deps: CapacityDeps) -> SpotDelivery:
+    """Is Spot still delivering a replacement for the down endpoint?
+
+    A replacement whose launch is recorded and still within its deadline is loading its model: no reason to
+    fall back. Before any instance of the stack ever served (first deploy) the endpoint-down alarm only alerts:
+    the first launch is still loading, and a Spot shortage shows as a failed launch, which falls back on its own.
+    Past the deadline, or with no launch recorded at all, Spot is not delivering: fall back.
+    """
+    if not endpoint.ever_served:
+        return SpotDelivery(True, "not-yet-served", "no instance has served yet")
+    now = deps.clock.now()
+    launches = [launch for launch in deps.state.waiting_launches(deps.group) if launch.status != "abandoned"]
+    overdue = []
+    for launch in launches:
+        if deps.state.get_instance(deps.group, launch.instance_id).doomed:
+            continue  # interrupted while loading: it will never serve
+        if launch.status == "continued" or now < launch.deadline:
+            left = max(0, math.ceil(launch.deadline - now))
+            return SpotDelivery(
+                True, "replacement-loading", f"replacement {launch.instance_id} loading ({left} s left)"
+            )
+        overdue.append(launch.instance_id)
+    if overdue:
+        return SpotDelivery(False, "", f"launch deadline passed for {', '.join(overdue)}")
+    return SpotDelivery(False, "", "no replacement launch pending")
 
 
 FALLBACK_OUTCOMES = {
@@ -243,10 +328,14 @@ FALLBACK_OUTCOMES = {
     "already-on-demand": "already on On-Demand",
     "stale": "older than the last switch to Spot",
     "cannot-fall-back": "no fallback possible",
+    "replacement-loading": "replacement loading, no fallback",
+    "not-yet-served": "nothing served yet, no fallback",
+    "recovering": "serving again, no fallback",
+    "recovered": "recovered since, no fallback",
 }
 
 
-def alarm_alert(event: AlarmStateChange, action: str | None = None) -> Alert:
+def alarm_alert(event: AlarmStateChange, action: str | None = None, why: str | None = None) -> Alert:
     detail = event.detail
     name, state = detail.alarm_name, detail.state.value
     previous = detail.previous_state.value if detail.previous_state else None
@@ -259,6 +348,7 @@ def alarm_alert(event: AlarmStateChange, action: str | None = None) -> Alert:
         "reason": detail.state.reason,
         "changed_at": detail.state.timestamp,
         "description": description,
+        **({"action": action, "why": why} if action else {}),
     }
     if state == "ALARM":
         severity: Severity = "critical" if action else "warning"
@@ -299,7 +389,7 @@ def fall_forward_if_spot_is_back(deps: CapacityDeps) -> str:
     deps.policy.set_on_demand_base(0)
     refresh_id = _refresh_since(endpoint.mode_since or 0.0, deps)
     if refresh_id is None:
-        refresh_id, _ = deps.policy.start_launch_before_terminate_refresh()
+        refresh_id, _ = deps.policy.start_launch_before_terminate_refresh(deps.env.instance_warmup_seconds)
     reason = f"spot-back: {outlook.summary}"
     if not deps.state.set_mode(deps.group, SPOT, reason, now, expected_mode=ON_DEMAND):
         return "already-on-spot"  # a racing run switched first; it alerts

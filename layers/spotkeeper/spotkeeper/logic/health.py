@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from spotkeeper.alerts import Alert
+from spotkeeper.events import LifecycleHook
 from spotkeeper.logic.lifecycle import check_launch, make_serving
 from spotkeeper.observability import MetricName, logger, metrics
-from spotkeeper.records import ON_DEMAND
+from spotkeeper.records import ON_DEMAND, PendingLaunch
 
 if TYPE_CHECKING:
     from spotkeeper.deps import ControlDeps
@@ -32,11 +33,13 @@ class ProbeReport:
     adopted: str | None = None
     eip_repaired: bool = False
     launches: dict[str, str] = field(default_factory=dict)
+    adopted_launches: list[str] = field(default_factory=list)
 
 
 def probe_endpoint(deps: ControlDeps) -> ProbeReport:
     report = ProbeReport()
     run = f"probe-{uuid.uuid4()}"
+    report.adopted_launches = adopt_lost_launches(deps)
     for launch in deps.state.waiting_launches(deps.group):
         outcome = check_launch(launch, deps, owner=run)
         if outcome == "waiting":
@@ -70,6 +73,43 @@ def probe_endpoint(deps: ControlDeps) -> ProbeReport:
     metrics.add_metric(name=MetricName.CAPACITY_MODE, unit="Count", value=1 if endpoint.mode == ON_DEMAND else 0)
     logger.info("probe", extra={"probe": report.__dict__})
     return report
+
+
+def adopt_lost_launches(deps: ControlDeps) -> list[str]:
+    """Take over the readiness wait of instances held in Pending:Wait whose launch nobody recorded.
+
+    Auto Scaling delivers lifecycle events best effort: when the launch event is lost, nothing waits for the new
+    instance and its hook would run out into ABANDON (its DefaultResult) at the deadline, although its TGI may be
+    ready long before. The probe records the launch itself, without a token (the hook is completed by InstanceId),
+    and from then on looks at it every minute like a launch the lifecycle function handed over. A lifecycle event
+    that arrives late finds the launch recorded and carries on with it.
+    """
+    adopted = []
+    for member in deps.fleet.describe_group().instances:
+        if member.lifecycle_state != "Pending:Wait":
+            continue
+        if deps.state.get_pending_launch(deps.group, member.instance_id) is not None:
+            continue  # recorded by the lifecycle function (or an earlier probe), maybe finished already
+        now = deps.clock.now()
+        launch = PendingLaunch(
+            instance_id=member.instance_id,
+            hook_name=LifecycleHook.LAUNCH.value,
+            token="",
+            started_at=now,
+            deadline=now + deps.env.launch_deadline_seconds,
+        )
+        if not deps.state.put_pending_launch(deps.group, launch):
+            continue  # the lifecycle event, or a concurrent probe, recorded it first
+        adopted.append(member.instance_id)
+        deps.alerts.send(
+            Alert(
+                "launch-adopted",
+                "warning",
+                f"{member.instance_id} waits in Pending:Wait with no launch event: the probe takes over its launch",
+                {"instance_id": member.instance_id, "hook": launch.hook_name, "deadline": launch.deadline},
+            )
+        )
+    return adopted
 
 
 def repair_eip(serving_instance_id: str, deps: ControlDeps) -> bool:
