@@ -164,6 +164,17 @@ def stack(aws: Any) -> Stack:
     return create_stack(aws)
 
 
+@pytest.fixture
+def capacity(stack: Stack) -> Any:
+    """The capacity function wired to the stack, with the Spot market and instance refresh stand-ins."""
+    # Imported here, not at the top: spotkeeper reads the Powertools settings above when it is first imported.
+    from capacity_harness import Capacity
+
+    from spotkeeper_local.sim_clock import SimClock
+
+    return Capacity(stack, SimClock())
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     from counts import COUNTS
 
