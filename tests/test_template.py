@@ -38,17 +38,13 @@ GROUP_ARN = f"arn:aws:autoscaling:{REGION}:{ACCOUNT_ID}:autoScalingGroup:*:autoS
 # Reference): read-only Describe/Get calls and the Pricing API. Nothing else may use "*".
 STAR_ONLY_ACTIONS = {
     "autoscaling:DescribeAutoScalingGroups",
-    "autoscaling:DescribeAutoScalingInstances",
     "autoscaling:DescribeInstanceRefreshes",
-    "autoscaling:DescribeScalingActivities",
     "ec2:DescribeAddresses",
     "ec2:DescribeInstances",
-    "ec2:DescribeInstanceTypeOfferings",
     "ec2:DescribeLaunchTemplateVersions",
     "ec2:DescribeSpotPriceHistory",
     "ec2:DescribeSubnets",
     "ec2:GetSpotPlacementScores",
-    "pricing:GetProducts",
 }
 
 # Resource wildcards allowed without a condition, each with the reason.
