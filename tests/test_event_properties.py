@@ -85,6 +85,7 @@ def side_effects(stack: Any, hooks: LifecycleHooks) -> tuple:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("function", "sample"), CASES)
 def test_mutated_events_are_handled_or_rejected_cleanly(function, sample, caplog):
     with mock_aws():

@@ -17,11 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
+from gateway_harness import ServedApp, free_port, gateway_settings, running_emulator, served_gateway
 
 from spotkeeper.gateway.api import create_app
 from spotkeeper.settings import ConfigurationError, GatewaySettings
 from spotkeeper_local.tgi_emulator import TgiEmulator, expected_text, expected_tokens
-from tests.gateway_harness import ServedApp, free_port, gateway_settings, running_emulator, served_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 16
@@ -467,6 +467,7 @@ def test_misconfigured_gateway_does_not_start(
     assert "GatewaySettings: bad or missing environment" in caplog.text
 
 
+@pytest.mark.slow
 def test_run_sh_serves_the_function_app_like_the_lambda_web_adapter_expects(emulator: TgiEmulator) -> None:
     # Given the function's folder as the task root and the layer where Lambda mounts it (/opt/python)
     port = free_port()

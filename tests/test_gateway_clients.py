@@ -10,11 +10,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from gateway_harness import ServedApp, gateway_settings, running_emulator, served_gateway
 from huggingface_hub import InferenceClient
 from openai import OpenAI
 
 from spotkeeper_local.tgi_emulator import TgiEmulator, expected_chat_text, expected_text, expected_tokens
-from tests.gateway_harness import ServedApp, gateway_settings, running_emulator, served_gateway
 
 TOKEN_DELAY = 0.05
 STREAMED_TOKENS = 8

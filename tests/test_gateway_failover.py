@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
+from gateway_harness import free_port, served_gateway, without_delayed_acks
 
 from spotkeeper.settings import GatewaySettings
 from spotkeeper.state import StateStore
 from spotkeeper_local.tgi_emulator import TgiEmulator, expected_text, expected_tokens
-from tests.gateway_harness import free_port, served_gateway, without_delayed_acks
 
 GROUP = "spotkeeper-tgi"
 TABLE = "spotkeeper-state"
@@ -101,6 +101,7 @@ def one_request(client: httpx.Client, number: int) -> Outcome:
     return Outcome("ok", started, ended, 200)
 
 
+@pytest.mark.slow
 def test_clients_get_503_or_success_and_recover_once_the_table_names_the_new_instance(
     table: Any, instances: tuple[TgiEmulator, TgiEmulator]
 ) -> None:

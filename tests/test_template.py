@@ -14,11 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
-
-from spotkeeper.events import LifecycleHook
-from spotkeeper.observability import MetricName
-from tests.cfn import (
+from cfn import (
     ACCOUNT_ID,
     GROUP_NAME,
     MOTO_AMI_PARAMETER,
@@ -30,6 +26,10 @@ from tests.cfn import (
     sam_translate,
     stack_rules,
 )
+from moto import mock_aws
+
+from spotkeeper.events import LifecycleHook
+from spotkeeper.observability import MetricName
 
 DLQ_ARN = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
 GROUP_ARN = f"arn:aws:autoscaling:{REGION}:{ACCOUNT_ID}:autoScalingGroup:*:autoScalingGroupName/{GROUP_NAME}"
