@@ -7,10 +7,11 @@ the real SAM transform (samtranslator): the inline policies of each function's r
 policies SAM attaches, expanded to their actions. A call without a grant fails in AWS with AccessDenied; a
 grant without a call is privilege nothing needs. Both fail here, naming the function and the action.
 
-When a function starts (or stops) calling an AWS API, its Policies in template.yaml change with it; when AWS
-needs a permission for a call without the call being that action (launch-template checks, KMS behind SNS,
-the Lambda service itself), it goes in NEEDED_WITHOUT_A_CALL with the call that needs it and the AWS page
-that says so.
+When a function starts (or stops) calling an AWS API, its Policies in template.yaml change with it, and a
+scenario in SCENARIOS takes the path that makes the call (a grant no scenario exercises reads as unused). When
+AWS needs a permission for a call without the call being that action (launch-template checks, KMS behind SNS,
+the Lambda service itself), it goes in NEEDED_WITHOUT_A_CALL with the call that needs it and the AWS page that
+says so.
 """
 
 from __future__ import annotations
