@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,23 @@ class CallRecorder:
             self.unattributed.add(action)
         else:
             self.calls[function].add(action)
+
+
+@contextmanager
+def recording_new_sessions(recorder: CallRecorder) -> Iterator[None]:
+    """Record the calls of clients built from every boto3 session created meanwhile (a function that builds its
+    own session, as the gateway and the authorizer do in Lambda)."""
+    import boto3.session
+
+    original = boto3.session.Session
+
+    class RecordedSession(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            recorder.attach(self)
+
+    boto3.session.Session = RecordedSession  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        boto3.session.Session = original  # type: ignore[misc]

@@ -30,7 +30,7 @@ from typing import Any
 import boto3
 import botocore.retries.standard
 import pytest
-from aws_calls import CallRecorder
+from aws_calls import CallRecorder, recording_new_sessions
 from capacity_harness import (
     ENDPOINT_DOWN,
     MIN_ON_DEMAND,
@@ -49,7 +49,7 @@ from scenario import Scenario
 
 from spotkeeper.gateway.backend import state_table_backend
 from spotkeeper.gateway.errors import BackendUnavailable
-from spotkeeper.gateway.settings import GatewaySettings
+from spotkeeper.settings import GatewaySettings, authorizer_env
 from spotkeeper_local.aws_events import rebalance_recommendation, scheduled, spot_interruption
 from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import invoke, load_function
@@ -422,9 +422,8 @@ def group_whose_instance_type_is_in_its_launch_template(recorder: CallRecorder) 
 
 
 def gateway_reads_the_serving_instance(recorder: CallRecorder) -> None:
-    with recorded_stack(recorder) as stack, pytest.MonkeyPatch.context() as patch:
-        # The gateway builds its table from boto3's default session, as in Lambda.
-        patch.setattr(boto3, "DEFAULT_SESSION", recorder.attach(boto3.session.Session(region_name=REGION)))
+    # The gateway builds its own session for the table, as in Lambda.
+    with recorded_stack(recorder) as stack, recording_new_sessions(recorder):
         settings = GatewaySettings.model_validate({"GROUP_NAME": stack.group, "STATE_TABLE_NAME": stack.table_name})
         with pytest.raises(BackendUnavailable):
             asyncio.run(state_table_backend(settings).resolve())
@@ -437,13 +436,17 @@ def gateway_reads_the_serving_instance(recorder: CallRecorder) -> None:
 
 def authorizer_checks_keys(recorder: CallRecorder) -> None:
     """Every request's key is looked up by its hash (the one AWS call of the authorizer, allowed or not)."""
-    with recorded_stack(recorder) as stack, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(boto3, "DEFAULT_SESSION", recorder.attach(boto3.session.Session(region_name=REGION)))
+    with (
+        recorded_stack(recorder) as stack,
+        pytest.MonkeyPatch.context() as patch,
+        recording_new_sessions(recorder),
+    ):
         patch.setenv("STATE_TABLE_NAME", stack.table_name)
         app = load_function("authorizer")
         app._store.cache_clear()
+        authorizer_env.cache_clear()
         key, unknown = "spk_" + "a" * 40, "spk_" + "b" * 40
-        # The key's record as the operator CLI writes it, through a session nothing records.
+        # The key's record as the operator CLI writes it (a call from the test: not counted as the function's).
         boto3.session.Session(region_name=REGION).resource("dynamodb").Table(stack.table_name).put_item(
             Item={"pk": "apikey", "sk": hashlib.sha256(key.encode()).hexdigest(), "name": "alice", "enabled": True}
         )
@@ -455,6 +458,7 @@ def authorizer_checks_keys(recorder: CallRecorder) -> None:
                 invoke("authorizer", {"type": "TOKEN", "methodArn": arn, "authorizationToken": f"Bearer {unknown}"})
         finally:
             app._store.cache_clear()
+            authorizer_env.cache_clear()
 
 
 SCENARIOS: tuple[Callable[[CallRecorder], None], ...] = (
