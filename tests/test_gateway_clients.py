@@ -13,7 +13,7 @@ from gateway_harness import ServedApp, StepByStepTransport, gateway_settings, ru
 from huggingface_hub import InferenceClient
 from openai import OpenAI
 
-from spotkeeper.gateway import create_app
+from spotkeeper.gateway.api import create_app
 from spotkeeper_local.tgi_emulator import TgiEmulator, expected_chat_text, expected_text, expected_tokens
 
 TOKEN_DELAY = 0.05
