@@ -13,11 +13,12 @@ export AWS_DEFAULT_REGION ?= us-east-1
 # sam build resolves "python3.13" on PATH for the runtime; the venv has it.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help dev check-python lint cfn-lint checkov sam-validate build unit test demo bench format clean
+.PHONY: help dev check-python lint cfn-lint checkov sam-validate build unit pytest-all test demo bench format clean
 
 help:
 	@echo "make demo   - the game day drill on an embedded local AWS"
 	@echo "make test   - linters, template checks, sam build and the whole pytest suite (what CI runs)"
+	@echo "make unit   - the pytest suite without the slow tests (drill subprocesses, races, schemathesis, bench smoke)"
 	@echo "make bench  - benchmarks (not part of make test)"
 	@echo "make dev    - create .venv (Python 3.13) with everything the tests need"
 
@@ -69,10 +70,14 @@ sam-validate: $(SAM_VENV)/.stamp
 build: $(SAM_VENV)/.stamp $(VENV)/.stamp
 	$(SAM_VENV)/bin/sam build --parallel
 
+# The quick local loop: everything but the tests marked slow (see pyproject's markers).
 unit: $(VENV)/.stamp
+	$(PY) -m pytest -m "not slow"
+
+pytest-all: $(VENV)/.stamp
 	$(PY) -m pytest
 
-test: lint cfn-lint checkov sam-validate build unit
+test: lint cfn-lint checkov sam-validate build pytest-all
 
 demo: $(VENV)/.stamp
 	PYTHONPATH=layers/spotkeeper:local $(PY) -m spotkeeper_local.drill

@@ -164,6 +164,28 @@ def stack(aws: Any) -> Stack:
     return create_stack(aws)
 
 
+@pytest.fixture
+def deps(stack: Stack) -> Any:
+    """The control functions' deps (interruption, lifecycle, health) wired to the stack, on a simulated clock."""
+    # Imported here, not at the top: spotkeeper reads the Powertools settings above when it is first imported.
+    from control import control_deps_for
+
+    from spotkeeper_local.sim_clock import SimClock
+
+    return control_deps_for(stack, clock=SimClock())
+
+
+@pytest.fixture
+def capacity(stack: Stack) -> Any:
+    """The capacity function wired to the stack, with the Spot market and instance refresh stand-ins."""
+    # Imported here, not at the top: spotkeeper reads the Powertools settings above when it is first imported.
+    from capacity_harness import Capacity
+
+    from spotkeeper_local.sim_clock import SimClock
+
+    return Capacity(stack, SimClock())
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     from counts import COUNTS
 

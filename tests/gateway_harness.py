@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import anyio
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -97,3 +99,80 @@ def gateway_settings(tgi_url: str | None = None, **overrides: object) -> Gateway
     values: dict[str, object] = {"TGI_URL": tgi_url, "MAX_NEW_TOKENS": 64, "RETRY_AFTER_SECONDS": 3}
     values.update(overrides)
     return GatewaySettings.model_validate({name: value for name, value in values.items() if value is not None})
+
+
+class RecordingTransport(httpx.AsyncHTTPTransport):
+    """The gateway's real upstream transport, recording each attempt: its connect timeout and what came of it
+    (a status code, or the name of the transport error). Bounds on how long the gateway waits are read from
+    these, never from a wall clock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts: list[tuple[float | None, int | str]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        connect_timeout = (request.extensions.get("timeout") or {}).get("connect")
+        try:
+            response = await super().handle_async_request(request)
+        except httpx.TransportError as error:
+            self.attempts.append((connect_timeout, type(error).__name__))
+            raise
+        self.attempts.append((connect_timeout, response.status_code))
+        return response
+
+
+class StepByStepTransport(httpx.AsyncHTTPTransport):
+    """The gateway's upstream transport, releasing a streamed TGI body one read at a time: the next read waits
+    until the client has received something since the previous one was handed to the gateway.
+
+    A gateway that streams passes each read on at once, and the client's `received()` releases the next. One
+    that buffers the stream never gets it to the client, and the wait gives up after ``patience`` seconds
+    (marking ``stalled``) only so that a broken gateway fails the test instead of hanging it. No assertion here
+    reads a clock: streaming is shown by the order of events, not by how fast they came.
+    """
+
+    def __init__(self, patience: float = 10.0) -> None:
+        super().__init__()
+        self.patience = patience
+        self.stalled = False
+        self._received = 0
+        self._changed = threading.Condition()
+
+    def received(self) -> None:
+        with self._changed:
+            self._received += 1
+            self._changed.notify_all()
+
+    def _wait_beyond(self, count: int) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._received > count, timeout=self.patience)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await super().handle_async_request(request)
+        if not response.headers.get("content-type", "").startswith("text/event-stream"):
+            return response
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_StepByStep(self, response.stream),  # type: ignore[arg-type]
+            extensions=response.extensions,
+        )
+
+
+class _StepByStep(httpx.AsyncByteStream):
+    def __init__(self, gate: StepByStepTransport, upstream: httpx.AsyncByteStream) -> None:
+        self._gate = gate
+        self._upstream = upstream
+
+    async def __aiter__(self):  # type: ignore[override]
+        handed_over_at: int | None = None
+        async for chunk in self._upstream:
+            if handed_over_at is not None and not await anyio.to_thread.run_sync(
+                self._gate._wait_beyond, handed_over_at
+            ):
+                self._gate.stalled = True
+            handed_over_at = self._gate._received
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self._upstream.aclose()

@@ -16,6 +16,9 @@ from bench import cold_start, cost, failover, gateway_overhead, report, targets
 from bench.reaction import CallCounter, calls_until_replacement
 from bench.stats import percentile, summary
 
+# The benchmarks' own code, run small (real servers, a fresh interpreter): `make unit` skips them.
+pytestmark = pytest.mark.slow
+
 REGION = "us-east-1"
 
 

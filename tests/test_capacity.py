@@ -1,7 +1,6 @@
 """Capacity: fallback to On-Demand, fall-forward to Spot, alarm alerts, against moto.
 
-moto implements neither Spot placement scores nor instance refreshes (and its Spot price history is a fixed
-price from 2006): ``spotkeeper_local.spot_market_stand_ins`` stands in for those AWS calls on the clients.
+The wiring (moto with the Spot market and instance refresh stand-ins) lives in ``capacity_harness``.
 """
 
 from __future__ import annotations
@@ -9,31 +8,28 @@ from __future__ import annotations
 import copy
 import logging
 import random
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from capacity_harness import (
+    ENDPOINT_DOWN,
+    MIN_ON_DEMAND,
+    NO_SPOT_CAPACITY,
+    Capacity,
+    alarm_change,
+    launch_failure,
+    policy_of,
+    schedule,
+)
 
-from spotkeeper.aws import AwsClients
-from spotkeeper.deps import CapacityDeps
 from spotkeeper.events import InvalidEvent
 from spotkeeper.logic.capacity import classify_launch_failure
 from spotkeeper.records import ON_DEMAND, SPOT, PendingLaunch
-from spotkeeper.settings import CapacityEnv
-from spotkeeper_local.aws_events import aws_event, load_event
-from spotkeeper_local.lambda_runtime import invoke
-from spotkeeper_local.lifecycle_hooks import LifecycleHooks
+from spotkeeper_local.aws_events import load_event
 from spotkeeper_local.sim_clock import SimClock
-from spotkeeper_local.spot_market_stand_ins import InstanceRefreshStandIn, SpotMarketStandIn
 
-ENDPOINT_DOWN = "spotkeeper-endpoint-down"
 STACK_ALARMS = [ENDPOINT_DOWN, "spotkeeper-fallback-active", "spotkeeper-dlq-not-empty", "spotkeeper-function-errors"]
-MIN_ON_DEMAND = 1800
 
-NO_SPOT_CAPACITY = (
-    "Could not launch Spot Instances. InsufficientInstanceCapacity - There is no Spot capacity available that "
-    "matches your request. Launching EC2 instance failed."
-)
 UNFULFILLABLE = (
     "Could not launch Spot Instances. UnfulfillableCapacity - Unable to fulfill capacity due to your request "
     "configuration. Please adjust your request and try again. Launching EC2 instance failed."
@@ -66,75 +62,6 @@ VCPU_LIMIT = (
     "current vCPU limit of 0 allows for the instance bucket that the specified instance type belongs to. "
     "Launching EC2 instance failed."
 )
-
-
-# --- wiring shared with test_capacity_scenario -------------------------------------------------------
-class Capacity:
-    """The capacity function's deps on moto, with the Spot market and instance refresh stand-ins."""
-
-    def __init__(self, stack: Any, clock: SimClock, clients: AwsClients | None = None, **env: str) -> None:
-        self.stack = stack
-        self.clock = clock
-        self.clients = clients or AwsClients(stack.session)
-        self.market = SpotMarketStandIn(clock=clock.now)
-        self.market.install(self.clients.ec2)
-        self.hooks = LifecycleHooks()
-        self.refresh = InstanceRefreshStandIn(self.hooks, clock=clock.now)
-        self.refresh.install(self.clients.autoscaling)
-        settings = {
-            "MIN_ON_DEMAND_SECONDS": str(MIN_ON_DEMAND),
-            "SPOT_SCORE_THRESHOLD": "7",
-            "ENDPOINT_DOWN_ALARM_NAME": ENDPOINT_DOWN,
-            **env,
-        }
-        self.deps = CapacityDeps.build(
-            CapacityEnv.from_environ(stack.env(**settings)), clients=self.clients, clock=clock
-        )
-
-    def invoke(self, event: dict[str, Any]) -> str:
-        return invoke("capacity", event, self.deps, clock=self.clock)["outcome"]
-
-    def zone_id(self) -> str:
-        subnet = self.clients.ec2.describe_subnets(SubnetIds=[self.stack.subnet_id])["Subnets"][0]
-        return subnet["AvailabilityZoneId"]
-
-    def endpoint(self):
-        return self.deps.state.get_endpoint(self.stack.group)
-
-
-def launch_failure(stack: Any, message: str, at: float, zone: str = "us-east-1a") -> dict[str, Any]:
-    return aws_event(
-        "launch-unsuccessful-spot-capacity",
-        detail={
-            "AutoScalingGroupName": stack.group,
-            "StatusMessage": message,
-            "Description": f"Launching a new EC2 instance.  Status Reason: {message}",
-            "Details": {"Subnet ID": stack.subnet_id, "Availability Zone": zone},
-        },
-        at=at,
-    )
-
-
-def alarm_change(name: str, value: str, at: float, previous: str = "OK") -> dict[str, Any]:
-    stamp = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%S.000+0000")
-    return aws_event(
-        "alarm-endpoint-down",
-        detail={
-            "alarmName": name,
-            "state": {"value": value, "reason": f"Threshold Crossed: {name} went to {value}", "timestamp": stamp},
-            "previousState": {"value": previous, "reason": "previous evaluation", "timestamp": stamp},
-        },
-        resources=[f"arn:aws:cloudwatch:us-east-1:123456789012:alarm:{name}"],
-        at=at,
-    )
-
-
-def schedule(at: float) -> dict[str, Any]:
-    return aws_event("capacity-schedule", at=at)
-
-
-def policy_of(stack: Any) -> dict[str, Any]:
-    return stack.group_description()["MixedInstancesPolicy"]
 
 
 def without_base(policy: dict[str, Any]) -> dict[str, Any]:
@@ -179,10 +106,9 @@ def test_other_reasons_are_not_a_spot_shortage(message):
 
 # --- fallback ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("seed", [1, 2])
-def test_spot_shortage_falls_back_once_under_duplicated_and_shuffled_delivery(stack, seed):
+def test_spot_shortage_falls_back_once_under_duplicated_and_shuffled_delivery(stack, capacity, seed):
     # Given a Spot group and several Spot shortage failures, each delivered three times, in any order
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+    clock = capacity.clock
     before = policy_of(stack)
     failures = [
         launch_failure(stack, message, clock.now() + offset)
@@ -210,9 +136,8 @@ def test_spot_shortage_falls_back_once_under_duplicated_and_shuffled_delivery(st
     assert alerts[0]["body"]["on_demand_base_capacity"] == 1
 
 
-def test_launch_failure_for_another_reason_alerts_without_falling_back(stack):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_launch_failure_for_another_reason_alerts_without_falling_back(stack, capacity):
+    clock = capacity.clock
     before = policy_of(stack)
     event = launch_failure(stack, BAD_AMI, clock.now(), zone="us-east-1b")
     outcomes = [capacity.invoke(event) for _ in range(3)]
@@ -225,24 +150,20 @@ def test_launch_failure_for_another_reason_alerts_without_falling_back(stack):
     assert alert["body"]["zone"] == "us-east-1b"
 
 
-def test_on_demand_capacity_failure_is_critical_but_no_fallback(stack):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_on_demand_capacity_failure_is_critical_but_no_fallback(stack, capacity):
+    clock = capacity.clock
     assert capacity.invoke(launch_failure(stack, ON_DEMAND_SHORT, clock.now())) == "alerted"
     assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
     assert [a["attributes"] for a in stack.alerts()] == [{"severity": "critical", "event": "launch-failed"}]
 
 
-def test_sample_events_of_launch_failures(stack):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_sample_events_of_launch_failures(stack, capacity):
     assert capacity.invoke(load_event("launch-unsuccessful-bad-ami")) == "alerted"
     assert capacity.invoke(load_event("launch-unsuccessful-spot-capacity")) == "fell-back"
     assert kinds(stack.alerts()) == ["launch-failed", "fallback-on-demand"]
 
 
-def test_failure_of_another_group_is_ignored(stack):
-    capacity = Capacity(stack, SimClock())
+def test_failure_of_another_group_is_ignored(stack, capacity):
     event = launch_failure(stack, NO_SPOT_CAPACITY, capacity.clock.now())
     event["detail"]["AutoScalingGroupName"] = "someone-elses-group"
     assert capacity.invoke(event) == "ignored"
@@ -270,9 +191,8 @@ def test_group_without_mixed_instances_policy_cannot_fall_back(aws):
     assert alert["attributes"] == {"severity": "critical", "event": "fallback-impossible"}
 
 
-def test_retry_after_the_alert_failed_alerts_once(stack, monkeypatch):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_retry_after_the_alert_failed_alerts_once(stack, capacity, monkeypatch):
+    clock = capacity.clock
     real_send = capacity.deps.alerts.send
     calls = {"n": 0}
 
@@ -365,8 +285,7 @@ def test_every_alarm_transition_gives_one_readable_alert(stack):
     assert capacity.endpoint().mode == ON_DEMAND
 
 
-def test_other_alarms_do_not_fall_back(stack):
-    capacity = Capacity(stack, SimClock())
+def test_other_alarms_do_not_fall_back(stack, capacity):
     assert capacity.invoke(alarm_change("spotkeeper-function-errors", "ALARM", capacity.clock.now())) == "alerted"
     assert capacity.endpoint().mode == SPOT
     assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
@@ -512,16 +431,14 @@ def test_an_alarm_older_than_the_serving_instance_does_not_fall_back(stack):
 
 
 # --- fall-forward ------------------------------------------------------------------------------------
-def test_fall_forward_does_nothing_while_on_spot(stack):
-    capacity = Capacity(stack, SimClock())
+def test_fall_forward_does_nothing_while_on_spot(stack, capacity):
     capacity.market.set_score(10)
     assert capacity.invoke(schedule(capacity.clock.now())) == "on-spot"
     assert capacity.refresh.started() == [] and capacity.market.score_calls() == []
 
 
-def test_fall_forward_waits_for_the_minimum_time_on_demand(stack):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_fall_forward_waits_for_the_minimum_time_on_demand(stack, capacity):
+    clock = capacity.clock
     fall_back(capacity)
     capacity.market.set_score(10)
     clock.advance(MIN_ON_DEMAND - 1)
@@ -530,9 +447,8 @@ def test_fall_forward_waits_for_the_minimum_time_on_demand(stack):
     assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 1
 
 
-def test_fall_forward_does_nothing_while_scores_are_low(stack):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_fall_forward_does_nothing_while_scores_are_low(stack, capacity):
+    clock = capacity.clock
     fall_back(capacity)
     clock.advance(MIN_ON_DEMAND)
     capacity.market.set_score(6)  # one under the threshold
@@ -547,9 +463,8 @@ def test_fall_forward_does_nothing_while_scores_are_low(stack):
     assert asked["RegionNames"] == ["us-east-1"]
 
 
-def test_a_high_score_in_a_zone_the_group_does_not_use_does_not_count(stack):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_a_high_score_in_a_zone_the_group_does_not_use_does_not_count(stack, capacity):
+    clock = capacity.clock
     fall_back(capacity)
     clock.advance(MIN_ON_DEMAND)
     others = [zone_id for zone_id in capacity.market.zones if zone_id != capacity.zone_id()]
@@ -560,10 +475,9 @@ def test_a_high_score_in_a_zone_the_group_does_not_use_does_not_count(stack):
     assert capacity.invoke(schedule(clock.now())) == "refresh-started"
 
 
-def test_fall_forward_starts_exactly_one_refresh_when_spot_is_back(stack):
+def test_fall_forward_starts_exactly_one_refresh_when_spot_is_back(stack, capacity):
     # Given a group on On-Demand for longer than the minimum, and Spot scoring 8 in its zone again
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+    clock = capacity.clock
     before = policy_of(stack)
     fall_back(capacity)
     clock.advance(MIN_ON_DEMAND + 60)
@@ -596,9 +510,8 @@ def test_fall_forward_starts_exactly_one_refresh_when_spot_is_back(stack):
     assert alert["body"]["instance_refresh_id"] == capacity.refresh.refreshes[0].refresh_id
 
 
-def test_price_history_is_the_second_signal_when_scores_are_unavailable(stack):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_price_history_is_the_second_signal_when_scores_are_unavailable(stack, capacity):
+    clock = capacity.clock
     fall_back(capacity)
     clock.advance(MIN_ON_DEMAND)
     capacity.market.withhold_scores("UnauthorizedOperation")
@@ -616,9 +529,8 @@ def test_price_history_is_the_second_signal_when_scores_are_unavailable(stack):
     assert alert["body"]["saving"]["spot_instance_type"] == "g6.2xlarge"
 
 
-def test_interrupted_fall_forward_never_starts_a_second_refresh(stack, monkeypatch):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_interrupted_fall_forward_never_starts_a_second_refresh(stack, capacity, monkeypatch):
+    clock = capacity.clock
     fall_back(capacity)
     clock.advance(MIN_ON_DEMAND)
     capacity.market.set_score(9)
@@ -642,9 +554,8 @@ def test_interrupted_fall_forward_never_starts_a_second_refresh(stack, monkeypat
     assert kinds(stack.alerts()) == ["fall-forward-spot"]
 
 
-def test_fall_forward_alert_that_failed_is_sent_by_the_next_run(stack, monkeypatch):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_fall_forward_alert_that_failed_is_sent_by_the_next_run(stack, capacity, monkeypatch):
+    clock = capacity.clock
     fall_back(capacity)
     clock.advance(MIN_ON_DEMAND)
     capacity.market.set_score(9)
@@ -664,9 +575,8 @@ def test_fall_forward_alert_that_failed_is_sent_by_the_next_run(stack, monkeypat
     assert len(capacity.refresh.started()) == 1
 
 
-def test_late_spot_failure_after_fall_forward_changes_nothing(stack):
-    clock = SimClock()
-    capacity = Capacity(stack, clock)
+def test_late_spot_failure_after_fall_forward_changes_nothing(stack, capacity):
+    clock = capacity.clock
     old_failure = launch_failure(stack, NO_SPOT_CAPACITY, clock.now())
     assert capacity.invoke(old_failure) == "fell-back"
     clock.advance(MIN_ON_DEMAND)
@@ -808,8 +718,7 @@ BREAKAGES = [
 ]
 
 
-def test_malformed_capacity_events_are_rejected_and_change_nothing(stack, caplog):
-    capacity = Capacity(stack, SimClock())
+def test_malformed_capacity_events_are_rejected_and_change_nothing(stack, capacity, caplog):
     samples = ["launch-unsuccessful-spot-capacity"] * 3 + ["alarm-endpoint-down"] * 2
     for sample, breakage in zip(samples, BREAKAGES, strict=True):
         event = load_event(sample)

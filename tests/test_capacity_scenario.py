@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from capacity_harness import MIN_ON_DEMAND, NO_SPOT_CAPACITY, Capacity, launch_failure, policy_of, schedule
 from conftest import MODEL_ID
-from test_capacity import MIN_ON_DEMAND, NO_SPOT_CAPACITY, Capacity, launch_failure, policy_of, schedule
 
 from spotkeeper.aws import AwsClients
 from spotkeeper.deps import ControlDeps

@@ -7,11 +7,9 @@ import json
 
 import pytest
 from cfn import load_template
-from control import control_deps_for
 
 from spotkeeper_local.aws_events import load_event
 from spotkeeper_local.lambda_runtime import invoke_async
-from spotkeeper_local.sim_clock import SimClock
 
 FUNCTIONS = {"interruption": "InterruptionFunction", "lifecycle": "LifecycleFunction"}
 
@@ -23,7 +21,7 @@ def async_config(logical_id: str) -> dict:
 @pytest.mark.parametrize(
     ("function", "sample"), [("interruption", "malformed-spot-interruption"), ("lifecycle", "malformed-lifecycle")]
 )
-def test_poisoned_event_lands_in_the_dlq_with_its_payload(stack, function, sample, monkeypatch):
+def test_poisoned_event_lands_in_the_dlq_with_its_payload(stack, function, sample, monkeypatch, deps):
     # Given the function's async invocation config from the template: retries, then OnFailure to the DLQ
     config = async_config(FUNCTIONS[function])
     destination = config["DestinationConfig"]["OnFailure"]
@@ -31,7 +29,6 @@ def test_poisoned_event_lands_in_the_dlq_with_its_payload(stack, function, sampl
     assert destination["Destination"] == {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
     sqs = stack.session.client("sqs")
     dlq = sqs.create_queue(QueueName="spotkeeper-dlq")["QueueUrl"]
-    deps = control_deps_for(stack, clock=SimClock())
     event = load_event(sample)
     attempts = []
 

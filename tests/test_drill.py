@@ -53,6 +53,7 @@ def report(played: tuple[dict[str, Any], Path]) -> dict[str, Any]:
     return played[0]
 
 
+@pytest.mark.slow
 def test_the_drill_plays_every_scenario_in_well_under_a_minute(report):
     # Given the drill ran with its defaults (a 3-minute model load)
     # Then it played the four scenarios on a simulated clock, quickly in wall time
@@ -65,6 +66,7 @@ def test_the_drill_plays_every_scenario_in_well_under_a_minute(report):
         assert scenario["timeline"], "a timeline per scenario"
 
 
+@pytest.mark.slow
 def test_interruption_moves_the_eip_to_the_replacement_within_the_downtime_bound(report):
     s = report["scenarios"]["interruption"]
     facts = s["facts"]
@@ -84,6 +86,7 @@ def test_interruption_moves_the_eip_to_the_replacement_within_the_downtime_bound
     assert list(s["purchase_options"]) == [facts["replacement"]]
 
 
+@pytest.mark.slow
 def test_rebalance_ahead_of_the_warning_drops_no_request(report):
     s = report["scenarios"]["rebalance"]
     # Then not one request failed over the whole scenario, and the replacement serves behind the EIP
@@ -97,6 +100,7 @@ def test_rebalance_ahead_of_the_warning_drops_no_request(report):
     assert list(s["purchase_options"]) == [s["facts"]["replacement"]]
 
 
+@pytest.mark.slow
 def test_capacity_outage_falls_back_to_on_demand_and_forward_to_spot_without_a_gap(report):
     s = report["scenarios"]["capacity"]
     facts = s["facts"]
@@ -120,6 +124,7 @@ def test_capacity_outage_falls_back_to_on_demand_and_forward_to_spot_without_a_g
     assert list(s["purchase_options"]) == [s["serving_instance"]]
 
 
+@pytest.mark.slow
 def test_baseline_without_spotkeeper_leaves_clients_of_the_eip_down(report):
     s = report["scenarios"]["baseline"]
     reclaimed = s["facts"]["marks"]["reclaim"]
@@ -136,6 +141,7 @@ def test_baseline_without_spotkeeper_leaves_clients_of_the_eip_down(report):
     assert baseline >= s["duration"] - reclaimed - 2 > spotkeeper
 
 
+@pytest.mark.slow
 def test_each_scenario_has_its_availability_chart(played):
     report, out = played
     for name, scenario in report["scenarios"].items():
@@ -237,6 +243,7 @@ def drill_world():
         os.environ.update(saved)
 
 
+@pytest.mark.slow
 def test_an_event_its_handler_rejects_is_retried_then_lands_in_the_dead_letter_queue(drill_world):
     world = drill_world
     poisoned = json.loads((ROOT / "events" / "malformed-spot-interruption.json").read_text())
@@ -259,6 +266,7 @@ def test_an_event_its_handler_rejects_is_retried_then_lands_in_the_dead_letter_q
 DRILL = (sys.executable, "-m", "spotkeeper_local.drill")
 
 
+@pytest.mark.slow
 def test_serial_delivery_leaves_a_group_of_one_after_spot_took_the_instance_first(tmp_path):
     # Given handlers run one at a time (a throttled Lambda), so the reclaimed instance's terminate hook runs
     # after its replacement was promoted: retiring it fails because it is already leaving

@@ -10,6 +10,7 @@ import copy
 from typing import Any
 
 import pytest
+from capacity_harness import Capacity
 from conftest import MODEL_ID, create_stack
 from control import control_deps_for
 from counts import COUNTS
@@ -84,6 +85,7 @@ def side_effects(stack: Any, hooks: LifecycleHooks) -> tuple:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("function", "sample"), CASES)
 def test_mutated_events_are_handled_or_rejected_cleanly(function, sample, caplog):
     with mock_aws():
@@ -93,8 +95,6 @@ def test_mutated_events_are_handled_or_rejected_cleanly(function, sample, caplog
         clock, hooks = SimClock(), LifecycleHooks()
         fleet = EmulatedInstances(stack.session.client("ec2"), MODEL_ID, clock)
         if function == "capacity":
-            from test_capacity import Capacity
-
             capacity = Capacity(stack, clock)
             deps, hooks = capacity.deps, capacity.hooks
         else:

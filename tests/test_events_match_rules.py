@@ -16,9 +16,7 @@ import re
 from typing import Any
 
 import pytest
-from moto.events.models import EventPattern
-
-from tests.cfn import (
+from cfn import (
     ACCOUNT_ID,
     EVENTS_DIR,
     GROUP_NAME,
@@ -30,6 +28,7 @@ from tests.cfn import (
     pattern_matches,
     stack_rules,
 )
+from moto.events.models import EventPattern
 
 SPOT_INTERRUPTION = ("InterruptionFunction", "SpotInterruption")
 REBALANCE = ("InterruptionFunction", "Rebalance")

@@ -17,11 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
+from gateway_harness import RecordingTransport, ServedApp, free_port, gateway_settings, running_emulator, served_gateway
 
 from spotkeeper.gateway.api import create_app
 from spotkeeper.settings import ConfigurationError, GatewaySettings
 from spotkeeper_local.tgi_emulator import TgiEmulator, expected_text, expected_tokens
-from tests.gateway_harness import ServedApp, free_port, gateway_settings, running_emulator, served_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_NEW_TOKENS = 16
@@ -346,26 +346,30 @@ def test_openai_client_sees_a_dying_stream_as_an_error(own_emulator: TgiEmulator
 # backend unreachable -----------------------------------------------------------------------------------
 
 
-def test_closed_port_is_503_with_retry_after_quickly() -> None:
+def test_closed_port_is_503_with_retry_after_after_one_retry_and_no_wait() -> None:
     closed = f"http://127.0.0.1:{free_port()}"
-    with (
-        served_gateway(limited(closed, RETRY_AFTER_SECONDS=7)) as gateway,
-        httpx.Client(base_url=gateway.url) as client,
-    ):
-        started = time.monotonic()
-        generate = client.post("/generate", json={"inputs": "hi"})
-        stream = client.post(
-            "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "stream": True}
-        )
-        elapsed = time.monotonic() - started
-        health = client.get("/health")
-        ping = client.get("/gateway/ping")
+    transport = RecordingTransport()
+    settings = limited(closed, RETRY_AFTER_SECONDS=7)
+    gateway = ServedApp(create_app(settings, transport=transport)).start()
+    try:
+        with httpx.Client(base_url=gateway.url) as client:
+            generate = client.post("/generate", json={"inputs": "hi"})
+            stream = client.post(
+                "/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}], "stream": True}
+            )
+            attempts = list(transport.attempts)
+            health = client.get("/health")
+            ping = client.get("/gateway/ping")
+    finally:
+        gateway.stop()
 
     for response in (generate, stream):
         assert response.status_code == 503
         assert response.headers["retry-after"] == "7"
         assert response.json()["error_type"] == "unavailable"
-    assert elapsed < 2.0
+    # Each request tried the closed port twice (the first try and one against a fresh resolution), refused at
+    # once each time, and the gateway waits for nothing in between: no backoff, no third try.
+    assert attempts == [(settings.connect_timeout_seconds, "ConnectError")] * 4
     assert health.status_code == 503
     assert health.headers["retry-after"] == "7"
     assert health.json()["error_type"] == "healthcheck"
@@ -387,19 +391,23 @@ def test_backend_that_never_accepts_is_503_within_the_connect_timeout_bound() ->
         with contextlib.suppress(BlockingIOError):
             filler.connect((host, port))
         fillers.append(filler)
+    transport = RecordingTransport()
+    settings = limited(f"http://{host}:{port}", CONNECT_TIMEOUT_SECONDS=0.4)
     try:
-        with served_gateway(limited(f"http://{host}:{port}", CONNECT_TIMEOUT_SECONDS=0.4)) as gateway:
-            started = time.monotonic()
+        gateway = ServedApp(create_app(settings, transport=transport)).start()
+        try:
             response = httpx.post(f"{gateway.url}/generate", json={"inputs": "hi"}, timeout=10)
-            elapsed = time.monotonic() - started
+        finally:
+            gateway.stop()
     finally:
         for sock in (*fillers, listener):
             sock.close()
 
     assert response.status_code == 503
     assert "retry-after" in response.headers
-    # Two connect attempts (the first and the retry against a fresh resolution), nothing longer.
-    assert 0.75 <= elapsed < 2.0
+    # Two connect attempts (the first and the retry against a fresh resolution), each given up at the connect
+    # timeout: the client waits at most twice CONNECT_TIMEOUT_SECONDS, nothing longer.
+    assert transport.attempts == [(0.4, "ConnectTimeout"), (0.4, "ConnectTimeout")]
 
 
 def test_unhealthy_tgi_makes_health_503(own_emulator: TgiEmulator, own_gateway: ServedApp) -> None:
@@ -467,6 +475,7 @@ def test_misconfigured_gateway_does_not_start(
     assert "GatewaySettings: bad or missing environment" in caplog.text
 
 
+@pytest.mark.slow
 def test_run_sh_serves_the_function_app_like_the_lambda_web_adapter_expects(emulator: TgiEmulator) -> None:
     # Given the function's folder as the task root and the layer where Lambda mounts it (/opt/python)
     port = free_port()

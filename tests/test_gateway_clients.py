@@ -6,15 +6,15 @@ tokens must reach the client one by one while the emulator is still generating.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
+from gateway_harness import ServedApp, StepByStepTransport, gateway_settings, running_emulator
 from huggingface_hub import InferenceClient
 from openai import OpenAI
 
+from spotkeeper.gateway.api import create_app
 from spotkeeper_local.tgi_emulator import TgiEmulator, expected_chat_text, expected_text, expected_tokens
-from tests.gateway_harness import ServedApp, gateway_settings, running_emulator, served_gateway
 
 TOKEN_DELAY = 0.05
 STREAMED_TOKENS = 8
@@ -32,9 +32,18 @@ def emulator() -> Iterator[TgiEmulator]:
 
 
 @pytest.fixture(scope="module")
-def gateway(emulator: TgiEmulator) -> Iterator[ServedApp]:
-    with served_gateway(gateway_settings(emulator.url, MAX_NEW_TOKENS=MAX_NEW_TOKENS)) as served:
+def upstream() -> StepByStepTransport:
+    return StepByStepTransport()
+
+
+@pytest.fixture(scope="module")
+def gateway(emulator: TgiEmulator, upstream: StepByStepTransport) -> Iterator[ServedApp]:
+    settings = gateway_settings(emulator.url, MAX_NEW_TOKENS=MAX_NEW_TOKENS)
+    served = ServedApp(create_app(settings, transport=upstream)).start()
+    try:
         yield served
+    finally:
+        served.stop()
 
 
 @pytest.fixture
@@ -48,14 +57,11 @@ def openai_client(gateway: ServedApp) -> OpenAI:
     return OpenAI(base_url=f"{gateway.url}/v1", api_key="spk_client_key_is_checked_by_api_gateway", max_retries=0)
 
 
-def assert_streamed_one_by_one(started: float, arrivals: list[float], count: int) -> None:
-    """The first token arrived before the emulator could have produced the last one, and the rest trickled."""
-    assert len(arrivals) == count
-    generation_time = count * TOKEN_DELAY
-    # The emulator sleeps TOKEN_DELAY before each token: the last one exists no earlier than that.
-    assert arrivals[0] - started < generation_time - TOKEN_DELAY
-    assert arrivals[-1] - arrivals[0] >= (count - 1) * TOKEN_DELAY * 0.6
-    assert arrivals == sorted(arrivals)
+def assert_streamed_one_by_one(upstream: StepByStepTransport, received: int, count: int) -> None:
+    """Every read of TGI's stream reached the client before the gateway got the next one: nothing was held back
+    until the end (see StepByStepTransport)."""
+    assert received == count
+    assert not upstream.stalled, "the gateway held TGI's stream back instead of passing each token on"
 
 
 def test_huggingface_text_generation_gets_the_emulators_text(hf: InferenceClient) -> None:
@@ -71,17 +77,16 @@ def test_huggingface_text_generation_gets_the_emulators_text(hf: InferenceClient
     assert full == prompt + expected_text(prompt, 6)
 
 
-def test_huggingface_text_generation_streams_token_by_token(hf: InferenceClient) -> None:
+def test_huggingface_text_generation_streams_token_by_token(hf: InferenceClient, upstream: StepByStepTransport) -> None:
     prompt = "Stream the tokens"
-    started = time.monotonic()
-    tokens, arrivals = [], []
+    tokens = []
 
     for token in hf.text_generation(prompt, max_new_tokens=STREAMED_TOKENS, stream=True, return_full_text=False):
-        arrivals.append(time.monotonic())
+        upstream.received()
         tokens.append(token)
 
     assert tokens == expected_tokens(prompt, STREAMED_TOKENS)
-    assert_streamed_one_by_one(started, arrivals, STREAMED_TOKENS)
+    assert_streamed_one_by_one(upstream, len(tokens), STREAMED_TOKENS)
 
 
 def test_huggingface_text_generation_details(hf: InferenceClient) -> None:
@@ -102,16 +107,15 @@ def test_huggingface_chat_completion(hf: InferenceClient) -> None:
     assert output.usage.completion_tokens == 7
 
 
-def test_huggingface_chat_completion_streaming(hf: InferenceClient) -> None:
-    started = time.monotonic()
-    pieces, arrivals = [], []
+def test_huggingface_chat_completion_streaming(hf: InferenceClient, upstream: StepByStepTransport) -> None:
+    pieces = []
 
     for chunk in hf.chat_completion(MESSAGES, max_tokens=STREAMED_TOKENS, stream=True):
-        arrivals.append(time.monotonic())
+        upstream.received()
         pieces.append(chunk.choices[0].delta.content)
 
     assert "".join(pieces) == expected_chat_text(MESSAGES, STREAMED_TOKENS)
-    assert_streamed_one_by_one(started, arrivals, STREAMED_TOKENS)
+    assert_streamed_one_by_one(upstream, len(pieces), STREAMED_TOKENS)
 
 
 def test_openai_chat_completion(openai_client: OpenAI) -> None:
@@ -132,9 +136,8 @@ def test_openai_chat_completion_without_max_tokens_is_capped(openai_client: Open
     assert response.choices[0].message.content == expected_chat_text(MESSAGES[1:], MAX_NEW_TOKENS)
 
 
-def test_openai_chat_completion_streaming(openai_client: OpenAI) -> None:
-    started = time.monotonic()
-    pieces, arrivals = [], []
+def test_openai_chat_completion_streaming(openai_client: OpenAI, upstream: StepByStepTransport) -> None:
+    pieces = []
 
     stream = openai_client.chat.completions.create(
         model="tgi",
@@ -143,11 +146,11 @@ def test_openai_chat_completion_streaming(openai_client: OpenAI) -> None:
         stream=True,
     )
     for chunk in stream:
-        arrivals.append(time.monotonic())
+        upstream.received()
         pieces.append(chunk.choices[0].delta.content)
 
     assert "".join(pieces) == expected_chat_text(MESSAGES, STREAMED_TOKENS)
-    assert_streamed_one_by_one(started, arrivals, STREAMED_TOKENS)
+    assert_streamed_one_by_one(upstream, len(pieces), STREAMED_TOKENS)
 
 
 def test_openai_completions(openai_client: OpenAI) -> None:
@@ -158,17 +161,16 @@ def test_openai_completions(openai_client: OpenAI) -> None:
     assert response.choices[0].text == expected_text(prompt, 6)
 
 
-def test_openai_completions_streaming(openai_client: OpenAI) -> None:
+def test_openai_completions_streaming(openai_client: OpenAI, upstream: StepByStepTransport) -> None:
     prompt = "Fall forward to Spot when"
-    started = time.monotonic()
-    pieces, arrivals = [], []
+    pieces = []
 
     for chunk in openai_client.completions.create(model="tgi", prompt=prompt, max_tokens=STREAMED_TOKENS, stream=True):
-        arrivals.append(time.monotonic())
+        upstream.received()
         pieces.append(chunk.choices[0].text)
 
     assert pieces == expected_tokens(prompt, STREAMED_TOKENS)
-    assert_streamed_one_by_one(started, arrivals, STREAMED_TOKENS)
+    assert_streamed_one_by_one(upstream, len(pieces), STREAMED_TOKENS)
 
 
 def test_openai_model_list(openai_client: OpenAI, emulator: TgiEmulator) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 import schemathesis
+from gateway_harness import ServedApp, gateway_settings, running_emulator, served_gateway
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -21,7 +22,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from spotkeeper.gateway.api import create_app
-from tests.gateway_harness import ServedApp, gateway_settings, running_emulator, served_gateway
+
+# Hundreds of generated requests against a served gateway: `make unit` skips them.
+pytestmark = pytest.mark.slow
 
 # Per operation and generation mode; with schemathesis' coverage phase this is a few hundred requests per
 # operation, and the file stays well under a minute on two cores.

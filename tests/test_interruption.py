@@ -13,9 +13,8 @@ from spotkeeper_local.lambda_runtime import invoke
 from spotkeeper_local.sim_clock import SimClock
 
 
-def test_warning_starts_a_replacement_while_the_doomed_instance_stays(stack):
+def test_warning_starts_a_replacement_while_the_doomed_instance_stays(stack, deps):
     # Given a group of one serving instance
-    deps = control_deps_for(stack, clock=SimClock())
     [doomed] = instance_ids(stack)
     # When its Spot interruption warning arrives three times
     event = spot_interruption(doomed)
@@ -32,8 +31,7 @@ def test_warning_starts_a_replacement_while_the_doomed_instance_stays(stack):
     assert deps.state.get_instance(stack.group, doomed).doomed
 
 
-def test_warning_for_an_instance_outside_the_group_changes_nothing(stack):
-    deps = control_deps_for(stack, clock=SimClock())
+def test_warning_for_an_instance_outside_the_group_changes_nothing(stack, deps):
     before = stack.group_description()
     result = invoke("interruption", spot_interruption("i-0123456789abcdef0"), deps)
     assert result == {"outcome": "ignored"}
@@ -41,8 +39,7 @@ def test_warning_for_an_instance_outside_the_group_changes_nothing(stack):
     assert stack.alerts() == []
 
 
-def test_sample_for_an_unknown_instance_causes_no_action(stack):
-    deps = control_deps_for(stack, clock=SimClock())
+def test_sample_for_an_unknown_instance_causes_no_action(stack, deps):
     assert invoke("interruption", load_event("spot-interruption-unknown-instance"), deps) == {"outcome": "ignored"}
     assert stack.group_description()["DesiredCapacity"] == 1 and stack.alerts() == []
 
@@ -60,8 +57,7 @@ def test_rebalance_then_warning_replaces_once_when_the_group_does_not_rebalance(
     assert kinds == ["rebalance-recommendation", "spot-interruption"]
 
 
-def test_rebalance_is_recorded_only_when_the_group_rebalances_itself(stack):
-    deps = control_deps_for(stack, clock=SimClock())
+def test_rebalance_is_recorded_only_when_the_group_rebalances_itself(stack, deps):
     [at_risk] = instance_ids(stack)
     event = rebalance_recommendation(at_risk)
     assert [invoke("interruption", event, deps)["outcome"] for _ in range(2)] == ["recorded", "duplicate"]
@@ -69,8 +65,7 @@ def test_rebalance_is_recorded_only_when_the_group_rebalances_itself(stack):
     assert [a["attributes"]["severity"] for a in stack.alerts()] == ["info"]
 
 
-def test_retry_after_a_half_done_reaction_does_not_add_a_second_instance(stack, monkeypatch):
-    deps = control_deps_for(stack, clock=SimClock())
+def test_retry_after_a_half_done_reaction_does_not_add_a_second_instance(stack, monkeypatch, deps):
     [doomed] = instance_ids(stack)
     event = spot_interruption(doomed)
     # Given the alert fails after the group was already scaled out (SNS outage)
@@ -94,8 +89,7 @@ def test_retry_after_a_half_done_reaction_does_not_add_a_second_instance(stack, 
 
 
 @pytest.mark.parametrize("sample", ["malformed-spot-interruption"])
-def test_malformed_event_is_rejected_with_its_id_and_changes_nothing(stack, sample, caplog):
-    deps = control_deps_for(stack, clock=SimClock())
+def test_malformed_event_is_rejected_with_its_id_and_changes_nothing(stack, sample, caplog, deps):
     event = load_event(sample)
     with caplog.at_level(logging.ERROR), pytest.raises(InvalidEvent) as error:
         invoke("interruption", event, deps)
@@ -105,9 +99,8 @@ def test_malformed_event_is_rejected_with_its_id_and_changes_nothing(stack, samp
     assert stack.alerts() == []
 
 
-def test_warning_requests_the_replacement_within_three_aws_calls(stack):
+def test_warning_requests_the_replacement_within_three_aws_calls(stack, deps):
     # Given every AWS call of the function is counted (botocore's events, as the benchmark counts them)
-    deps = control_deps_for(stack, clock=SimClock())
     calls: list[str] = []
     for client in (deps.clients.autoscaling, deps.clients.ec2, deps.clients.sns, deps.state._table.meta.client):
         client.meta.events.register(

@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from capacity_harness import schedule
 from cfn import ROOT, Stack, load_template
-from test_capacity import Capacity, schedule
 
 from spotkeeper.gateway.telemetry import RequestRecord, publish
 from spotkeeper.observability import MetricName
 from spotkeeper.settings import GatewaySettings
-from spotkeeper_local.sim_clock import SimClock
 
 NAMESPACE = "Spotkeeper"
 CODE_DIRS = [ROOT / "layers" / "spotkeeper" / "spotkeeper", ROOT / "functions"]
@@ -177,8 +176,7 @@ def emitted(records: list[dict[str, Any]]) -> dict[str, tuple[str, frozenset[str
     return seen
 
 
-def test_a_handler_emits_what_the_code_reading_says(stack, capsys, published):
-    capacity = Capacity(stack, SimClock())
+def test_a_handler_emits_what_the_code_reading_says(stack, capacity, capsys, published):
     capsys.readouterr()
     capacity.invoke(schedule(capacity.clock.now()))
     out = emitted(emf_records(capsys.readouterr().out))

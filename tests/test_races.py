@@ -29,6 +29,9 @@ from spotkeeper_local.lambda_runtime import LambdaContext
 from spotkeeper_local.lifecycle_hooks import LAUNCHING, GroupWatcher, LifecycleHooks
 from spotkeeper_local.sim_clock import SimClock
 
+# Threads against moto's server: slow, and `make unit` skips them.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def moto_server():

@@ -14,11 +14,7 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
-
-from spotkeeper.events import LifecycleHook
-from spotkeeper.observability import MetricName
-from tests.cfn import (
+from cfn import (
     ACCOUNT_ID,
     GROUP_NAME,
     MOTO_AMI_PARAMETER,
@@ -30,6 +26,10 @@ from tests.cfn import (
     sam_translate,
     stack_rules,
 )
+from moto import mock_aws
+
+from spotkeeper.events import LifecycleHook
+from spotkeeper.observability import MetricName
 
 DLQ_ARN = {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]}
 GROUP_ARN = f"arn:aws:autoscaling:{REGION}:{ACCOUNT_ID}:autoScalingGroup:*:autoScalingGroupName/{GROUP_NAME}"
@@ -38,18 +38,14 @@ GROUP_ARN = f"arn:aws:autoscaling:{REGION}:{ACCOUNT_ID}:autoScalingGroup:*:autoS
 # Reference): read-only Describe/Get calls and the Pricing API. Nothing else may use "*".
 STAR_ONLY_ACTIONS = {
     "autoscaling:DescribeAutoScalingGroups",
-    "autoscaling:DescribeAutoScalingInstances",
     "autoscaling:DescribeInstanceRefreshes",
     "autoscaling:DescribeLifecycleHooks",
-    "autoscaling:DescribeScalingActivities",
     "ec2:DescribeAddresses",
     "ec2:DescribeInstances",
-    "ec2:DescribeInstanceTypeOfferings",
     "ec2:DescribeLaunchTemplateVersions",
     "ec2:DescribeSpotPriceHistory",
     "ec2:DescribeSubnets",
     "ec2:GetSpotPlacementScores",
-    "pricing:GetProducts",
 }
 
 # Resource wildcards allowed without a condition, each with the reason.
