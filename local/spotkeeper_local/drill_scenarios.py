@@ -303,8 +303,8 @@ def capacity_outage(world: DrillWorld, options: Any) -> ScenarioResult:
 
     def outage() -> None:
         world.note("EC2: Spot capacity runs out for the group's types", "placement score 1")
-        world.group.market.capacity = False
-        world.spot_scores.set_score(1)
+        world.market.capacity = False
+        world.market.set_score(1)
         _warn(world, first)
 
     world.at(WARNING_AT, "outage", outage)
@@ -321,8 +321,8 @@ def capacity_outage(world: DrillWorld, options: Any) -> ScenarioResult:
 
     def spot_returns() -> None:
         world.note("EC2: Spot capacity is back", "placement score 9")
-        world.group.market.capacity = True
-        world.spot_scores.set_score(9)
+        world.market.capacity = True
+        world.market.set_score(9)
 
     world.at(spot_back_at, "spot back", spot_returns)
 

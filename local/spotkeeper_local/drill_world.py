@@ -1,4 +1,5 @@
-"""One scenario's world: the stack deployed into the embedded AWS, its instances' TGI, the gateway, the clients.
+"""One scenario's world: the stack deployed into the embedded AWS, the local world around its group
+(``world.World``: stand-ins, instances' TGI, the functions' deps), the gateway, the clients.
 
 Time is simulated and advanced one second at a time (``SteppedClock``); at every second the world
 (``DrillWorld._tick``) lets the TGI emulators finish loading, fires what is due (the scenario's scripted
@@ -18,7 +19,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,28 +26,20 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer
 
-from spotkeeper.aws import AwsClients
-from spotkeeper.deps import CapacityDeps, ControlDeps
-from spotkeeper.settings import CapacityEnv, ControlEnv
-from spotkeeper_local.auto_scaling import ACCOUNT_ID, REGION, GroupStandIn, SpotMarket
+from spotkeeper_local.auto_scaling_group import ACCOUNT_ID, REGION, GroupStandIn
 from spotkeeper_local.aws_events import aws_event
 from spotkeeper_local.embedded_aws import DeployedStack, EmbeddedAws, LocalTemplate
 from spotkeeper_local.emulated_fleet import EmulatedInstances
-from spotkeeper_local.lambda_runtime import invoke, load_function
-from spotkeeper_local.lifecycle_hooks import LifecycleHooks
+from spotkeeper_local.lambda_runtime import failure_record, load_function, retry_delay
 from spotkeeper_local.load import ElasticIpRouter, LoadGenerator, RequestOutcome
 from spotkeeper_local.report import TimelineEntry
 from spotkeeper_local.sim_clock import SimClock
-from spotkeeper_local.spot_market_stand_ins import SpotMarketStandIn
+from spotkeeper_local.spot_market import SpotMarket
+from spotkeeper_local.world import World
 
 MAX_CONCURRENT_INVOCATIONS = 3
-# Lambda's asynchronous invocation retries a failed event twice (the template's EventInvokeConfig), about one and
-# two minutes later, then hands it to the OnFailure destination, the dead-letter queue.
-RETRY_DELAYS = (60.0, 120.0)
 # The Lambda Web Adapter's own settings: locally uvicorn serves the app directly.
 ADAPTER_ENV = ("AWS_LAMBDA_EXEC_WRAPPER", "AWS_LWA_INVOKE_MODE", "AWS_LWA_READINESS_CHECK_PATH", "PORT")
-# Spot prices the market stand-in quotes (USD/hour); they only size the saving in the fall-forward alert.
-SPOT_PRICES = {"g5.2xlarge": 0.45, "g6.2xlarge": 0.39, "g6e.2xlarge": 0.9}
 SHORT_NAMES = {
     "EC2 Spot Instance Interruption Warning": "interruption warning",
     "EC2 Instance Rebalance Recommendation": "rebalance",
@@ -133,17 +125,11 @@ class DrillWorld:
     aws: EmbeddedAws
     stack: DeployedStack
     clock: SteppedClock
-    clients: AwsClients
-    hooks: LifecycleHooks
-    group: GroupStandIn
-    spot_scores: SpotMarketStandIn
-    fleet: EmulatedInstances
-    deps: dict[str, Any]
+    local: World
     load_seconds: float
     timeline: list[TimelineEntry] = field(default_factory=list)
     invocations: list[Invocation] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
-    launched_at: dict[str, float] = field(default_factory=dict)
     ready_at: dict[str, float] = field(default_factory=dict)
     origin: float = 0.0
     load: LoadGenerator | None = None
@@ -164,6 +150,27 @@ class DrillWorld:
     _seq: int = 0
     _closed: bool = False
     _clients: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def group(self) -> GroupStandIn:
+        assert self.local.group is not None
+        return self.local.group
+
+    @property
+    def market(self) -> SpotMarket:
+        return self.local.market
+
+    @property
+    def fleet(self) -> EmulatedInstances:
+        return self.local.fleet
+
+    @property
+    def clients(self) -> Any:
+        return self.local.clients
+
+    @property
+    def launched_at(self) -> dict[str, float]:
+        return self.local.launched_at
 
     @property
     def sqs(self) -> Any:
@@ -194,49 +201,26 @@ class DrillWorld:
         stack = aws.deploy(template, stack_name, parameters)
         clock = SteppedClock()
         session = aws.session()
-        clients = AwsClients(session)
         if not spotkeeper:
             _plain_group(session, stack)
-        hooks = LifecycleHooks()
-        hooks.install(clients.autoscaling)
-        group = GroupStandIn(stack.group, hooks, clock, market=SpotMarket())
-        group.answer_refreshes_on(clients.autoscaling)
-        spot_scores = SpotMarketStandIn(default_score=9, clock=clock.now)
-        spot_scores.install(clients.ec2)
+        autoscaling = session.client("autoscaling")
+        described = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[stack.group])["AutoScalingGroups"]
+        firsts = {i["InstanceId"] for i in described[0]["Instances"]}
         env = stack.function_env
-        model_id = env["lifecycle"]["MODEL_ID"]
-        tgi_port = int(env["lifecycle"]["TGI_PORT"])
-        from moto.autoscaling.models import autoscaling_backends
-
-        firsts = {
-            state.instance.id
-            for state in autoscaling_backends[ACCOUNT_ID][REGION].autoscaling_groups[stack.group].instance_states
-        }
-        fleet = EmulatedInstances(
-            clients.ec2,
-            model_id,
+        local = World.build(
+            session,
             clock,
+            env,
+            group=stack.group,
+            launching=spotkeeper,
             load_seconds=lambda instance_id: first_load_seconds if instance_id in firsts else load_seconds,
-            port=tgi_port,
+            tgi_port=int(env["lifecycle"]["TGI_PORT"]),
         )
-        deps: dict[str, Any] = {
-            name: ControlDeps.build(ControlEnv.from_environ(env[name]), clients=clients, clock=clock)
-            for name in ("interruption", "lifecycle", "health")
-            if name in env
-        }
-        if "capacity" in env:
-            deps["capacity"] = CapacityDeps.build(
-                CapacityEnv.from_environ(env["capacity"]), clients=clients, clock=clock
-            )
-        world = cls(aws, stack, clock, clients, hooks, group, spot_scores, fleet, deps, load_seconds)
+        world = cls(aws, stack, clock, local, load_seconds)
         world.origin = clock.now()
-        for instance_type, price in SPOT_PRICES.items():
-            spot_scores.set_price(instance_type, price)
-        now = clock.now()
         for rule in stack.schedules:
-            world._next_fire[rule.name] = now + rule.period_seconds
+            world._next_fire[rule.name] = world.origin + rule.period_seconds
         clock.on_advance(world._tick)
-        group.attach(launching=spotkeeper)
         world._pump_group()
         return world
 
@@ -273,8 +257,7 @@ class DrillWorld:
             self.router.stop()
         if self.gateway is not None:
             self.gateway.stop()
-        self.fleet.close()
-        self.group.detach()
+        self.local.close()
 
     # time ---------------------------------------------------------------------------------------------
     def t(self, at: float | None = None) -> float:
@@ -353,16 +336,9 @@ class DrillWorld:
         self._deliver()
 
     def _pump_group(self) -> None:
-        events, booted, gone, log = self.group.take()
+        log = self.local.pump(self.put_event)
         for at, text in log:
             self.timeline.append(TimelineEntry(round(self.t(at), 1), text))
-        for instance_id in gone:
-            self.fleet.kill(instance_id)
-        for instance_id in booted:
-            self.launched_at.setdefault(instance_id, self.clock.now())
-            self.fleet.boot(instance_id)
-        for event in events:
-            self.put_event(event)
 
     def _watch(self, now: float) -> None:
         holder = self.eip_holder()
@@ -447,15 +423,14 @@ class DrillWorld:
         self._pending.extend((function, event) for _, function, event in arrived)
 
     def invoke(self, function: str, event: dict[str, Any], attempt: int = 1) -> Invocation:
-        deps = self.deps.get(function)
+        deps = self.local.deps.get(function)
         started = self.clock.now()
         record = Invocation(function, event, started, started)
         if deps is None:
             record.error = f"no handler for {function}"
         else:
             try:
-                timeout = self.stack.function_timeout.get(function, 60.0)
-                record.outcome = invoke(function, event, deps, clock=self.clock, timeout=timeout)
+                record.outcome = self.local.invoke(function, event, self.stack.function_timeout.get(function, 60.0))
             except Exception as error:
                 record.error = f"{type(error).__name__}: {error}"[:300]
         record.ended = self.clock.now()
@@ -463,16 +438,12 @@ class DrillWorld:
         self._describe_invocation(record, attempt)
         self._read_alerts()
         if record.error and deps is not None:
-            if attempt <= len(RETRY_DELAYS):
-                self.at(
-                    self.t() + RETRY_DELAYS[attempt - 1],
-                    f"retry {function}",
-                    lambda: self.invoke(function, event, attempt + 1),
-                )
+            delay = retry_delay(attempt)
+            if delay is not None:
+                self.at(self.t() + delay, f"retry {function}", lambda: self.invoke(function, event, attempt + 1))
             else:
-                self.sqs.send_message(
-                    QueueUrl=self.stack.dlq_url, MessageBody=json.dumps(_failure_record(function, event, record))
-                )
+                failed = failure_record(function, event, record.error, attempt, record.ended)
+                self.sqs.send_message(QueueUrl=self.stack.dlq_url, MessageBody=json.dumps(failed))
                 self.note(f"{function}: event sent to the dead-letter queue after {attempt} attempts")
         return record
 
@@ -541,7 +512,7 @@ class DrillWorld:
 
         addresses = ec2_backends[ACCOUNT_ID][REGION].address_by_allocation([self.stack.eip_allocation_id])
         instance = addresses[0].instance if addresses else None
-        if instance is None or instance._state.name != "running":
+        if instance is None or instance.state != "running":
             return None
         return instance.private_ip_address, int(self.stack.function_env["lifecycle"]["TGI_PORT"])
 
@@ -588,23 +559,3 @@ def _as_delivered(event: dict[str, Any]) -> dict[str, Any]:
     """moto's SQS target leaves the envelope's ``account`` out; EventBridge always sends it."""
     event.setdefault("account", ACCOUNT_ID)
     return event
-
-
-def _failure_record(function: str, event: dict[str, Any], failed: Invocation) -> dict[str, Any]:
-    """What Lambda sends an OnFailure destination once the retries are exhausted."""
-    error_type, _, message = (failed.error or "").partition(": ")
-    return {
-        "version": "1.0",
-        "timestamp": datetime.fromtimestamp(failed.ended, UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z"),
-        "requestContext": {
-            "requestId": str(uuid.uuid4()),
-            "functionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:spotkeeper-{function}:$LATEST",
-            "condition": "RetriesExhausted",
-            "approximateInvokeCount": 1 + len(RETRY_DELAYS),
-        },
-        "requestPayload": event,
-        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-        "responsePayload": {"errorMessage": message, "errorType": error_type},
-    }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import importlib.util
 import sys
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +48,7 @@ class LambdaContext:
         self._started = self._now()
 
     def _now(self) -> float:
-        if self.clock is not None:
-            return self.clock.now()
-        import time
-
-        return time.monotonic()
+        return self.clock.now() if self.clock is not None else time.monotonic()
 
     def get_remaining_time_in_millis(self) -> int:
         return int(max(0.0, self.timeout_seconds - (self._now() - self._started)) * 1000)
@@ -70,41 +67,59 @@ def invoke(name: str, event: dict[str, Any], deps: Any = None, clock: Any = None
     )
 
 
-def invoke_async(
-    name: str,
-    event: dict[str, Any],
-    deps: Any,
-    on_failure: Any,
-    retries: int = 2,
-    clock: Any = None,
-    function_arn: str | None = None,
-) -> Any:
-    """Lambda's asynchronous invocation, which moto cannot run: the first try plus ``retries`` retries, then
-    the OnFailure destination receives AWS's invocation record with the original event as ``requestPayload``.
+# Lambda's asynchronous invocation, which moto cannot run (the template's EventInvokeConfig: MaximumRetryAttempts
+# 2): a failed event is tried again about one, then two minutes later; then its record goes to the OnFailure
+# destination. The drill schedules the retries on its clock; ``invoke_async`` sleeps them on the one it is given.
+RETRY_DELAYS = (60.0, 120.0)
 
-    ``on_failure(record)`` stands for the destination (e.g. a send to the SQS dead-letter queue).
+
+def retry_delay(attempt: int, retries: int = len(RETRY_DELAYS)) -> float | None:
+    """Seconds until the next try after try ``attempt`` (1 = the first) failed; None once retries are exhausted."""
+    if attempt > retries:
+        return None
+    return RETRY_DELAYS[min(attempt, len(RETRY_DELAYS)) - 1]
+
+
+def failure_record(name: str, event: dict[str, Any], error: BaseException | str, tries: int, at: float) -> dict:
+    """What Lambda sends the OnFailure destination once the retries are exhausted: the original event is the
+    ``requestPayload``; ``error`` is the last exception (or its "Type: message" text)."""
+    if isinstance(error, BaseException):
+        error_type, message = type(error).__name__, str(error)
+    else:
+        error_type, _, message = error.partition(": ")
+    stamp = datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="milliseconds")
+    return {
+        "version": "1.0",
+        "timestamp": stamp.replace("+00:00", "Z"),
+        "requestContext": {
+            "requestId": str(uuid.uuid4()),
+            "functionArn": f"arn:aws:lambda:us-east-1:123456789012:function:spotkeeper-{name}:$LATEST",
+            "condition": "RetriesExhausted",
+            "approximateInvokeCount": tries,
+        },
+        "requestPayload": event,
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": {"errorMessage": message, "errorType": error_type},
+    }
+
+
+def invoke_async(
+    name: str, event: dict[str, Any], deps: Any, on_failure: Any, retries: int = len(RETRY_DELAYS), clock: Any = None
+) -> Any:
+    """Invoke ``name`` as Lambda's asynchronous invocation does: the first try plus ``retries`` retries (slept on
+    ``clock`` when given), then ``on_failure(record)`` (the OnFailure destination, e.g. a send to the DLQ).
+
     Returns the handler's result, or None when the event went to the destination.
     """
-    error: BaseException | None = None
-    for _attempt in range(1 + retries):
+    attempt = 1
+    while True:
         try:
             return invoke(name, event, deps, clock=clock)
-        except Exception as failure:  # Lambda records any unhandled error the same way
-            error = failure
-    arn = function_arn or f"arn:aws:lambda:us-east-1:123456789012:function:spotkeeper-{name}"
-    on_failure(
-        {
-            "version": "1.0",
-            "timestamp": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "requestContext": {
-                "requestId": str(uuid.uuid4()),
-                "functionArn": f"{arn}:$LATEST",
-                "condition": "RetriesExhausted",
-                "approximateInvokeCount": 1 + retries,
-            },
-            "requestPayload": event,
-            "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-            "responsePayload": {"errorMessage": str(error), "errorType": type(error).__name__},
-        }
-    )
-    return None
+        except Exception as error:  # Lambda records any unhandled error the same way
+            delay = retry_delay(attempt, retries)
+            if delay is None:
+                on_failure(failure_record(name, event, error, attempt, clock.now() if clock else time.time()))
+                return None
+        if clock is not None:
+            clock.sleep(delay)
+        attempt += 1

@@ -1,4 +1,7 @@
-"""Auto Scaling and EC2 behaviour the drill needs and moto does not have, for the groups it is attached to.
+"""The Auto Scaling group of the embedded AWS: the one model of its lifecycle and its instance refreshes.
+
+Auto Scaling and EC2 behaviour the drill, the bench and the tests need and moto does not have, for the groups a
+``GroupStandIn`` is attached to (other groups keep moto's behaviour).
 
 moto launches and terminates a group's instances at once: no instance waits in ``Pending:Wait`` or
 ``Terminating:Wait``, lifecycle hooks are stored but never run, Spot capacity never runs out, Capacity
@@ -18,14 +21,18 @@ the embedded moto server's own process (it changes moto's models directly, like 
   ``EC2 Instance Launch Unsuccessful`` event, and the group retries (at once when its policy changes); On-Demand
   launches still succeed. Which launches are Spot follows the group's MixedInstancesPolicy (On-Demand base
   capacity first);
-* instance refresh (StartInstanceRefresh, DescribeInstanceRefreshes, CancelInstanceRefresh, answered on the
-  clients given to ``answer_refreshes_on``), carried out as Auto Scaling does with MinHealthyPercentage 100:
-  per instance the replacement launches (and waits for its launch hook), then the old one terminates (through
-  its terminate hook).
+* instance refresh (StartInstanceRefresh, DescribeInstanceRefreshes, CancelInstanceRefresh, which moto 5.2.5
+  does not implement, answered on the clients given to ``answer_refreshes_on``), carried out as Auto Scaling
+  does with MinHealthyPercentage 100: per instance the replacement launches (and waits for its launch hook),
+  then the old one terminates (through its terminate hook). It advances on ``tick`` and on lifecycle actions.
 
 Lifecycle actions are the ``LifecycleHooks`` of ``lifecycle_hooks.py`` (which answers CompleteLifecycleAction and
 RecordLifecycleActionHeartbeat on the control plane's clients). What happened is queued in ``events`` (to put on
-the bus), ``booted`` / ``gone`` (instances whose TGI starts / dies) and ``log`` (for the drill's timeline).
+the bus), ``booted`` / ``gone`` (instances whose TGI starts / dies) and ``log`` (for the drill's timeline);
+``spotkeeper_local.world`` hands them on.
+
+moto's models are read through their public attributes only (``instance.state``, ``group.instance_states``,
+``state.lifecycle_state``); the stand-in marks the groups it runs with an attribute of its own on moto's group.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ from spotkeeper_local.lifecycle_hooks import (
     aws_error,
     lifecycle_event,
 )
-from spotkeeper_local.spot_market_stand_ins import ACTIVE, describe_refresh
+from spotkeeper_local.spot_market import SpotMarket
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -61,8 +68,14 @@ NO_SPOT_CAPACITY = (
     "matches your request. Launching EC2 instance failed."
 )
 
-_registry: dict[str, GroupStandIn] = {}
+ACTIVE_REFRESH = ("Pending", "InProgress", "Cancelling")
+# Set on moto's group model while a stand-in runs the group: a moto reset (a new backend) drops it with the group.
+_STAND_IN = "spotkeeper_stand_in"
 _patch_lock = threading.Lock()
+
+
+def _stand_in(group: Any) -> GroupStandIn | None:
+    return getattr(group, _STAND_IN, None)
 
 
 def _backends() -> tuple[Any, Any]:
@@ -87,18 +100,18 @@ def _install_patches() -> None:
         original_notify = backend_class.notify_terminate_instances
 
         def active_instances(self: Any) -> list[Any]:
-            stand_in = _registry.get(self.name)
+            stand_in = _stand_in(self)
             return stand_in.counted(self) if stand_in else original_active(self)
 
         def set_desired_capacity(self: Any, new_capacity: int | None) -> None:
-            stand_in = _registry.get(self.name)
+            stand_in = _stand_in(self)
             if stand_in is None:
                 original_set_desired(self, new_capacity)
             else:
                 stand_in.set_desired(self, new_capacity)
 
         def replace_autoscaling_group_instances(self: Any, count_needed: int, propagated_tags: dict) -> None:
-            stand_in = _registry.get(self.name)
+            stand_in = _stand_in(self)
             if stand_in is None:
                 original_replace(self, count_needed, propagated_tags)
             else:
@@ -106,7 +119,7 @@ def _install_patches() -> None:
 
         def terminate_instance(self: Any, instance_id: str, should_decrement: bool) -> Any:
             for group in self.autoscaling_groups.values():
-                stand_in = _registry.get(group.name)
+                stand_in = _stand_in(group)
                 if stand_in is not None and any(s.instance.id == instance_id for s in group.instance_states):
                     return stand_in.terminate_in_group(group, instance_id, should_decrement)
             return original_terminate(self, instance_id, should_decrement)
@@ -115,7 +128,7 @@ def _install_patches() -> None:
             # EC2's TerminateInstances on a member: the group notices and runs its terminate hook.
             handled = set()
             for group in self.autoscaling_groups.values():
-                stand_in = _registry.get(group.name)
+                stand_in = _stand_in(group)
                 if stand_in is None:
                     continue
                 for instance_id in instance_ids:
@@ -141,16 +154,6 @@ def _validation_error(message: str) -> Exception:
 
 
 @dataclass
-class SpotMarket:
-    """Whether EC2 has Spot capacity for the group's instance types right now."""
-
-    capacity: bool = True
-
-    def has_capacity(self) -> bool:
-        return self.capacity
-
-
-@dataclass
 class _Refresh:
     refresh_id: str
     preferences: dict[str, Any]
@@ -165,10 +168,25 @@ class _Refresh:
 
     @property
     def active(self) -> bool:
-        return self.status in ACTIVE
+        return self.status in ACTIVE_REFRESH
 
     def describe(self, group: str) -> dict[str, Any]:
-        return describe_refresh(self, group)
+        """As DescribeInstanceRefreshes answers it."""
+        total = max(1, len(self.to_replace))
+        described: dict[str, Any] = {
+            "InstanceRefreshId": self.refresh_id,
+            "AutoScalingGroupName": group,
+            "Status": self.status,
+            "StatusReason": self.status_reason,
+            "StartTime": datetime.fromtimestamp(self.started_at, UTC),
+            "PercentageComplete": 100 if self.status == "Successful" else int(100 * len(self.replaced) / total),
+            "InstancesToUpdate": len(self.to_replace) - len(self.replaced),
+            "Preferences": self.preferences,
+            "Strategy": "Rolling",
+        }
+        if self.ended_at is not None:
+            described["EndTime"] = datetime.fromtimestamp(self.ended_at, UTC)
+        return described
 
 
 @dataclass
@@ -195,6 +213,7 @@ class GroupStandIn:
     purchase: dict[str, str] = field(default_factory=dict)  # instance -> spot / on-demand
     _holds: dict[str, _Hold] = field(default_factory=dict)  # token -> what the action holds
     refreshes: list[_Refresh] = field(default_factory=list)  # newest first, as AWS lists them
+    refresh_calls: list[dict[str, Any]] = field(default_factory=list)  # StartInstanceRefresh parameters
     _replacing: dict[str, str] = field(default_factory=dict)  # replacement -> instance it replaces
     _failed_launch_at: float | None = None
     _failed_with_base: int | None = None
@@ -204,10 +223,10 @@ class GroupStandIn:
         """Take over the group. Its instances (moto launched them with the stack) are launching now, as in AWS:
         each waits in Pending:Wait for its launch hook; with ``launching`` False they are simply InService."""
         _install_patches()
-        _registry[self.group_name] = self
         self.hooks.listeners.append(self._on_action)
         with self._lock:
             group = self._group()
+            setattr(group, _STAND_IN, self)
             for state in list(group.instance_states):
                 purchase = self.purchase.setdefault(state.instance.id, self._next_purchase(group))
                 self._describe_instance(group, state.instance, purchase)
@@ -221,7 +240,10 @@ class GroupStandIn:
         return self._on_demand_base(self._group())
 
     def detach(self) -> None:
-        _registry.pop(self.group_name, None)
+        autoscaling, _ = _backends()
+        group = autoscaling.autoscaling_groups.get(self.group_name)
+        if group is not None and _stand_in(group) is self:
+            delattr(group, _STAND_IN)
         if self._on_action in self.hooks.listeners:
             self.hooks.listeners.remove(self._on_action)
 
@@ -477,7 +499,7 @@ class GroupStandIn:
         if refresh is not None and refresh.replacement == state.instance.id:
             refresh.replacement = None  # its replacement died before it served: the refresh launches another
         instance = state.instance
-        if instance._state.name not in ("shutting-down", "terminated"):
+        if instance.state not in ("shutting-down", "terminated"):
             ec2.terminate_instances([instance.id])
         _disassociate_addresses(ec2, instance.id)
         self.gone.append(instance.id)
@@ -488,7 +510,7 @@ class GroupStandIn:
         with self._lock:
             _, ec2 = _backends()
             instance = ec2.get_instance(instance_id)
-            if instance._state.name != "terminated":
+            if instance.state != "terminated":
                 ec2.terminate_instances([instance_id])
             _disassociate_addresses(ec2, instance_id)
             self.gone.append(instance_id)
@@ -546,14 +568,23 @@ class GroupStandIn:
 
     def _start_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
         operation = "StartInstanceRefresh"
+        self.refresh_calls.append(dict(params))
         if params.get("AutoScalingGroupName") != self.group_name:
             raise aws_error(
                 operation, "ValidationError", f"AutoScalingGroup name not found - {params.get('AutoScalingGroupName')}"
             )
         preferences = dict(params.get("Preferences") or {})
         low, high = preferences.get("MinHealthyPercentage", 90), preferences.get("MaxHealthyPercentage")
-        if not 0 <= low <= 100 or (high is not None and (not 100 <= high <= 200 or high - low > 100)):
-            raise aws_error(operation, "ValidationError", "MinHealthyPercentage 0-100, MaxHealthyPercentage 100-200")
+        if not 0 <= low <= 100:
+            raise aws_error(operation, "ValidationError", "MinHealthyPercentage must be 0-100")
+        if high is not None and "MinHealthyPercentage" not in preferences:
+            raise aws_error(operation, "ValidationError", "MinHealthyPercentage is required with MaxHealthyPercentage")
+        if high is not None and (not 100 <= high <= 200 or high - low > 100):
+            raise aws_error(
+                operation,
+                "ValidationError",
+                "MaxHealthyPercentage must be 100-200 and at most 100 above MinHealthyPercentage",
+            )
         if low < 100:
             raise aws_error(operation, "ValidationError", "the drill plays only launch-before-terminate refreshes")
         with self._lock:
