@@ -1,10 +1,11 @@
 """Cost: what an hour of the drill's mix costs at list prices, against one always-on On-Demand instance.
 
-Inputs, none of them typed in here: list prices and their date (``bench/prices.json``); each scenario's
-instance lifetimes and purchase options (the drill's timeline: "<id> launched (spot|on-demand)", "<id>
-terminated", "<id> reclaimed by Spot"); the request rate (the drill's request interval); the gateway's
-overhead (measured above) plus the generation time the gateway Lambda streams (prices.json assumptions);
-memory sizes and schedules of the functions (template.yaml); the control handlers' wall times (measured above).
+Inputs, none of them typed in here: list prices and their date (``local/spotkeeper_local/prices.json``, the
+drill's too); each scenario's instance lifetimes and purchase options (the drill's timeline: "<id> launched
+(spot|on-demand)", "<id> terminated", "<id> reclaimed by Spot"); the request rate (the drill's request
+interval); the gateway's overhead (measured above) plus the generation time the gateway Lambda streams
+(prices.json assumptions); memory sizes and schedules of the functions (template.yaml); the control handlers'
+wall times (measured above).
 
 The alternative a user would pick without spotkeeper to stay up is one On-Demand instance, always on, with
 clients on its Elastic IP: no API Gateway, no Lambda.
@@ -21,7 +22,7 @@ from typing import Any
 
 from bench.servers import ROOT
 
-PRICES_PATH = Path(__file__).resolve().parent / "prices.json"
+PRICES_PATH = ROOT / "local" / "spotkeeper_local" / "prices.json"  # the drill quotes its Spot prices too
 _LAUNCHED = re.compile(r"^(i-[0-9a-f]+) launched \((spot|on-demand)\)")
 _GONE = re.compile(r"^(i-[0-9a-f]+) (terminated|reclaimed by Spot)")
 _INSTANCE = re.compile(r"\b(i-[0-9a-f]{8,17})\b")

@@ -1,7 +1,8 @@
 """The capacity function's wiring on moto, and the events it reacts to, for the capacity tests.
 
 moto implements neither Spot placement scores nor instance refreshes (and its Spot price history is a fixed
-price from 2006): ``spotkeeper_local.spot_market_stand_ins`` stands in for those AWS calls on the clients.
+price from 2006): the local world (``spotkeeper_local.world``) stands in for them, with its Spot market and its
+Auto Scaling group.
 """
 
 from __future__ import annotations
@@ -9,14 +10,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from spotkeeper.aws import AwsClients
-from spotkeeper.deps import CapacityDeps
-from spotkeeper.settings import CapacityEnv
 from spotkeeper_local.aws_events import aws_event
-from spotkeeper_local.lambda_runtime import invoke
-from spotkeeper_local.lifecycle_hooks import LifecycleHooks
 from spotkeeper_local.sim_clock import SimClock
-from spotkeeper_local.spot_market_stand_ins import InstanceRefreshStandIn, SpotMarketStandIn
+from spotkeeper_local.world import World
 
 ENDPOINT_DOWN = "spotkeeper-endpoint-down"
 MIN_ON_DEMAND = 1800
@@ -27,29 +23,42 @@ NO_SPOT_CAPACITY = (
 
 
 class Capacity:
-    """The capacity function's deps on moto, with the Spot market and instance refresh stand-ins."""
+    """The capacity function's deps in the local world on moto: its Spot market and its group (which answers
+    the instance-refresh calls; the group's instance is in service). ``control`` adds the control functions'
+    deps (lifecycle, health) on the same clients, their TGI reached through the world's fleet."""
 
-    def __init__(self, stack: Any, clock: SimClock, clients: AwsClients | None = None, **env: str) -> None:
+    def __init__(
+        self, stack: Any, clock: SimClock, control: bool = False, load_seconds: float = 0.0, **env: str
+    ) -> None:
         self.stack = stack
         self.clock = clock
-        self.clients = clients or AwsClients(stack.session)
-        self.market = SpotMarketStandIn(clock=clock.now)
-        self.market.install(self.clients.ec2)
-        self.hooks = LifecycleHooks()
-        self.refresh = InstanceRefreshStandIn(self.hooks, clock=clock.now)
-        self.refresh.install(self.clients.autoscaling)
         settings = {
             "MIN_ON_DEMAND_SECONDS": str(MIN_ON_DEMAND),
             "SPOT_SCORE_THRESHOLD": "7",
             "ENDPOINT_DOWN_ALARM_NAME": ENDPOINT_DOWN,
             **env,
         }
-        self.deps = CapacityDeps.build(
-            CapacityEnv.from_environ(stack.env(**settings)), clients=self.clients, clock=clock
+        functions = {"capacity": stack.env(**settings)}
+        if control:
+            functions |= {"lifecycle": stack.env(), "health": stack.env()}
+        self.world = World.build(
+            stack.session,
+            clock,
+            functions,
+            group=stack.group,
+            launching=False,
+            load_seconds=load_seconds,
+            tgi_from_fleet=True,
+            spot_score=1,
+            typical_prices=False,
         )
+        self.clients, self.market, self.hooks = self.world.clients, self.world.market, self.world.hooks
+        assert self.world.group is not None
+        self.group = self.world.group
+        self.deps = self.world.deps["capacity"]
 
     def invoke(self, event: dict[str, Any]) -> str:
-        return invoke("capacity", event, self.deps, clock=self.clock)["outcome"]
+        return self.world.invoke("capacity", event)["outcome"]
 
     def zone_id(self) -> str:
         subnet = self.clients.ec2.describe_subnets(SubnetIds=[self.stack.subnet_id])["Subnets"][0]

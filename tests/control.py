@@ -1,20 +1,22 @@
-"""Test wiring for the control functions: deps on moto with the lifecycle stand-in installed."""
+"""Test wiring for the control functions: their deps on moto, built by the local world (``spotkeeper_local.world``).
+
+moto keeps launching and terminating the group's instances at once here (the group is not taken over): the
+tests turn the group's changes into lifecycle events themselves (``GroupWatcher``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from spotkeeper.aws import AwsClients
-from spotkeeper.deps import ControlDeps
-from spotkeeper.settings import ControlEnv
 from spotkeeper_local.lifecycle_hooks import LifecycleHooks
+from spotkeeper_local.world import World
 
 
 def control_deps_for(stack: Any, clock: Any = None, tgi: Any = None, hooks: LifecycleHooks | None = None, **env: str):
-    clients = AwsClients(stack.session)
-    if hooks is not None:
-        hooks.install(clients.autoscaling)
-    return ControlDeps.build(ControlEnv.from_environ(stack.env(**env)), clients=clients, tgi=tgi, clock=clock)
+    world = World.build(
+        stack.session, clock, {"lifecycle": stack.env(**env)}, take_over_group=False, tgi=tgi, hooks=hooks
+    )
+    return world.deps["lifecycle"]
 
 
 def instance_ids(stack: Any) -> list[str]:

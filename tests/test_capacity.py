@@ -434,7 +434,7 @@ def test_an_alarm_older_than_the_serving_instance_does_not_fall_back(stack):
 def test_fall_forward_does_nothing_while_on_spot(stack, capacity):
     capacity.market.set_score(10)
     assert capacity.invoke(schedule(capacity.clock.now())) == "on-spot"
-    assert capacity.refresh.started() == [] and capacity.market.score_calls() == []
+    assert capacity.group.refresh_calls == [] and capacity.market.score_calls() == []
 
 
 def test_fall_forward_waits_for_the_minimum_time_on_demand(stack, capacity):
@@ -443,7 +443,7 @@ def test_fall_forward_waits_for_the_minimum_time_on_demand(stack, capacity):
     capacity.market.set_score(10)
     clock.advance(MIN_ON_DEMAND - 1)
     assert capacity.invoke(schedule(clock.now())) == "too-soon"
-    assert capacity.refresh.started() == [] and capacity.market.score_calls() == []
+    assert capacity.group.refresh_calls == [] and capacity.market.score_calls() == []
     assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 1
 
 
@@ -453,7 +453,7 @@ def test_fall_forward_does_nothing_while_scores_are_low(stack, capacity):
     clock.advance(MIN_ON_DEMAND)
     capacity.market.set_score(6)  # one under the threshold
     assert capacity.invoke(schedule(clock.now())) == "spot-unlikely"
-    assert capacity.refresh.started() == []
+    assert capacity.group.refresh_calls == []
     assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 1
     assert capacity.endpoint().mode == ON_DEMAND and stack.alerts() == []
     # The scores asked are for the group's types, one instance, per Availability Zone, in its region
@@ -491,7 +491,7 @@ def test_fall_forward_starts_exactly_one_refresh_when_spot_is_back(stack, capaci
     outcomes.append(capacity.invoke(schedule(clock.now())))
     # Then one launch-before-terminate refresh was started, and the policy is back to Spot only
     assert outcomes == ["refresh-started", "on-spot", "on-spot"]
-    [started] = capacity.refresh.started()
+    [started] = capacity.group.refresh_calls
     assert started["Preferences"]["MinHealthyPercentage"] == 100
     assert started["Preferences"]["MaxHealthyPercentage"] == 200
     # With an explicit warm-up: without it AWS waits the health check grace period (the launch deadline, 30 min)
@@ -507,7 +507,7 @@ def test_fall_forward_starts_exactly_one_refresh_when_spot_is_back(stack, capaci
     assert saving["on_demand_instance_type"] == "g5.2xlarge" and saving["spot_usd_per_hour"] == 0.45
     assert saving["usd_per_hour"] == pytest.approx(1.212 - 0.45)
     assert "saving about $0.76/h" in alert["subject"]
-    assert alert["body"]["instance_refresh_id"] == capacity.refresh.refreshes[0].refresh_id
+    assert alert["body"]["instance_refresh_id"] == capacity.group.refreshes[0].refresh_id
 
 
 def test_price_history_is_the_second_signal_when_scores_are_unavailable(stack, capacity):
@@ -520,7 +520,7 @@ def test_price_history_is_the_second_signal_when_scores_are_unavailable(stack, c
     # A Spot price close to On-Demand means Spot is scarce
     capacity.market.set_price("g5.2xlarge", 1.20, zones=["us-east-1a"])
     assert capacity.invoke(schedule(clock.now())) == "spot-unlikely"
-    assert capacity.refresh.started() == []
+    assert capacity.group.refresh_calls == []
     # A Spot price well under On-Demand is the signal
     capacity.market.set_price("g6.2xlarge", 0.40, zones=["us-east-1a"])
     assert capacity.invoke(schedule(clock.now())) == "refresh-started"
@@ -546,11 +546,11 @@ def test_interrupted_fall_forward_never_starts_a_second_refresh(stack, capacity,
     tick = schedule(clock.now())
     with pytest.raises(RuntimeError):
         capacity.invoke(tick)
-    assert len(capacity.refresh.started()) == 1
+    assert len(capacity.group.refresh_calls) == 1
     # When Lambda retries it
     assert capacity.invoke(tick) == "refresh-started"
     # Then the running refresh is kept: still one, and one alert
-    assert len(capacity.refresh.started()) == 1
+    assert len(capacity.group.refresh_calls) == 1
     assert kinds(stack.alerts()) == ["fall-forward-spot"]
 
 
@@ -572,7 +572,7 @@ def test_fall_forward_alert_that_failed_is_sent_by_the_next_run(stack, capacity,
     clock.advance(300)
     assert [capacity.invoke(schedule(clock.now())) for _ in range(2)] == ["on-spot", "on-spot"]
     assert kinds(stack.alerts()) == ["fall-forward-spot"]
-    assert len(capacity.refresh.started()) == 1
+    assert len(capacity.group.refresh_calls) == 1
 
 
 def test_late_spot_failure_after_fall_forward_changes_nothing(stack, capacity):
@@ -599,7 +599,7 @@ def test_the_refresh_warm_up_is_the_configured_one(stack):
     clock.advance(MIN_ON_DEMAND)
     capacity.market.set_score(9)
     assert capacity.invoke(schedule(clock.now())) == "refresh-started"
-    [started] = capacity.refresh.started()
+    [started] = capacity.group.refresh_calls
     assert started["Preferences"]["InstanceWarmup"] == 180
 
 

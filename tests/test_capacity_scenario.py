@@ -1,10 +1,11 @@
 """Scenario: Spot runs dry, the group falls back to On-Demand, Spot returns, the group falls forward.
 
-The real capacity, lifecycle and health handlers run against moto, with TGI emulated on loopback for each
-instance and a simulated clock. The instance refresh stand-in carries the refresh out as Auto Scaling does
-with MinHealthyPercentage 100: the Spot replacement waits in Pending:Wait until the lifecycle function has
-seen its TGI serve, and only then is the On-Demand instance put in Terminating:Wait, drained and terminated.
-At every step of it some instance is in service and the Elastic IP is on a TGI that answers.
+The real capacity, lifecycle and health handlers run in the local world on moto (``spotkeeper_local.world``), with
+TGI emulated on loopback for each instance and a simulated clock. The world's Auto Scaling group carries the
+refresh out as Auto Scaling does with MinHealthyPercentage 100: the Spot replacement waits in Pending:Wait until
+the lifecycle function has seen its TGI serve, and only then is the On-Demand instance put in Terminating:Wait,
+drained and terminated. At every step of it some instance is in service and the Elastic IP is on a TGI that
+answers.
 """
 
 from __future__ import annotations
@@ -12,70 +13,30 @@ from __future__ import annotations
 from typing import Any
 
 from capacity_harness import MIN_ON_DEMAND, NO_SPOT_CAPACITY, Capacity, launch_failure, policy_of, schedule
-from conftest import MODEL_ID
 
-from spotkeeper.aws import AwsClients
-from spotkeeper.deps import ControlDeps
-from spotkeeper.records import SPOT
-from spotkeeper.settings import ControlEnv
-from spotkeeper.tgi import TgiClient
+from spotkeeper.records import ON_DEMAND, SPOT
 from spotkeeper_local.aws_events import scheduled
-from spotkeeper_local.lambda_runtime import invoke
+from spotkeeper_local.lifecycle_hooks import LAUNCHING, TERMINATING
 from spotkeeper_local.sim_clock import SimClock
-from spotkeeper_local.tgi_emulator import TgiEmulator
 
 MODEL_LOAD_SECONDS = 240
 
 
-class Instances:
-    """One emulated TGI per EC2 instance, reached through the instance's private address."""
-
-    def __init__(self, stack: Any, clock: SimClock) -> None:
-        self.stack = stack
-        self.clock = clock
-        self.by_address: dict[str, TgiEmulator] = {}
-        self.by_instance: dict[str, TgiEmulator] = {}
-        clock.on_advance(lambda _: [emulator.poll() for emulator in list(self.by_instance.values())])
-
-    def boot(self, instance_id: str, load_seconds: float) -> TgiEmulator:
-        ec2 = self.stack.session.client("ec2")
-        address = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0][
-            "PrivateIpAddress"
-        ]
-        emulator = TgiEmulator(
-            host="127.0.0.1", port=0, model_id=MODEL_ID, load_seconds=load_seconds, clock=self.clock.now
-        )
-        emulator.boot()
-        emulator.poll()
-        self.by_address[address] = emulator
-        self.by_instance[instance_id] = emulator
-        return emulator
-
-    def url_for(self, address: str) -> str:
-        return self.by_address[address].url
-
-    def serving(self, instance_id: str | None) -> bool:
-        emulator = self.by_instance.get(instance_id or "")
-        return emulator is not None and emulator.is_serving and not emulator.unhealthy
-
-    def stop_all(self) -> None:
-        for emulator in self.by_instance.values():
-            emulator.stop()
-
-
 def test_fall_back_then_forward_never_leaves_the_group_without_serving_capacity(stack):
     clock = SimClock()
-    clients = AwsClients(stack.session)
-    capacity = Capacity(stack, clock, clients=clients)
-    instances = Instances(stack, clock)
-    tgi = TgiClient(instances.url_for, timeout=2.0)
-    control = ControlDeps.build(ControlEnv.from_environ(stack.env()), clients=clients, tgi=tgi, clock=clock)
-    capacity.hooks.install(clients.autoscaling)
+    capacity = Capacity(stack, clock, control=True, load_seconds=MODEL_LOAD_SECONDS)
+    world, group = capacity.world, capacity.group
+    control = world.deps["lifecycle"]
+
+    def serving(instance_id: str | None) -> bool:
+        emulator = world.fleet.servers.get(instance_id or "")
+        return emulator is not None and emulator.is_serving and not emulator.unhealthy
+
     try:
         # Given the group's instance serving behind the Elastic IP
         [first] = [i["InstanceId"] for i in stack.group_description()["Instances"]]
-        instances.boot(first, load_seconds=0)
-        invoke("health", scheduled(clock.now()), control, clock=clock)
+        world.fleet.boot(first, load_seconds=0)
+        world.invoke("health", scheduled(clock.now()))
         assert stack.eip_holder() == first
 
         # When Spot runs dry: the group falls back to On-Demand
@@ -83,7 +44,7 @@ def test_fall_back_then_forward_never_leaves_the_group_without_serving_capacity(
         assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 1
         # (the group's instance is the On-Demand one from here on: Auto Scaling's replacement of the lost
         # Spot instance is the interruption scenario's business, not this one's)
-        capacity.refresh.purchase_options[first] = "on-demand"
+        group.purchase[first] = ON_DEMAND
 
         # And Spot stays poor for a while, then comes back
         capacity.market.set_score(3)
@@ -97,49 +58,56 @@ def test_fall_back_then_forward_never_leaves_the_group_without_serving_capacity(
         assert outcomes[:5] == ["too-soon"] * 5
         assert "spot-unlikely" in outcomes and outcomes.count("refresh-started") == 1
         assert outcomes[-1] == "on-spot"
-        assert len(capacity.refresh.started()) == 1
+        assert len(group.refresh_calls) == 1
 
-        # Then the refresh replaces the On-Demand instance, launch before terminate
+        # Then the group carries the refresh out, launch before terminate, its lifecycle events delivered to the
+        # lifecycle function; each look is (in service, every member's state), before and after each delivery
+        looks: list[tuple[tuple[str, ...], dict[str, str]]] = []
         seen: list[tuple[str | None, bool]] = []
 
-        def deliver(event: dict[str, Any]) -> Any:
+        def look() -> None:
+            states = dict(group.members())
+            looks.append((tuple(sorted(i for i, s in states.items() if s == "InService")), states))
             holder = stack.eip_holder()
-            seen.append((holder, instances.serving(holder)))
-            result = invoke("lifecycle", event, control, clock=clock, timeout=900)
-            holder = stack.eip_holder()
-            seen.append((holder, instances.serving(holder)))
-            return result
+            seen.append((holder, serving(holder)))
 
-        status = capacity.refresh.advance(
-            stack.group,
-            deliver,
-            on_launch=lambda instance_id: instances.boot(instance_id, load_seconds=MODEL_LOAD_SECONDS),
-            on_terminated=lambda instance_id: instances.by_instance[instance_id].kill(),
-        )
-        assert status == "Successful"
+        def deliver(event: dict[str, Any]) -> None:
+            look()
+            world.invoke("lifecycle", event, timeout=900)
+            look()
+
+        for _ in range(1200):
+            group.tick()
+            world.pump(deliver)
+            if not group.refreshes[0].active:
+                break
+            clock.advance(1)
+        assert group.refreshes[0].status == "Successful"
 
         # Never without an instance in service, never with the EIP on a TGI that does not answer
-        timeline = capacity.refresh.timeline
-        assert [len(step.in_service) for step in timeline] == [1, 2, 1, 1, 1]
-        assert all(step.in_service for step in timeline)
-        assert seen and all(serving for _, serving in seen)
-        # The new instance only left Pending:Wait after its TGI served (the load took simulated minutes)
+        assert looks and all(in_service for in_service, _ in looks)
+        assert seen and all(ok for _, ok in seen)
+        # The new instance only left Pending:Wait after its TGI served (the load took simulated minutes); only
+        # then did the On-Demand one go to Terminating:Wait
         [second] = [i["InstanceId"] for i in stack.group_description()["Instances"]]
-        assert second != first and capacity.refresh.purchase_options[second] == "spot"
-        assert timeline[0].states[second] == "Pending:Wait" and timeline[0].in_service == (first,)
-        assert capacity.hooks.results_for(second, "autoscaling:EC2_INSTANCE_LAUNCHING") == ["CONTINUE"]
-        assert capacity.hooks.results_for(first, "autoscaling:EC2_INSTANCE_TERMINATING") == ["CONTINUE"]
-        assert timeline[2].states[first] == "Terminating:Wait" and timeline[2].in_service == (second,)
+        assert second != first and group.purchase[second] == SPOT
+        assert ((first,), {first: "InService", second: "Pending:Wait"}) in looks
+        assert ((second,), {first: "Terminating:Wait", second: "InService"}) in looks
+        waiting = looks.index(((first,), {first: "InService", second: "Pending:Wait"}))
+        leaving = looks.index(((second,), {first: "Terminating:Wait", second: "InService"}))
+        assert waiting < leaving
+        assert capacity.hooks.results_for(second, LAUNCHING) == ["CONTINUE"]
+        assert capacity.hooks.results_for(first, TERMINATING) == ["CONTINUE"]
 
         # And the endpoint now serves from the Spot instance
         assert stack.eip_holder() == second
         endpoint = control.state.get_endpoint(stack.group)
         assert endpoint.serving_instance_id == second and endpoint.mode == SPOT
-        assert invoke("health", scheduled(clock.now()), control, clock=clock)["healthy"] is True
+        assert world.invoke("health", scheduled(clock.now()))["healthy"] is True
         assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
 
         alerts = [a["attributes"]["event"] for a in stack.alerts()]
         assert alerts.count("fallback-on-demand") == 1 and alerts.count("fall-forward-spot") == 1
         assert alerts.index("fallback-on-demand") < alerts.index("fall-forward-spot")
     finally:
-        instances.stop_all()
+        world.close()

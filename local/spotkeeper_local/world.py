@@ -71,6 +71,7 @@ class World:
         tgi_from_fleet: bool = False,
         hooks: LifecycleHooks | None = None,
         spot_score: int = 9,
+        typical_prices: bool = True,
         look: Any = None,
     ) -> World:
         """The world around ``group`` (its functions' environments in ``env``, by function folder name).
@@ -79,14 +80,16 @@ class World:
         service. ``tgi_port``: every instance's TGI listens on the instance's own private IP and this port (the
         drill and the bench); without it, each gets a loopback address and the deps reach it through the fleet
         (``tgi_from_fleet``) or through ``tgi``. ``look``: the session the world itself reads AWS with (default:
-        ``session``; the bench passes an uncounted one).
+        ``session``; the bench passes an uncounted one). ``spot_score`` / ``typical_prices``: the market at the
+        start (every zone's placement score; the price table's typical Spot prices quoted, or no price yet).
         """
         clients = AwsClients(session)
         hooks = hooks if hooks is not None else LifecycleHooks()
         hooks.install(clients.autoscaling)
         market = SpotMarket(default_score=spot_score, clock=clock.now if clock is not None else time.time)
         market.install(clients.ec2)
-        market.set_typical_prices()
+        if typical_prices:
+            market.set_typical_prices()
         model_id = next((e["MODEL_ID"] for e in env.values() if "MODEL_ID" in e), DEFAULT_MODEL_ID)
         fleet = EmulatedInstances(
             (look or session).client("ec2"), model_id, clock, load_seconds=load_seconds, port=tgi_port
@@ -127,7 +130,7 @@ class World:
             deliver(event)
         return log
 
-    def invoke(self, function: str, event: dict[str, Any], timeout: float = 900.0) -> Any:
+    def invoke(self, function: str, event: dict[str, Any], timeout: float = 300.0) -> Any:
         """The function's real handler, on this world's deps and clock."""
         return invoke(function, event, self.deps.get(function), clock=self.clock, timeout=timeout)
 
