@@ -1,10 +1,12 @@
 """Reaction: every event kind in ``events/``, delivered to its real handler against the embedded AWS.
 
 The stack is deployed from template.yaml into a moto server on loopback (``spotkeeper_local.embedded_aws``,
-the drill's AWS); the handlers' clients come from one boto3 session whose every API call is counted through
-botocore's events. The events play one story, so each handler meets the state it would meet in AWS: the
-first instance is launched and promoted, a Spot warning replaces it, the replacement is promoted and the
-old one drained, Spot capacity runs out and the group falls back to On-Demand, Spot returns.
+the drill's AWS) and the drill's local world is built around it (``spotkeeper_local.world``: the group's
+lifecycle and refreshes, the Spot market, TGI per instance); the handlers' clients come from one boto3 session
+whose every API call is counted through botocore's events. Lifecycle events are the ones the group emits. The
+events play one story, so each handler meets the state it would meet in AWS: the first instance is launched and
+promoted, a Spot warning replaces it, the replacement is promoted and the old one drained, Spot capacity runs
+out and the group falls back to On-Demand, Spot returns.
 
 Wall time is the handler's own (``lambda_runtime.invoke``) with every client already built and used once,
 so it is what a warm function spends per event, AWS round trips to moto included. Sleeps (a launch hook
@@ -132,16 +134,11 @@ def _restored_environ() -> Iterator[None]:
 
 
 class ReactionWorld:
-    """The deployed stack, counted clients, the stand-ins for what moto lacks, and TGI per instance."""
+    """The deployed stack and the local world around it, on counted clients."""
 
     def __init__(self, aws: Any, template: Any, stack_name: str) -> None:
-        from spotkeeper.aws import AwsClients
-        from spotkeeper.deps import CapacityDeps, ControlDeps
-        from spotkeeper.settings import CapacityEnv, ControlEnv
-        from spotkeeper_local.emulated_fleet import EmulatedInstances
-        from spotkeeper_local.lifecycle_hooks import LifecycleHooks
         from spotkeeper_local.sim_clock import SimClock
-        from spotkeeper_local.spot_market_stand_ins import InstanceRefreshStandIn, SpotMarketStandIn
+        from spotkeeper_local.world import World
 
         aws.reset()
         parameters = {"TgiPort": str(free_port()), "BackendCacheSeconds": "0", "MinOnDemandSeconds": "0"}
@@ -151,31 +148,24 @@ class ReactionWorld:
         session = aws.session()
         # Registered on the session before any client exists: every client of the session inherits it.
         session.events.register("before-parameter-build", self.counter)
-        self.clients = AwsClients(session)
         self.plain = aws.session()  # the bench's own look at AWS, not counted
-        self.hooks = LifecycleHooks()
-        self.hooks.install(self.clients.autoscaling)
-        self.refreshes = InstanceRefreshStandIn(self.hooks, clock=self.clock.now)
-        self.refreshes.install(self.clients.autoscaling)
-        self.spot = SpotMarketStandIn(default_score=9, clock=self.clock.now)
-        self.spot.install(self.clients.ec2)
-        env = self.stack.function_env
-        self.env = env
+        self.env = self.stack.function_env
         self.group = self.stack.group
-        self.deps: dict[str, Any] = {
-            name: ControlDeps.build(ControlEnv.from_environ(env[name]), clients=self.clients, clock=self.clock)
-            for name in ("interruption", "lifecycle", "health")
-        }
-        self.deps["capacity"] = CapacityDeps.build(
-            CapacityEnv.from_environ(env["capacity"]), clients=self.clients, clock=self.clock
-        )
-        self.fleet = EmulatedInstances(
-            self.plain.client("ec2"),
-            env["lifecycle"]["MODEL_ID"],
+        self.world = World.build(
+            session,
             self.clock,
-            load_seconds=0.0,
-            port=int(env["lifecycle"]["TGI_PORT"]),
+            self.env,
+            group=self.group,
+            tgi_port=int(self.env["lifecycle"]["TGI_PORT"]),
+            look=self.plain,
         )
+        self.clients, self.deps, self.fleet, self.spot = (
+            self.world.clients,
+            self.world.deps,
+            self.world.fleet,
+            self.world.market,
+        )
+        self._emitted: list[dict[str, Any]] = []
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -190,15 +180,18 @@ class ReactionWorld:
         groups = self.plain.client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[self.group])
         return [i["InstanceId"] for i in groups["AutoScalingGroups"][0]["Instances"]]
 
-    def hook_name(self, launching: bool) -> str:
-        from spotkeeper.events import LifecycleHook
-
-        variable = "LAUNCH_HOOK_NAME" if launching else "TERMINATE_HOOK_NAME"
-        default = LifecycleHook.LAUNCH if launching else LifecycleHook.TERMINATE
-        return self.env["lifecycle"].get(variable, default)
+    def lifecycle_event(self, instance_id: str, launching: bool) -> dict[str, Any]:
+        """The lifecycle event the group emitted for the instance (its TGI booted when it launched)."""
+        self.world.pump(self._emitted.append)
+        kind = "EC2 Instance-launch Lifecycle Action" if launching else "EC2 Instance-terminate Lifecycle Action"
+        for event in self._emitted:
+            if event["detail-type"] == kind and event["detail"]["EC2InstanceId"] == instance_id:
+                self._emitted.remove(event)
+                return event
+        raise ReactionError(f"the group emitted no {kind!r} for {instance_id}")
 
     def close(self) -> None:
-        self.fleet.close()
+        self.world.close()
 
 
 # --- the events, shaped like the samples with this stack's names ---------------------------------------------
@@ -211,15 +204,6 @@ def _instance_event(sample: str, instance_id: str, at: float) -> dict[str, Any]:
         resources=[f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"],
         at=at,
     )
-
-
-def _lifecycle_event(world: ReactionWorld, instance_id: str, launching: bool) -> dict[str, Any]:
-    from spotkeeper_local.lifecycle_hooks import LAUNCHING, TERMINATING, lifecycle_event
-
-    transition = LAUNCHING if launching else TERMINATING
-    hook = world.hook_name(launching)
-    action = world.hooks.open(world.group, hook, instance_id, transition)
-    return lifecycle_event(world.group, hook, instance_id, transition, action.token)
 
 
 def _group_event(sample: str, world: ReactionWorld, at: float) -> dict[str, Any]:
@@ -289,20 +273,18 @@ def play_story(world: ReactionWorld) -> list[Delivery]:
         return delivery
 
     [first] = world.instances()
-    world.fleet.boot(first)
-    step("lifecycle-launch", _lifecycle_event(world, first, True), lambda d: d.outcome == "promoted")
+    step("lifecycle-launch", world.lifecycle_event(first, True), lambda d: d.outcome == "promoted")
     step("schedule", _as_is("schedule", now()), lambda d: d.outcome == "healthy=True")
     step("spot-interruption-warning", _instance_event("spot-interruption-warning", first, now()),
          lambda d: d.outcome == "replacement-started")  # fmt: skip
     replacement = next(i for i in world.instances() if i != first)
-    world.fleet.boot(replacement)
+    deliver_launch = world.lifecycle_event(replacement, True)
     world.clock.advance(1.0)
     # The replacement's launch hook: promoted, and the doomed instance retired through the group.
-    deliver_launch = _lifecycle_event(world, replacement, True)
     step("lifecycle-launch", deliver_launch, lambda d: d.outcome == "promoted")
     done[-1].sample = "lifecycle-launch (replacement)"
-    step("lifecycle-terminate", _lifecycle_event(world, first, False))
-    world.fleet.kill(first)
+    step("lifecycle-terminate", world.lifecycle_event(first, False))
+    world.world.pump(world._emitted.append)  # the terminated instance's TGI stops
     step("rebalance-recommendation", _instance_event("rebalance-recommendation", replacement, now()))
     stranger = _instance_event("spot-interruption-warning", "i-0123456789abcdef0", now())
     step("spot-interruption-unknown-instance", stranger, lambda d: d.outcome == "ignored")
