@@ -1,20 +1,14 @@
-"""Read template.yaml the way CloudFormation does, for tests.
+"""Read template.yaml the way CloudFormation does, for tests, on the local world's template pipeline.
 
-- `load_template` parses YAML with CloudFormation's short tags (!Ref, !Sub, !GetAtt ...).
+- `load_template` and `sam_translate` are the drill's (``spotkeeper_local.embedded_aws``): the template with
+  CloudFormation's short tags as their long forms, and the real SAM transform (what CloudFormation receives).
 - `Stack` resolves intrinsic functions for one set of parameter values and a stack name, so tests see
   the rule patterns, names and conditions a real deployment would get.
-- `pattern_matches` is EventBridge's event-pattern matching for the operators the template uses (exact
-  values, prefix, suffix, wildcard, anything-but, exists, equals-ignore-case, numeric); anything else
-  raises instead of guessing.
-- `sam_translate` runs the real SAM transform (samtranslator) so tests can check what SAM generates
-  (rule targets, EventInvokeConfig, roles), not what we hoped it would.
-- `moto_ready` adapts a transformed template to moto's CloudFormation; every change names the moto gap it
-  stands in for.
+- `pattern_matches` is moto's EventBridge event-pattern matching (the one the drill's bus routes with).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Iterator
@@ -22,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from moto.events.models import EventPattern
 
-ROOT = Path(__file__).resolve().parent.parent
-TEMPLATE_PATH = ROOT / "template.yaml"
+from spotkeeper_local.embedded_aws import ROOT, TEMPLATE_PATH, load_sam_template, translate
+
 EVENTS_DIR = ROOT / "events"
 
 # The values the events/ samples are written for: a stack named `spotkeeper` in create mode names its group
@@ -38,35 +32,13 @@ GROUP_NAME = "spotkeeper-tgi"
 NO_VALUE = object()
 
 
-# --------------------------------------------------------------------------------------------------------------
-# YAML with CloudFormation short tags
-# --------------------------------------------------------------------------------------------------------------
-class _CfnLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_tag(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)  # type: ignore[arg-type]
-    if tag_suffix == "Ref":
-        return {"Ref": value}
-    if tag_suffix == "Condition":
-        return {"Condition": value}
-    if tag_suffix == "GetAtt" and isinstance(value, str):
-        logical_id, _, attribute = value.partition(".")
-        return {"Fn::GetAtt": [logical_id, attribute]}
-    return {f"Fn::{tag_suffix}": value}
-
-
-_CfnLoader.add_multi_constructor("!", _construct_tag)
-
-
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
-    return yaml.load(path.read_text(), Loader=_CfnLoader)  # noqa: S506 - SafeLoader subclass
+    return load_sam_template(path)
+
+
+def sam_translate(template: dict[str, Any]) -> dict[str, Any]:
+    """The CloudFormation template SAM produces, with code locations as `sam package` would leave them."""
+    return translate(template)
 
 
 def load_event(name: str) -> dict[str, Any]:
@@ -234,140 +206,6 @@ def stack_rules(stack: Stack) -> Iterator[Rule]:
 # --------------------------------------------------------------------------------------------------------------
 # EventBridge event patterns
 # --------------------------------------------------------------------------------------------------------------
-_MISSING = object()
-
-
-def pattern_matches(pattern: dict[str, Any], event: Any) -> bool:
-    """True when EventBridge would deliver `event` to a rule with `pattern`."""
-    if not isinstance(pattern, dict):
-        raise ValueError(f"an event pattern is an object, not {pattern!r}")
-    for key, expected in pattern.items():
-        if key == "$or":
-            raise NotImplementedError("$or is not used by the template")
-        actual = event.get(key, _MISSING) if isinstance(event, dict) else _MISSING
-        if isinstance(expected, dict):
-            if not isinstance(actual, dict) or not pattern_matches(expected, actual):
-                return False
-        elif isinstance(expected, list):
-            if not _field_matches(expected, actual):
-                return False
-        else:
-            raise ValueError(f"pattern values are objects or arrays, {key!r} holds {expected!r}")
-    return True
-
-
-def _field_matches(matchers: list[Any], actual: Any) -> bool:
-    if isinstance(actual, dict):
-        return False
-    values = actual if isinstance(actual, list) else [actual]
-    for matcher in matchers:
-        if isinstance(matcher, dict) and "exists" in matcher:
-            if (actual is not _MISSING) == bool(matcher["exists"]):
-                return True
-            continue
-        if actual is _MISSING:
-            continue
-        if any(_value_matches(matcher, value) for value in values):
-            return True
-    return False
-
-
-def _value_matches(matcher: Any, value: Any) -> bool:
-    if not isinstance(matcher, dict):
-        # EventBridge compares exact values, type included: the string "1" does not match the number 1.
-        if _is_number(matcher) and _is_number(value):
-            return matcher == value
-        return type(matcher) is type(value) and matcher == value
-    if len(matcher) != 1:
-        raise ValueError(f"one operator per matcher, got {matcher!r}")
-    ((operator, operand),) = matcher.items()
-    if operator == "prefix":
-        return isinstance(value, str) and value.startswith(operand)
-    if operator == "suffix":
-        return isinstance(value, str) and value.endswith(operand)
-    if operator == "equals-ignore-case":
-        return isinstance(value, str) and value.lower() == operand.lower()
-    if operator == "wildcard":
-        return isinstance(value, str) and _wildcard_matches(operand, value)
-    if operator == "anything-but":
-        if isinstance(operand, dict):
-            return not _value_matches(operand, value)
-        excluded = operand if isinstance(operand, list) else [operand]
-        return not any(_value_matches(item, value) for item in excluded)
-    if operator == "numeric":
-        if not _is_number(value):
-            return False
-        checks = {"<": value.__lt__, "<=": value.__le__, "=": value.__eq__, ">=": value.__ge__, ">": value.__gt__}
-        return all(checks[op](bound) for op, bound in zip(operand[::2], operand[1::2], strict=True))
-    raise NotImplementedError(f"event pattern operator {operator!r} is not supported by tests/cfn.py")
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _wildcard_matches(pattern: str, value: str) -> bool:
-    """`*` matches any run of characters; `\\*` and `\\\\` are a literal star and backslash."""
-    regex, i = "", 0
-    while i < len(pattern):
-        if pattern[i] == "\\" and i + 1 < len(pattern) and pattern[i + 1] in "*\\":
-            regex += re.escape(pattern[i + 1])
-            i += 2
-        elif pattern[i] == "*":
-            regex += ".*"
-            i += 1
-        else:
-            regex += re.escape(pattern[i])
-            i += 1
-    return re.fullmatch(regex, value, re.DOTALL) is not None
-
-
-# --------------------------------------------------------------------------------------------------------------
-# SAM transform and moto
-# --------------------------------------------------------------------------------------------------------------
-def sam_translate(template: dict[str, Any], region: str = REGION) -> dict[str, Any]:
-    """The CloudFormation template SAM produces, with code locations as `sam package` would leave them."""
-    import boto3
-    from samtranslator.parser.parser import Parser
-    from samtranslator.translator.translator import Translator
-
-    sam = copy.deepcopy(template)
-    for logical_id, resource in sam["Resources"].items():
-        if resource["Type"] == "AWS::Serverless::Function":
-            resource["Properties"]["CodeUri"] = f"s3://spotkeeper-code/{logical_id}.zip"
-        elif resource["Type"] == "AWS::Serverless::LayerVersion":
-            resource["Properties"]["ContentUri"] = f"s3://spotkeeper-code/{logical_id}.zip"
-    session = boto3.Session(region_name=region, aws_access_key_id="testing", aws_secret_access_key="testing")
-    translator = Translator(None, Parser(), boto_session=session)
-    return translator.translate(sam, parameter_values={}, get_managed_policy_map=lambda: {})
-
-
-MOTO_AMI_PARAMETER = "/spotkeeper/test/gpu-ami-id"
-
-
-def moto_ready(transformed: dict[str, Any]) -> dict[str, Any]:
-    """The transformed template as moto 5.2's CloudFormation can create it. Each change stands in for a gap:
-
-    - moto resolves an SSM-typed parameter's *default* before the passed value, and refuses to store the
-      reserved /aws/service/... names: the AMI parameter default points at MOTO_AMI_PARAMETER instead
-      (the caller puts an AMI id there).
-    - moto's RestApi ignores the OpenAPI Body, so the deployment fails with "no methods": the REST API,
-      its deployment, stage, usage plan and invoke permissions are left out (the gateway is tested on its own).
-    """
-    ready = copy.deepcopy(transformed)
-    ready["Parameters"]["AmiSsmParameter"]["Default"] = MOTO_AMI_PARAMETER
-    resources = ready["Resources"]
-    api_ids = {k for k, v in resources.items() if v["Type"].startswith("AWS::ApiGateway::")}
-    api_ids |= {
-        k
-        for k, v in resources.items()
-        if v["Type"] == "AWS::Lambda::Permission" and "GatewayApi" in json.dumps(v["Properties"].get("SourceArn"))
-    }
-    for logical_id in api_ids:
-        del resources[logical_id]
-    ready["Outputs"] = {
-        name: output
-        for name, output in ready.get("Outputs", {}).items()
-        if not any(api_id in json.dumps(output) for api_id in api_ids)
-    }
-    return ready
+def pattern_matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
+    """True when EventBridge would deliver `event` to a rule with `pattern` (moto's matcher)."""
+    return EventPattern.load(json.dumps(pattern)).matches_event(event)

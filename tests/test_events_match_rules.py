@@ -4,14 +4,12 @@ The samples are written for a stack named `spotkeeper` (tests/cfn.py STACK_NAME)
 `spotkeeper-tgi` and its alarms are `spotkeeper-<alarm>`. Attach mode with ExistingGroupName=spotkeeper-tgi
 must route them the same way.
 
-The matcher in tests/cfn.py is checked against moto's own EventBridge pattern matching on every
-(rule, sample) pair and on mutated samples, so a wrong matcher cannot make these tests pass.
+The matching is moto's own EventBridge pattern matching (tests/cfn.py `pattern_matches`, the drill's bus); the
+operator table at the end checks it against EventBridge's documented answers.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import re
 from typing import Any
 
@@ -28,7 +26,6 @@ from cfn import (
     pattern_matches,
     stack_rules,
 )
-from moto.events.models import EventPattern
 
 SPOT_INTERRUPTION = ("InterruptionFunction", "SpotInterruption")
 REBALANCE = ("InterruptionFunction", "Rebalance")
@@ -75,10 +72,6 @@ def template() -> dict[str, Any]:
 
 def _routes(stack: Stack, event: dict[str, Any]) -> set[tuple[str, str]]:
     return {(r.function, r.event) for r in stack_rules(stack) if r.pattern and pattern_matches(r.pattern, event)}
-
-
-def _moto_matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
-    return EventPattern.load(json.dumps(pattern)).matches_event(event)
 
 
 def test_every_sample_has_an_expected_route() -> None:
@@ -189,49 +182,6 @@ def test_sample_ids_are_unique() -> None:
     assert len(ids) == len(set(ids))
 
 
-def _mutations(event: dict[str, Any]) -> list[dict[str, Any]]:
-    """Near misses of a sample: each changes one thing a rule may filter on."""
-    variants = []
-    for key, value in [("source", "aws.ec2"), ("source", "aws.autoscaling"), ("detail-type", "Other")]:
-        changed = copy.deepcopy(event)
-        changed[key] = value
-        variants.append(changed)
-    detail = event["detail"]
-    for field in list(detail):
-        dropped = copy.deepcopy(event)
-        del dropped["detail"][field]
-        variants.append(dropped)
-        if isinstance(detail[field], str):
-            renamed = copy.deepcopy(event)
-            renamed["detail"][field] = detail[field] + "-x"
-            variants.append(renamed)
-            as_list = copy.deepcopy(event)
-            as_list["detail"][field] = ["unrelated", detail[field]]
-            variants.append(as_list)
-    no_detail = copy.deepcopy(event)
-    del no_detail["detail"]
-    variants.append(no_detail)
-    return variants
-
-
-def test_matcher_agrees_with_moto_on_every_rule_and_sample(template: dict[str, Any]) -> None:
-    # Given every rule of both modes and every sample, plus near misses of each sample
-    rules = [r for mode in (CREATE, ATTACH) for r in stack_rules(Stack(template, parameters=mode)) if r.pattern]
-    events = [load_event(s) for s in EXPECTED_ROUTES]
-    events += [m for e in events for m in _mutations(e)]
-    compared = agreed_matches = 0
-    # When both matchers judge each pair / Then they agree every time
-    for rule in rules:
-        for event in events:
-            ours = pattern_matches(rule.pattern, event)
-            assert ours == _moto_matches(rule.pattern, event), (rule.name, event)
-            compared += 1
-            agreed_matches += ours
-    # and the comparison covered both outcomes, so agreement is not trivially "never matches"
-    assert compared > 1000
-    assert 0 < agreed_matches < compared
-
-
 # Operators the template may use in the future; each row is (pattern, event, EventBridge's answer).
 OPERATOR_CASES = [
     ({"source": ["aws.ec2"]}, {"source": "aws.ec2"}, True),
@@ -256,13 +206,7 @@ OPERATOR_CASES = [
 
 
 @pytest.mark.parametrize(("pattern", "event", "expected"), OPERATOR_CASES)
-def test_matcher_operators_agree_with_eventbridge_and_moto(
+def test_matcher_operators_agree_with_eventbridge(
     pattern: dict[str, Any], event: dict[str, Any], expected: bool
 ) -> None:
     assert pattern_matches(pattern, event) is expected
-    assert _moto_matches(pattern, event) is expected
-
-
-def test_matcher_refuses_operators_it_does_not_know() -> None:
-    with pytest.raises(NotImplementedError):
-        pattern_matches({"detail": {"ip": [{"cidr": "10.0.0.0/8"}]}}, {"detail": {"ip": "10.0.0.1"}})
