@@ -528,11 +528,6 @@ class DrillWorld:
         deserializer = TypeDeserializer()
         return {k: deserializer.deserialize(v) for k, v in item.to_json()["Attributes"].items()}
 
-    def private_ip(self, instance_id: str) -> str | None:
-        from moto.ec2.models import ec2_backends
-
-        return ec2_backends[ACCOUNT_ID][REGION].get_instance(instance_id).private_ip_address
-
 
 def _plain_group(session: Any, stack: DeployedStack) -> None:
     """The baseline: the same group and EIP run by hand, with none of spotkeeper's reactions.

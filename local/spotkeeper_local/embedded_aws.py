@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,6 @@ class DeployedStack:
     schedules: list[ScheduleRule]
     rules: list[str]
     alert_inbox_url: str
-    left_out: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def group(self) -> str:
@@ -457,7 +456,6 @@ class EmbeddedAws:
             schedules=schedules,
             rules=rules,
             alert_inbox_url=alert_inbox,
-            left_out=template.left_out,
         )
 
     def _complete_group(self, session: Any, outputs: dict[str, str]) -> None:

@@ -34,14 +34,12 @@ class EmulatedInstances:
         model_id: str,
         clock: Any,
         load_seconds: float | Callable[[str], float] = 0.0,
-        token_delay: float = 0.0,
         port: int | None = None,
     ) -> None:
         self._ec2 = ec2
         self.model_id = model_id
         self.clock = clock
         self._load_seconds = load_seconds
-        self.token_delay = token_delay
         self.port = port
         self.servers: dict[str, TgiEmulator] = {}
         self._by_address: dict[str, str] = {}
@@ -67,7 +65,6 @@ class EmulatedInstances:
             model_id=model_id or self.model_id,
             load_seconds=self.load_seconds_for(instance_id) if load_seconds is None else load_seconds,
             clock=self.clock.now,
-            token_delay=self.token_delay,
         )
         server.boot()
         server.poll()
