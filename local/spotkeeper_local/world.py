@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spotkeeper.aws import AwsClients
-from spotkeeper.deps import ControlDeps
+from spotkeeper.deps import CapacityDeps, ControlDeps
 from spotkeeper.settings import CapacityEnv, ControlEnv
 from spotkeeper_local.auto_scaling_group import GroupStandIn
 from spotkeeper_local.emulated_fleet import EmulatedInstances
@@ -102,8 +102,6 @@ class World:
             if name in env
         }
         if "capacity" in env:
-            from spotkeeper.logic.capacity import CapacityDeps
-
             deps["capacity"] = CapacityDeps.build(
                 CapacityEnv.from_environ(env["capacity"]), clients=clients, clock=clock
             )
