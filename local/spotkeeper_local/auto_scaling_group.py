@@ -6,7 +6,8 @@ Auto Scaling and EC2 behaviour the drill, the bench and the tests need and moto 
 moto launches and terminates a group's instances at once: no instance waits in ``Pending:Wait`` or
 ``Terminating:Wait``, lifecycle hooks are stored but never run, Spot capacity never runs out, Capacity
 Rebalancing is ignored and nothing is emitted to EventBridge. ``GroupStandIn`` stands in for exactly that, in
-the embedded moto server's own process (it changes moto's models directly, like a second AWS service would):
+moto's own process (the drill's moto server, or moto in-process in the tests): it changes moto's models directly,
+like a second AWS service would:
 
 * a new instance of a group with a launch hook waits in ``Pending:Wait`` until its lifecycle action is
   completed (CONTINUE -> ``InService``; ABANDON or the heartbeat timeout's ABANDON -> terminated, and the group
@@ -17,10 +18,10 @@ the embedded moto server's own process (it changes moto's models directly, like 
 * Spot reclaims an instance: EC2 terminates it (its TGI emulator dies with it), the group notices;
 * Capacity Rebalancing: on a rebalance recommendation the group launches a replacement and terminates the
   at-risk instance once the replacement is ``InService``;
-* the Spot market: when Spot capacity is out, a launch that would be Spot fails with the reason AWS gives and an
-  ``EC2 Instance Launch Unsuccessful`` event, and the group retries (at once when its policy changes); On-Demand
-  launches still succeed. Which launches are Spot follows the group's MixedInstancesPolicy (On-Demand base
-  capacity first);
+* the Spot market (``spot_market.SpotMarket``): when Spot capacity is out, a launch that would be Spot fails
+  with the reason AWS gives and an ``EC2 Instance Launch Unsuccessful`` event, and the group retries (at once when
+  its policy changes); On-Demand launches still succeed. Which launches are Spot follows the group's
+  MixedInstancesPolicy (On-Demand base capacity first);
 * instance refresh (StartInstanceRefresh, DescribeInstanceRefreshes, CancelInstanceRefresh, which moto 5.2.5
   does not implement, answered on the clients given to ``answer_refreshes_on``), carried out as Auto Scaling
   does with MinHealthyPercentage 100: per instance the replacement launches (and waits for its launch hook),
