@@ -11,9 +11,9 @@ from control import control_deps_for, instance_ids
 from spotkeeper_local.aws_events import scheduled
 from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import invoke
-from spotkeeper_local.lifecycle_hooks import LAUNCHING, LifecycleHooks, lifecycle_event
+from spotkeeper_local.lifecycle_hooks import LAUNCHING, lifecycle_event
 from spotkeeper_local.sim_clock import SimClock
-from spotkeeper_local.spot_market_stand_ins import InstanceRefreshStandIn
+from spotkeeper_local.world import World
 
 
 @pytest.fixture
@@ -125,25 +125,25 @@ def test_a_probe_that_loses_the_adoption_race_does_not_alert_again(world):
 def lost_launch(stack):
     """The group's instance serves; a second one waits in Pending:Wait on the launch hook, its event lost.
 
-    moto holds no instance in Pending:Wait and has no lifecycle actions: the instance refresh stand-in shows the
-    Pending:Wait state on the control plane's client and ``LifecycleHooks`` holds the pending action.
+    moto holds no instance in Pending:Wait and has no lifecycle actions: the local world's group does, and its
+    ``LifecycleHooks`` holds the pending action.
     """
     clock = SimClock()
-    fleet = EmulatedInstances(stack.session.client("ec2"), MODEL_ID, clock)
-    hooks = LifecycleHooks()
-    refresh = InstanceRefreshStandIn(hooks, clock=clock.now)
-    deps = control_deps_for(stack, clock=clock, tgi=fleet.tgi_client(), hooks=hooks)
-    refresh.install(deps.clients.autoscaling)
+    world = World.build(
+        stack.session, clock, {"health": stack.env()}, group=stack.group, launching=False, tgi_from_fleet=True
+    )
+    fleet, hooks, deps = world.fleet, world.hooks, world.deps["health"]  # the lifecycle function's deps are alike
     [serving] = instance_ids(stack)
     fleet.boot(serving)
     invoke("health", scheduled(), deps, clock=clock)
     deps.clients.autoscaling.set_desired_capacity(AutoScalingGroupName=stack.group, DesiredCapacity=2)
     [new] = [i for i in instance_ids(stack) if i != serving]
-    refresh.waiting[new] = "Pending:Wait"
-    action = hooks.open(stack.group, "spotkeeper-launch", new, LAUNCHING)  # its event is never delivered
+    assert world.group is not None and dict(world.group.members())[new] == "Pending:Wait"
+    world.group.take()  # its launch event is never delivered
+    [action] = [a for a in hooks.actions.values() if a.instance_id == new and a.transition == LAUNCHING]
     stack.alerts()
     yield stack, clock, fleet, deps, hooks, action, new
-    fleet.close()
+    world.close()
 
 
 def test_probe_adopts_a_pending_wait_instance_nobody_recorded_and_continues_it_when_ready(lost_launch):

@@ -43,6 +43,7 @@ class LifecycleAction:
     instance_id: str
     transition: str
     result: str | None = None
+    heartbeats: int = 0
 
 
 @dataclass
@@ -68,6 +69,9 @@ class LifecycleHooks:
             for a in self.actions.values()
             if a.instance_id == instance_id and (transition is None or a.transition == transition)
         ]
+
+    def completions(self) -> list[dict[str, Any]]:
+        return [params for name, params in self.calls if name == "CompleteLifecycleAction"]
 
     # the two API calls ----------------------------------------------------------------------------
     def _find(self, params: dict[str, Any], operation: str) -> LifecycleAction:
@@ -121,6 +125,7 @@ class LifecycleHooks:
         with self._lock:
             self.calls.append(("RecordLifecycleActionHeartbeat", dict(params)))
             action = self._find(params, "RecordLifecycleActionHeartbeat")
+            action.heartbeats += 1
         self._notify("heartbeat", action)
         return {}
 
