@@ -15,10 +15,13 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
+import boto3
 import pytest
+from moto import mock_aws
 from moto.events.models import EventPattern
 
 from spotkeeper.events import AlarmStateChange
@@ -32,6 +35,7 @@ from spotkeeper_local.cloudwatch_alarms import (
     EmfTap,
     MetricKey,
     MetricQuery,
+    StackAlarms,
     StackNames,
     alarms_from_template,
     decide,
@@ -479,3 +483,56 @@ def test_tap_passes_everything_through_and_reads_whole_lines() -> None:
         tap.write(chunk)
     assert out.getvalue() == f"plain text\n{emf}\n" + '{"not": "emf"}\n'
     assert seen == [json.loads(emf)]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Wired to a stack in moto
+# --------------------------------------------------------------------------------------------------------------
+def test_stack_alarms_read_the_deployed_names_and_the_functions_stdout(translated: dict[str, Any]) -> None:
+    # Given a stack in moto with the template's dead-letter queue, and the alarms attached to it
+    functions = {k: k.removesuffix("Function").lower() for k in _function_names(translated)}
+    clock = [T0]
+    events: list[dict[str, Any]] = []
+    with mock_aws():
+        session = boto3.session.Session(region_name="us-east-1")
+        body = {"Resources": {"DeadLetterQueue": {"Type": "AWS::SQS::Queue", "Properties": {}}}}
+        session.client("cloudformation").create_stack(StackName=STACK_NAME, TemplateBody=json.dumps(body))
+        sqs = session.client("sqs")
+        dlq = next(u for u in sqs.list_queues()["QueueUrls"] if "DeadLetterQueue" in u)
+        stdout = sys.stdout
+        alarms = StackAlarms.attach(session, translated, STACK_NAME, functions, events.append, lambda: clock[0], dlq)
+        try:
+            assert sys.stdout is not stdout
+            # When the probe prints healthy metrics, the capacity function fails once, an event is dead-lettered
+            for minute in range(3):
+                clock[0] = T0 + minute * 60 + 1
+                _print_probe(healthy=True)
+                if minute == 1:
+                    alarms.record_invocation("capacity", clock[0], error=True)
+                    sqs.send_message(QueueUrl=dlq, MessageBody="{}")
+                for second in range(2, 61):
+                    alarms.tick(T0 + minute * 60 + second)
+        finally:
+            alarms.close()
+        assert sys.stdout is stdout
+    # Then every alarm was evaluated on them, and the errors and the dead letter raised theirs at minute 2
+    states = {(t.alarm.removeprefix(f"{STACK_NAME}-"), t.at - T0, t.state) for t in alarms.evaluator.transitions}
+    assert states == {
+        ("endpoint-down", 60, OK),
+        ("fallback-active", 60, OK),
+        ("dlq-not-empty", 60, OK),
+        ("function-errors", 60, OK),
+        ("function-errors", 120, ALARM),
+        ("dlq-not-empty", 120, ALARM),
+        ("function-errors", 180, OK),
+    }
+    assert len(events) == len(states)
+
+
+def _print_probe(healthy: bool) -> None:
+    from spotkeeper.handlers import tag_metrics
+    from spotkeeper.observability import MetricName, metrics
+
+    tag_metrics(GROUP)
+    metrics.add_metric(name=MetricName.HEALTHY, unit="Count", value=1 if healthy else 0)
+    metrics.flush_metrics()

@@ -898,3 +898,71 @@ def _count(number: int, noun: str) -> str:
 
 def _was(number: int) -> str:
     return "was" if number == 1 else "were"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Wired to one stack of the local world
+# --------------------------------------------------------------------------------------------------------------
+def function_name(folder: str) -> str:
+    """The name the local runtime gives the function in functions/<folder> (lambda_runtime's context)."""
+    return f"spotkeeper-{folder}"
+
+
+class StackAlarms:
+    """The template's alarms of one stack deployed into the embedded AWS, evaluated on the local world's clock.
+
+    ``attach`` reads the alarms and installs the EMF tap on ``sys.stdout`` (where Powertools prints); the world
+    calls ``record_invocation`` after each invocation and ``tick(now)`` every simulated second: once a minute it
+    samples the dead-letter queue's depth and evaluates. ``close`` takes the tap off again.
+    """
+
+    def __init__(self, evaluator: AlarmEvaluator, sqs: Any, dlq_url: str | None, tap: EmfTap | None = None) -> None:
+        self.evaluator = evaluator
+        self._sqs = sqs
+        self._dlq_url = dlq_url
+        self._tap = tap
+
+    @classmethod
+    def attach(
+        cls,
+        session: Any,
+        template: dict[str, Any],
+        stack_name: str,
+        functions: dict[str, str],
+        deliver: Callable[[dict[str, Any]], Any],
+        now: Callable[[], float],
+        dlq_url: str | None = None,
+    ) -> StackAlarms:
+        """``template`` is the translated template (its alarms, parameters and conditions); ``functions`` maps
+        each function's logical id to its folder under functions/."""
+        import sys
+
+        names = deployed_names(session, stack_name, {k: function_name(folder) for k, folder in functions.items()})
+        evaluator = AlarmEvaluator(alarms_from_template(template, names), deliver, created_at=now())
+        tap = EmfTap(sys.stdout, lambda document: evaluator.record_emf(document, now()))
+        sys.stdout = tap  # type: ignore[assignment]
+        return cls(evaluator, session.client("sqs"), dlq_url, tap)
+
+    def record_invocation(self, folder: str, at: float, error: bool) -> None:
+        self.evaluator.record_invocation(function_name(folder), at, error)
+
+    def tick(self, now: float) -> list[AlarmTransition]:
+        if now < self.evaluator.next_evaluation():
+            return []
+        if self._dlq_url is not None:
+            attributes = self._sqs.get_queue_attributes(
+                QueueUrl=self._dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]
+            # SQS reports the depth once a minute: the sample closes the minute being evaluated.
+            at = self.evaluator.next_evaluation() - 0.001
+            self.evaluator.record_queue_depth(
+                self._dlq_url.rsplit("/", 1)[-1], at, int(attributes["ApproximateNumberOfMessages"])
+            )
+        return self.evaluator.due(now)
+
+    def close(self) -> None:
+        import sys
+
+        if self._tap is not None and sys.stdout is self._tap:
+            sys.stdout = self._tap.stream
+        self._tap = None
