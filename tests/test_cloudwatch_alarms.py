@@ -339,6 +339,11 @@ def test_endpoint_down_fires_when_the_probe_goes_silent_and_recovers_on_its_retu
     # Then ALARM once the last healthy datapoint left the 5-period evaluation range (5 minutes of silence, the
     # guide's "0 - - - -" row), OK at the end of the first minute it reports again
     assert _transitions(evaluator, ENDPOINT_DOWN) == [(60, INSUFFICIENT_DATA, OK), (600, OK, ALARM), (780, ALARM, OK)]
+    summaries = [t.summary for t in evaluator.transitions if t.alarm == ENDPOINT_DOWN]
+    assert summaries[1:] == [
+        "3 of 3 datapoints breaching, 3 to alarm (3 missing treated as breaching)",
+        "2 of 3 datapoints breaching, 3 to alarm (2 missing treated as breaching)",
+    ]
 
 
 def test_endpoint_down_alarms_on_a_stack_whose_probe_never_reported(alarms: dict[str, AlarmDefinition]) -> None:

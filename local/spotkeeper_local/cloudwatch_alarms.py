@@ -655,7 +655,8 @@ class AlarmTransition:
     alarm: str
     previous: str
     state: str
-    reason: str
+    reason: str  # as CloudWatch words it in the event
+    summary: str  # the same, short
 
 
 @dataclass(frozen=True)
@@ -739,7 +740,7 @@ class AlarmEvaluator:
         reason, reason_data = self._reason(alarm, at, datapoints, decision, previous.value)
         status = AlarmStatus(decision.state, reason, at, reason_data)
         self._status[alarm.name] = status
-        transition = AlarmTransition(at, alarm.name, previous.value, status.value, reason)
+        transition = AlarmTransition(at, alarm.name, previous.value, status.value, reason, _summary(alarm, decision))
         self.transitions.append(transition)
         self._deliver(self.state_change_event(alarm, previous, status))
         return transition
@@ -852,6 +853,16 @@ class AlarmEvaluator:
                 "configuration": {"description": alarm.description, "metrics": _configuration_metrics(alarm)},
             },
         }
+
+
+def _summary(alarm: AlarmDefinition, decision: Decision) -> str:
+    if decision.state == INSUFFICIENT_DATA:
+        return "no datapoints to evaluate"
+    n, m = alarm.evaluation_periods, alarm.datapoints_to_alarm
+    text = f"{decision.breaching} of {n} datapoints breaching, {m} to alarm"
+    if decision.filled:
+        text += f" ({decision.filled} missing treated as {alarm.treat_missing_data})"
+    return text
 
 
 def _configuration_metrics(alarm: AlarmDefinition) -> list[dict[str, Any]]:
