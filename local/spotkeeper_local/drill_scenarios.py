@@ -156,6 +156,10 @@ def _result(
         capacity_mode=mode,
         purchase_options=purchase,
         alerts=list(world.alerts),
+        alarms=[
+            {"t": round(world.t(c.at), 1), "alarm": c.alarm, "from": c.previous, "to": c.state}
+            for c in (world.alarms.evaluator.transitions if world.alarms is not None else [])
+        ],
         timeline=list(world.timeline),
         facts=facts,
         checks=checks,

@@ -28,6 +28,7 @@ from boto3.dynamodb.types import TypeDeserializer
 
 from spotkeeper_local.auto_scaling_group import ACCOUNT_ID, REGION, GroupStandIn
 from spotkeeper_local.aws_events import aws_event
+from spotkeeper_local.cloudwatch_alarms import StackAlarms
 from spotkeeper_local.embedded_aws import DeployedStack, EmbeddedAws, LocalTemplate
 from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import failure_record, load_function, retry_delay
@@ -140,6 +141,7 @@ class DrillWorld:
     via: str = ""  # what the clients talk to: the gateway, or the elastic ip
     concurrency: int = MAX_CONCURRENT_INVOCATIONS
     eip_lost_from: str | None = None  # the instance the EIP was on when it last went to nothing
+    alarms: StackAlarms | None = None  # the stack's CloudWatch alarms, evaluated every minute
     _actions: list[tuple[float, int, str, Callable[[], None]]] = field(default_factory=list)
     _next_fire: dict[str, float] = field(default_factory=dict)
     _dirty: bool = False
@@ -218,6 +220,12 @@ class DrillWorld:
         )
         world = cls(aws, stack, clock, local, load_seconds)
         world.origin = clock.now()
+        if spotkeeper:  # the stack's alarms watch what its functions publish; the baseline runs none of them
+            functions = {spec.logical_id: spec.name for spec in template.functions.values()}
+            alarm_template = {**template.body, "Resources": template.alarms}
+            world.alarms = StackAlarms.attach(
+                session, alarm_template, stack_name, functions, world.put_event, clock.now, stack.dlq_url
+            )
         for rule in stack.schedules:
             world._next_fire[rule.name] = world.origin + rule.period_seconds
         clock.on_advance(world._tick)
@@ -258,6 +266,8 @@ class DrillWorld:
         if self.gateway is not None:
             self.gateway.stop()
         self.local.close()
+        if self.alarms is not None:
+            self.alarms.close()
 
     # time ---------------------------------------------------------------------------------------------
     def t(self, at: float | None = None) -> float:
@@ -328,6 +338,8 @@ class DrillWorld:
             action()
             self._pump_group()
         self._fire_schedules(now)
+        for change in self.alarms.tick(now) if self.alarms is not None else []:
+            self.note(f"CloudWatch: {change.alarm} {change.previous} -> {change.state}", change.summary)
         self._watch(now)
         if self.load is not None:
             before = len(self.load.outcomes)
@@ -435,6 +447,8 @@ class DrillWorld:
                 record.error = f"{type(error).__name__}: {error}"[:300]
         record.ended = self.clock.now()
         self.invocations.append(record)
+        if self.alarms is not None and deps is not None:
+            self.alarms.record_invocation(function, record.ended, bool(record.error))
         self._describe_invocation(record, attempt)
         self._read_alerts()
         if record.error and deps is not None:

@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,8 @@ NOT_DEPLOYED: dict[str, str] = {
     "AWS::ApiGateway::Stage": "see RestApi",
     "AWS::ApiGateway::Deployment": "see RestApi",
     "AWS::ApiGateway::UsagePlan": "see RestApi",
-    "AWS::CloudWatch::Alarm": "moto never evaluates alarms",
+    "AWS::CloudWatch::Alarm": "moto never evaluates alarms: spotkeeper_local.cloudwatch_alarms does, and puts their "
+    "state changes on the bus",
     "AWS::CloudWatch::Dashboard": "nothing to show it",
     "AWS::FIS::ExperimentTemplate": "the drill plays the Spot interruption itself (--stack runs it on AWS)",
     "AWS::SNS::Subscription": "moto's CloudFormation does not support it: the drill subscribes its alert inbox the "
@@ -113,6 +114,7 @@ class LocalTemplate:
     env_outputs: dict[str, tuple[str, str]]  # output key -> (function logical id, variable)
     group_logical_id: str | None
     alert_raw_delivery: bool = False  # AlertSqsSubscription's RawMessageDelivery
+    alarms: dict[str, Any] = field(default_factory=dict)  # the alarm resources, which cloudwatch_alarms evaluates
 
 
 @dataclass(frozen=True)
@@ -291,7 +293,8 @@ def local_template(sam_template: dict[str, Any]) -> LocalTemplate:
         and str(r["Properties"].get("RawMessageDelivery", "false")).lower() == "true"
         for r in resources.values()
     )
-    return LocalTemplate(body, functions, inbox_of, left_out, env_outputs, group_id, raw)
+    alarms = {k: v for k, v in resources.items() if v["Type"] == "AWS::CloudWatch::Alarm"}
+    return LocalTemplate(body, functions, inbox_of, left_out, env_outputs, group_id, raw, alarms)
 
 
 def _as_text(value: Any) -> Any:

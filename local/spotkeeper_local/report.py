@@ -79,6 +79,7 @@ class ScenarioResult:
     alerts: list[dict[str, Any]]
     timeline: list[TimelineEntry]
     facts: dict[str, Any] = field(default_factory=dict)  # numbers the checks use (launch-to-ready, ...)
+    alarms: list[dict[str, Any]] = field(default_factory=list)  # CloudWatch alarm transitions: t, alarm, from, to
     checks: list[Check] = field(default_factory=list)
     samples: list[RequestOutcome] = field(default_factory=list)
     duration: float = 0.0
