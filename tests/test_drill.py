@@ -263,6 +263,28 @@ def test_an_event_its_handler_rejects_is_retried_then_lands_in_the_dead_letter_q
     assert record["responsePayload"]["errorType"] == "InvalidEvent"
 
 
+@pytest.mark.slow
+def test_the_stacks_alarms_see_the_failures_and_reach_the_capacity_function(drill_world):
+    world = drill_world
+    # When an event its handler rejects is put on the bus, and retried into the dead-letter queue
+    world.put_event(json.loads((ROOT / "events" / "malformed-spot-interruption.json").read_text()))
+    world.run_for(260)
+    # Then CloudWatch's alarms (played by cloudwatch_alarms) saw the Lambda errors and the queue's depth...
+    changes = {
+        (c.alarm.removeprefix("drill-retries-"), c.previous, c.state) for c in world.alarms.evaluator.transitions
+    }
+    assert {("function-errors", "INSUFFICIENT_DATA", "ALARM"), ("dlq-not-empty", "OK", "ALARM")} <= changes
+    # ...and their state changes reached the capacity function through the template's rule, which alerted
+    delivered = {
+        (i.event["detail"]["alarmName"], i.event["detail"]["state"]["value"])
+        for i in world.invocations
+        if i.function == "capacity" and i.event.get("detail-type") == "CloudWatch Alarm State Change"
+    }
+    assert {("drill-retries-function-errors", "ALARM"), ("drill-retries-dlq-not-empty", "ALARM")} <= delivered
+    raised = [a["summary"] for a in world.alerts if a["event"] == "alarm-raised"]
+    assert any("drill-retries-dlq-not-empty is in ALARM" in summary for summary in raised)
+
+
 DRILL = (sys.executable, "-m", "spotkeeper_local.drill")
 
 
