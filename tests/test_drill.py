@@ -87,6 +87,17 @@ def test_interruption_moves_the_eip_to_the_replacement_within_the_downtime_bound
 
 
 @pytest.mark.slow
+def test_the_stacks_alarm_transitions_are_in_the_report(report):
+    s = report["scenarios"]["interruption"]
+    assert s["alarms"] and all(set(change) == {"t", "alarm", "from", "to"} for change in s["alarms"])
+    # A new stack's endpoint-down alarm finds no Healthy datapoint at its first evaluation (missing is breaching),
+    # then the first instance's healthy probe brings it back to OK a minute later
+    down = [(c["from"], c["to"]) for c in s["alarms"] if c["alarm"] == "drill-interruption-endpoint-down"]
+    assert down[:2] == [("INSUFFICIENT_DATA", "ALARM"), ("ALARM", "OK")]
+    assert any(alert["event"] == "alarm-raised" for alert in s["alerts"])
+
+
+@pytest.mark.slow
 def test_rebalance_ahead_of_the_warning_drops_no_request(report):
     s = report["scenarios"]["rebalance"]
     # Then not one request failed over the whole scenario, and the replacement serves behind the EIP
