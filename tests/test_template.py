@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -49,9 +50,6 @@ STAR_ONLY_ACTIONS = {
 UNCONDITIONED_WILDCARDS = {
     # The group ARN's "*" stands for the group's id; the name at the end pins the group.
     ("autoscaling", f":autoScalingGroupName/{GROUP_NAME}"),
-    # Associating the Elastic IP with an instance also authorizes its primary interface; the address
-    # itself is pinned by a separate elastic-ip/<allocation> resource in the same grant.
-    ("ec2:AssociateAddress", f"arn:aws:ec2:{REGION}:{ACCOUNT_ID}:network-interface/*"),
 }
 
 # AWS managed policies SAM and the fleet role attach: logs, X-Ray, VPC ENIs, Session Manager.
@@ -297,6 +295,14 @@ def test_elastic_ip_moves_only_to_instances_of_the_group(cfn: dict[str, Any]) ->
             assert condition == {"aws:ResourceTag/aws:autoscaling:groupName": GROUP_NAME}, role
         elif ":elastic-ip/" in resource:
             assert resource.endswith(":elastic-ip/eipalloc-0fedcba9876543210"), role
+        elif ":network-interface/" in resource:
+            # AssociateAddress authorizes network-interface too (Service Authorization Reference, with the
+            # condition keys aws:ResourceTag, ec2:NetworkInterfaceID, ec2:Subnet, ec2:Vpc ...): only the fleet's VPC.
+            assert statement["Condition"] == {
+                "StringEquals": {"ec2:Vpc": f"arn:aws:ec2:{REGION}:{ACCOUNT_ID}:vpc/<VpcId>"}
+            }, role
+        else:
+            raise AssertionError(f"{role} may associate the Elastic IP with {resource}")
 
 
 def test_only_allowed_managed_policies_are_attached(cfn: dict[str, Any]) -> None:
@@ -316,6 +322,30 @@ def test_fleet_role_reads_only_the_token_secret(cfn: dict[str, Any]) -> None:
     assert "ManagedPolicyArns" not in with_token
     without_token = Stack(cfn).resolve(cfn["Resources"]["FleetInstanceRole"]["Properties"])
     assert "Policies" not in without_token
+
+
+def test_fleet_role_decrypts_a_customer_key_secret_only_through_secrets_manager(cfn: dict[str, Any]) -> None:
+    key = f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    stack = Stack(cfn, parameters={"HfTokenSecretArn": SECRET_ARN, "HfTokenSecretKmsKeyArn": key})
+    role = stack.resolve(cfn["Resources"]["FleetInstanceRole"]["Properties"])
+    statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    assert statements == [
+        {"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": SECRET_ARN},
+        {
+            "Effect": "Allow",
+            "Action": "kms:Decrypt",
+            "Resource": key,
+            "Condition": {
+                "StringEquals": {
+                    "kms:ViaService": f"secretsmanager.{REGION}.amazonaws.com",
+                    "kms:EncryptionContext:SecretARN": SECRET_ARN,
+                }
+            },
+        },
+    ]
+    pattern = re.compile(cfn["Parameters"]["HfTokenSecretKmsKeyArn"]["AllowedPattern"])
+    assert pattern.fullmatch(key) and pattern.fullmatch("")
+    assert not pattern.fullmatch(f"arn:aws:kms:{REGION}:{ACCOUNT_ID}:alias/aws/secretsmanager")
 
 
 def test_gateway_function_is_invoked_only_by_its_api(cfn: dict[str, Any]) -> None:
@@ -445,6 +475,7 @@ def test_attach_mode_manages_the_given_group_and_eip(cfn: dict[str, Any]) -> Non
 # ------------------------------------------------------------------------------------------------------------
 # User data and secrets
 # ------------------------------------------------------------------------------------------------------------
+SECRET_ARN = f"arn:aws:secretsmanager:{REGION}:{ACCOUNT_ID}:secret:spotkeeper/hf-token-AbCdEf"
 SECRET_LIKE = re.compile(
     r"hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{20,}|-----BEGIN"
 )
@@ -683,3 +714,134 @@ def test_stack_creates_on_moto(template: dict[str, Any], mode: str) -> None:
             assert [o["InstanceType"] for o in overrides] == ["g5.2xlarge", "g6.2xlarge", "g6e.2xlarge"]
             assert (asg["MinSize"], asg["MaxSize"], asg["DesiredCapacity"]) == (1, 2, 1)
             assert outputs["EipAllocationId"].startswith("eipalloc-")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Rules: CloudFormation evaluates them before it creates anything, with the rule functions only
+# ------------------------------------------------------------------------------------------------------------
+# "Rule-specific intrinsic functions" (CloudFormation template reference): nothing else may appear in a rule's
+# RuleCondition or Assertions. cfn-lint accepts e.g. Fn::Join there; CloudFormation rejects the template.
+RULE_FUNCTIONS = {
+    "Fn::And",
+    "Fn::Contains",
+    "Fn::EachMemberEquals",
+    "Fn::EachMemberIn",
+    "Fn::Equals",
+    "Fn::Not",
+    "Fn::Or",
+    "Fn::RefAll",
+    "Fn::ValueOf",
+    "Fn::ValueOfAll",
+    "Ref",
+}
+
+
+def _non_rule_functions(node: Any, path: str = "") -> list[str]:
+    """Every function in ``node`` that is not a rule function, with where it is."""
+    found = []
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            found += _non_rule_functions(item, f"{path}[{i}]")
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            if (key.startswith("Fn::") or key == "Condition") and key not in RULE_FUNCTIONS:
+                found.append(f"{path}/{key}")
+            found += _non_rule_functions(value, f"{path}/{key}")
+    return found
+
+
+def _rule_parts(template: dict[str, Any]) -> list[tuple[str, Any]]:
+    parts = []
+    for name, rule in template["Rules"].items():
+        assert set(rule) <= {"RuleCondition", "Assertions"}, name
+        if "RuleCondition" in rule:
+            parts.append((f"{name}/RuleCondition", rule["RuleCondition"]))
+        for i, assertion in enumerate(rule["Assertions"]):
+            assert set(assertion) <= {"Assert", "AssertDescription"}, name
+            parts.append((f"{name}/Assertions[{i}]", assertion["Assert"]))
+    return parts
+
+
+def test_rules_use_only_rule_functions(template: dict[str, Any]) -> None:
+    parts = _rule_parts(template)
+    assert len(parts) >= 5
+    for where, expression in parts:
+        assert _non_rule_functions(expression) == [], where
+
+
+def test_the_rule_function_check_catches_what_cfn_lint_lets_through(tmp_path: Path) -> None:
+    # The assertion this project once shipped: Fn::Join inside Fn::Equals.
+    (tmp_path / "shipped.yaml").write_text(
+        """
+Rules:
+  CreateModeNeedsFleetSubnets:
+    RuleCondition: !Equals [!Ref Mode, create]
+    Assertions:
+      - Assert: !Not [!Equals [!Join ["", !Ref FleetSubnetIds], ""]]
+        AssertDescription: Mode=create needs FleetSubnetIds.
+"""
+    )
+    shipped = load_template(tmp_path / "shipped.yaml")
+    ((where, expression),) = [p for p in _rule_parts(shipped) if "Assertions" in p[0]]
+    assert _non_rule_functions(expression) == ["/Fn::Not[0]/Fn::Equals[0]/Fn::Join"]
+    assert _non_rule_functions({"Fn::Equals": [{"Fn::If": ["IsCreate", "a", "b"]}, "a"]}) == ["/Fn::Equals[0]/Fn::If"]
+    assert _non_rule_functions({"Fn::Not": [{"Condition": "IsCreate"}]}) == ["/Fn::Not[0]/Condition"]
+
+
+def _evaluate_rule_expression(node: Any, parameters: dict[str, Any]) -> Any:
+    """A rule expression the way CloudFormation evaluates it, for the functions the template's rules use."""
+    if isinstance(node, list):
+        return [_evaluate_rule_expression(item, parameters) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ((function, argument),) = node.items()
+    if function == "Ref":
+        return parameters[argument]
+    values = _evaluate_rule_expression(argument, parameters)
+    if function == "Fn::Equals":
+        return values[0] == values[1]
+    if function == "Fn::Not":
+        return not values[0]
+    if function == "Fn::And":
+        return all(values)
+    if function == "Fn::Or":
+        return any(values)
+    if function == "Fn::Contains":
+        return values[1] in values[0]
+    raise NotImplementedError(function)
+
+
+def _failed_rules(template: dict[str, Any], **overrides: str) -> list[str]:
+    """The AssertDescriptions CloudFormation would answer a deploy with these parameters with."""
+    parameters = Stack(template, parameters=overrides).parameters
+    failed = []
+    for rule in template["Rules"].values():
+        if "RuleCondition" in rule and not _evaluate_rule_expression(rule["RuleCondition"], parameters):
+            continue
+        failed += [
+            a["AssertDescription"] for a in rule["Assertions"] if not _evaluate_rule_expression(a["Assert"], parameters)
+        ]
+    return failed
+
+
+def test_rules_refuse_a_deploy_that_could_never_serve(template: dict[str, Any]) -> None:
+    subnets = {"FleetSubnetIds": "subnet-0a,subnet-0b"}
+    # The defaults with subnets deploy: the default model is not gated
+    assert _failed_rules(template, **subnets) == []
+    assert template["Parameters"]["ModelIsGated"]["Default"] == "false"
+    # Create mode without subnets, or with an empty entry, is refused
+    assert any("FleetSubnetIds" in f for f in _failed_rules(template))
+    assert any("FleetSubnetIds" in f for f in _failed_rules(template, FleetSubnetIds="subnet-0a,"))
+    # A gated model without the token secret is refused: every launch would be abandoned at its deadline
+    gated = {**subnets, "ModelId": "meta-llama/Llama-3.1-8B-Instruct", "ModelIsGated": "true"}
+    assert [f for f in _failed_rules(template, **gated) if "HfTokenSecretArn" in f]
+    assert _failed_rules(template, **gated, HfTokenSecretArn=SECRET_ARN) == []
+    # Attach mode needs its group and Elastic IP, and no fleet subnets
+    assert len(_failed_rules(template, Mode="attach")) == 2
+    assert _failed_rules(template, **ATTACH) == []
+
+
+def test_token_secret_description_says_what_the_secret_holds(template: dict[str, Any]) -> None:
+    description = template["Parameters"]["HfTokenSecretArn"]["Description"]
+    assert "access token" in description and "HF_TOKEN" in description
+    assert "HfTokenSecretKmsKeyArn" in description
