@@ -305,6 +305,38 @@ def test_elastic_ip_moves_only_to_instances_of_the_group(cfn: dict[str, Any]) ->
             raise AssertionError(f"{role} may associate the Elastic IP with {resource}")
 
 
+@pytest.mark.parametrize("parameters", [{}, ATTACH], ids=["create", "attach"])
+def test_only_instances_spotkeeper_detached_may_be_terminated_directly(
+    cfn: dict[str, Any], parameters: dict[str, str]
+) -> None:
+    from spotkeeper.fleet import DETACHED_TAG
+
+    stack = Stack(cfn, parameters=parameters)
+    terminating, tagging = {}, {}
+    for role, statement in _role_statements(cfn, stack):
+        actions = _as_list(statement["Action"])
+        if "ec2:TerminateInstances" in actions:
+            terminating[role] = statement
+        if "ec2:CreateTags" in actions and role != "CapacityFunctionRole":
+            tagging[role] = statement
+    # The functions that promote a replacement terminate only instances tagged as detached from this group
+    assert set(terminating) == {"LifecycleFunctionRole", "HealthFunctionRole"}
+    for statement in terminating.values():
+        assert statement["Action"] == "ec2:TerminateInstances"
+        assert statement["Resource"] == f"arn:aws:ec2:{REGION}:{ACCOUNT_ID}:instance/*"
+        assert statement["Condition"] == {"StringEquals": {f"aws:ResourceTag/{DETACHED_TAG}": GROUP_NAME}}
+    # ...and only the interruption function may put that tag, with that value, on instances of the group
+    assert set(tagging) == {"InterruptionFunctionRole"}
+    condition = tagging["InterruptionFunctionRole"]["Condition"]
+    assert condition == {
+        "StringEquals": {
+            "aws:ResourceTag/aws:autoscaling:groupName": GROUP_NAME,
+            f"aws:RequestTag/{DETACHED_TAG}": GROUP_NAME,
+        },
+        "ForAllValues:StringEquals": {"aws:TagKeys": [DETACHED_TAG]},
+    }
+
+
 def test_only_allowed_managed_policies_are_attached(cfn: dict[str, Any]) -> None:
     stack = Stack(cfn, parameters={"EnableSsmSessions": "true"})
     for logical_id, role in _of_type(cfn, "AWS::IAM::Role").items():

@@ -10,6 +10,9 @@ from spotkeeper.aws import error_code, error_message
 from spotkeeper.group import Group, GroupNotFound
 from spotkeeper.observability import logger
 
+# Put on an instance just before it is detached; the functions' ec2:TerminateInstances grant requires it.
+DETACHED_TAG = "spotkeeper:detached-from"
+
 
 def describe_group(autoscaling: Any, group_name: str) -> Group:
     groups = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group_name])["AutoScalingGroups"]
@@ -47,7 +50,12 @@ class Fleet:
 
     # capacity ---------------------------------------------------------------------------------
     def detach_keeping_capacity(self, instance_id: str) -> None:
-        """Detach without decrementing desired capacity: the group launches a replacement at once."""
+        """Detach without decrementing desired capacity: the group launches a replacement at once.
+
+        The instance is tagged first: the tag is what lets spotkeeper (and only for instances it detached from
+        this group) terminate it once the replacement serves; nothing else would ever retire it.
+        """
+        self._ec2.create_tags(Resources=[instance_id], Tags=[{"Key": DETACHED_TAG, "Value": self.group_name}])
         self._autoscaling.detach_instances(
             InstanceIds=[instance_id],
             AutoScalingGroupName=self.group_name,
@@ -64,6 +72,16 @@ class Fleet:
             if error_code(error) == "ValidationError":
                 # Already terminating, or no longer in the group: nothing left to retire.
                 logger.info("instance already leaving", extra={"instance_id": instance_id, "why": error_message(error)})
+                return False
+            raise
+        return True
+
+    def terminate_detached(self, instance_id: str) -> bool:
+        """Terminate an instance detached from the group. False if EC2 no longer knows it."""
+        try:
+            self._ec2.terminate_instances(InstanceIds=[instance_id])
+        except ClientError as error:
+            if error_code(error) == "InvalidInstanceID.NotFound":
                 return False
             raise
         return True

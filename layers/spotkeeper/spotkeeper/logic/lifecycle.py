@@ -150,13 +150,18 @@ def _should_take_over(serving_instance_id: str, deps: ControlDeps) -> bool:
 
 
 def retire_replaced(deps: ControlDeps, keep: str) -> list[str]:
-    """Terminate, through the group, the doomed instances whose replacement was launched alongside them."""
+    """Retire the doomed instances whose replacement was launched alongside them: through the group after a
+    scale-out, directly after a detach (the instance is no longer the group's, so nothing else ever would)."""
     retired = []
     group = deps.fleet.describe_group()
     for record in deps.state.instances(deps.group):
-        if record.instance_id == keep or record.replacement != "scale-out" or record.retired:
+        if record.instance_id == keep or record.replacement not in ("scale-out", "detach") or record.retired:
             continue
         if not (record.doomed or record.at_risk_since):
+            continue
+        if record.replacement == "detach":
+            if group.instance(record.instance_id) is None and _retire_detached(deps, record.instance_id, keep):
+                retired.append(record.instance_id)
             continue
         if group.instance(record.instance_id) is None:
             deps.state.finish_action(deps.group, record.instance_id, RETIRE)
@@ -169,6 +174,16 @@ def retire_replaced(deps: ControlDeps, keep: str) -> list[str]:
         # A retire that found the instance already leaving (Spot took it first) did not decrement desired
         # capacity: the instance stays un-retired, and its terminate hook gives the extra capacity back.
     return retired
+
+
+def _retire_detached(deps: ControlDeps, instance_id: str, keep: str) -> bool:
+    """Terminate an instance detached for a replacement that now serves. Its shutdown stops the TGI unit, which
+    finishes in-flight generations within the unit's stop timeout; the EIP and the gateway already moved."""
+    if not deps.state.claim_action(deps.group, instance_id, RETIRE, owner=keep):
+        return False
+    terminated = deps.fleet.terminate_detached(instance_id)
+    deps.state.finish_action(deps.group, instance_id, RETIRE)
+    return terminated
 
 
 def abandon(launch: PendingLaunch, deps: ControlDeps, reason: str, owner: str) -> str:
