@@ -87,6 +87,8 @@ EXTRA_ENV = {
         "ENDPOINT_DOWN_ALARM_NAME",
         "INSTANCE_WARMUP_SECONDS",
     },
+    "LifecycleFunction": {"CREATION_SIGNAL_STACK"},
+    "HealthFunction": {"CREATION_SIGNAL_STACK"},
     "GatewayFunction": {
         "MAX_BODY_BYTES",
         "MAX_NEW_TOKENS",
@@ -490,6 +492,32 @@ def test_first_launch_waits_for_its_lifecycle_rule(cfn: dict[str, Any]) -> None:
     depends_on = set(cfn["Resources"]["FleetGroup"]["DependsOn"])
     rule = next(k for k, v in _of_type(cfn, "AWS::Events::Rule").items() if "lifecycle" in json.dumps(v))
     assert {rule, f"{rule}Permission"} <= depends_on
+
+
+def test_stack_creation_waits_for_the_first_serving_instance_not_for_its_first_launch(cfn: dict[str, Any]) -> None:
+    from spotkeeper.stack_signal import FLEET_GROUP_LOGICAL_ID
+
+    # CloudFormation waits for one signal (not for InService, which a slow or abandoned first launch would fail)
+    group = cfn["Resources"][FLEET_GROUP_LOGICAL_ID]
+    assert group["Type"] == "AWS::AutoScaling::AutoScalingGroup"
+    signal = group["CreationPolicy"]["ResourceSignal"]
+    assert signal["Count"] == 1
+    hours = re.fullmatch(r"PT(\d+)H", signal["Timeout"])
+    assert hours and int(hours.group(1)) * 3600 >= cfn["Parameters"]["LaunchDeadlineSeconds"]["MaxValue"] + 3600
+    assert int(hours.group(1)) <= 12  # CloudFormation's maximum
+    # ...which the functions that promote a launch send, to this stack only, in create mode only
+    for parameters, expected in [({}, STACK_NAME), (ATTACH, "")]:
+        stack = Stack(cfn, parameters=parameters)
+        statements = _role_statements(cfn, stack)
+        signalling = {role: s for role, s in statements if "cloudformation:SignalResource" in _as_list(s["Action"])}
+        for function in ("LifecycleFunction", "HealthFunction"):
+            env = stack.resolve(cfn["Resources"][function]["Properties"]["Environment"]["Variables"])
+            assert env["CREATION_SIGNAL_STACK"] == expected
+        if expected:
+            assert set(signalling) == {"LifecycleFunctionRole", "HealthFunctionRole"}
+            assert all(s["Resource"] == stack.pseudo["AWS::StackId"] for s in signalling.values())
+        else:
+            assert signalling == {}
 
 
 def test_attach_mode_manages_the_given_group_and_eip(cfn: dict[str, Any]) -> None:

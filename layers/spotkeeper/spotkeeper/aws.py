@@ -54,6 +54,10 @@ class AwsClients:
     def cloudwatch(self) -> Any:
         return self.boto3_session().client("cloudwatch", config=self.config)
 
+    @cached_property
+    def cloudformation(self) -> Any:
+        return self.boto3_session().client("cloudformation", config=RETRY_CONFIG)
+
     def table(self, name: str) -> Any:
         return self.boto3_session().resource("dynamodb", config=self.config).Table(name)
 

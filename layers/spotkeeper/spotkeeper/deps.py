@@ -17,6 +17,7 @@ from spotkeeper.clock import Clock, WallClock
 from spotkeeper.fleet import Fleet
 from spotkeeper.settings import CapacityEnv, ControlEnv, capacity_env, control_env
 from spotkeeper.spot_market import SpotMarket
+from spotkeeper.stack_signal import CreationSignal
 from spotkeeper.state import StateStore
 from spotkeeper.tgi import TgiClient
 
@@ -30,6 +31,7 @@ class ControlDeps:
     alerts: AlertPublisher
     tgi: TgiClient
     clock: Clock
+    creation_signal: CreationSignal
 
     @property
     def group(self) -> str:
@@ -57,6 +59,7 @@ class ControlDeps:
             alerts=AlertPublisher(LazyClient(lambda: clients.sns), env.alert_topic_arn, env.group_name),
             tgi=tgi or TgiClient.on_port(env.tgi_port, timeout=env.probe_timeout_seconds),
             clock=clock or WallClock(),
+            creation_signal=CreationSignal(LazyClient(lambda: clients.cloudformation), env.creation_signal_stack),
         )
 
 

@@ -54,6 +54,9 @@ class ControlEnv(EndpointEnv):
     unhealthy_after_failures: int = Field(default=3, ge=1, le=100)
     # Leave this much of the Lambda's own time for completing the hook or handing over to the probe.
     handover_margin_seconds: float = Field(default=20, ge=1)
+    # Create mode: the stack whose creation waits (CreationPolicy) for the first instance to serve. Empty in attach
+    # mode, where no stack waits for anything.
+    creation_signal_stack: str = Field(default="", pattern=r"^$|^[A-Za-z][A-Za-z0-9-]{0,127}$")
 
 
 class CapacityEnv(ControlEnv):

@@ -126,6 +126,8 @@ def make_serving(instance_id: str, address: str, deps: ControlDeps) -> str:
         endpoint = deps.state.get_endpoint(deps.group)
         if endpoint.serving_instance_id == instance_id:
             deps.fleet.move_eip(instance_id)  # idempotent; repairs an EIP moved by someone else
+            # Signal again: the retry of a reaction that failed after the move. A created stack refuses it quietly.
+            deps.creation_signal.instance_serves(instance_id)
             return "already"
         if endpoint.serving_instance_id is not None and not _should_take_over(endpoint.serving_instance_id, deps):
             logger.info(
@@ -135,6 +137,7 @@ def make_serving(instance_id: str, address: str, deps: ControlDeps) -> str:
             return ""
         deps.fleet.move_eip(instance_id)
         if deps.state.set_serving(deps.group, instance_id, address, deps.clock.now(), endpoint.version):
+            deps.creation_signal.instance_serves(instance_id)  # the stack being created waits for this
             return "moved"
         logger.info("endpoint changed while moving the EIP; deciding again", extra={"instance_id": instance_id})
     raise RuntimeError(f"could not record {instance_id} as serving: endpoint state keeps changing")
