@@ -16,9 +16,9 @@ import pytest
 
 from spotkeeper.gateway import auth
 from spotkeeper.gateway.auth import ApiKeyRecord, ApiKeyStore, Verdict, key_hash, verify_key
-from spotkeeper.keys import create_key, main
 from spotkeeper.observability import logger
 from spotkeeper.settings import ConfigurationError, authorizer_env
+from spotkeeper_ops.keys import create_key, main
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = "spotkeeper-state"

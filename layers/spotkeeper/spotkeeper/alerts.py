@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from botocore.exceptions import ClientError
 
 from spotkeeper.observability import logger
 
@@ -27,10 +30,14 @@ class Alert:
 
 
 class AlertPublisher:
-    def __init__(self, sns: Any, topic_arn: str, group: str) -> None:
+    """Publishes to the topic and, when given ``record``, keeps a short history of what was sent (for ops'
+    ``spotkeeper status``). The history is best effort: the alert itself went out, a failed record only logs."""
+
+    def __init__(self, sns: Any, topic_arn: str, group: str, record: Callable[[Alert], None] | None = None) -> None:
         self._sns = sns
         self._topic_arn = topic_arn
         self._group = group
+        self._record = record
 
     def send(self, alert: Alert) -> None:
         # SNS subjects are at most 100 ASCII characters with no line breaks.
@@ -46,3 +53,8 @@ class AlertPublisher:
             },
         )
         logger.info("alert sent", extra={"alert_event": alert.event, "severity": alert.severity, "subject": subject})
+        if self._record is not None:
+            try:
+                self._record(alert)
+            except ClientError as error:
+                logger.warning("alert not recorded in the state table", extra={"error": str(error)})

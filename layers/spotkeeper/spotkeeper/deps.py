@@ -46,6 +46,8 @@ class ControlDeps:
         clock: Clock | None = None,
     ) -> ControlDeps:
         clients = clients or AwsClients()
+        clock = clock or WallClock()
+        state = StateStore(LazyClient(lambda: clients.table(env.state_table_name)))
         return cls(
             env=env,
             clients=clients,
@@ -55,12 +57,24 @@ class ControlDeps:
                 env.group_name,
                 env.eip_allocation_id,
             ),
-            state=StateStore(LazyClient(lambda: clients.table(env.state_table_name))),
-            alerts=AlertPublisher(LazyClient(lambda: clients.sns), env.alert_topic_arn, env.group_name),
+            state=state,
+            alerts=_alert_publisher(clients, env, state, clock),
             tgi=tgi or TgiClient.on_port(env.tgi_port, timeout=env.probe_timeout_seconds),
-            clock=clock or WallClock(),
+            clock=clock,
             creation_signal=CreationSignal(LazyClient(lambda: clients.cloudformation), env.creation_signal_stack),
         )
+
+
+def _alert_publisher(clients: AwsClients, env: ControlEnv, state: StateStore, clock: Clock) -> AlertPublisher:
+    """The topic, and the state table's short history of what was sent (``spotkeeper status`` shows it)."""
+    return AlertPublisher(
+        LazyClient(lambda: clients.sns),
+        env.alert_topic_arn,
+        env.group_name,
+        record=lambda alert: state.record_alert(
+            env.group_name, clock.now(), alert.event, alert.severity, alert.subject[:500]
+        ),
+    )
 
 
 @cache
@@ -88,11 +102,12 @@ class CapacityDeps:
     def build(cls, env: CapacityEnv, clients: AwsClients | None = None, clock: Clock | None = None) -> CapacityDeps:
         clients = clients or AwsClients()
         clock = clock or WallClock()
+        state = StateStore(LazyClient(lambda: clients.table(env.state_table_name)))
         return cls(
             env=env,
             clients=clients,
-            state=StateStore(LazyClient(lambda: clients.table(env.state_table_name))),
-            alerts=AlertPublisher(LazyClient(lambda: clients.sns), env.alert_topic_arn, env.group_name),
+            state=state,
+            alerts=_alert_publisher(clients, env, state, clock),
             policy=CapacityPolicy(
                 LazyClient(lambda: clients.autoscaling), LazyClient(lambda: clients.ec2), env.group_name
             ),

@@ -4,6 +4,7 @@ One table (pk/sk) holds, per group:
   pk=group#<name> sk=endpoint           the serving instance, capacity mode, a version for optimistic locking
   pk=group#<name> sk=launch#<instance>  a launch lifecycle hook waiting for TGI to become ready
   pk=group#<name> sk=instance#<id>      per-instance facts: doomed (interruption), draining, probe failures
+  pk=group#<name> sk=alert#<ms>#<event> the alerts sent, kept two weeks (TTL), for `spotkeeper status`
 Powertools idempotency records share the table under their own pk.
 
 Every change is a conditional write, so concurrent or replayed events cannot undo each other.
@@ -20,6 +21,7 @@ from botocore.exceptions import ClientError
 from spotkeeper.records import SPOT, Endpoint, InstanceRecord, PendingLaunch
 
 ENDPOINT_SK = "endpoint"
+ALERT_RETENTION_SECONDS = 14 * 24 * 3600
 
 
 def _pk(group: str) -> str:
@@ -219,6 +221,33 @@ class StateStore:
             ExpressionAttributeNames={"#a": attribute},
             ExpressionAttributeValues={":v": Decimal(str(value)) if isinstance(value, float) else value},
         )
+
+    # alerts -----------------------------------------------------------------------------------
+    def record_alert(self, group: str, at: float, event: str, severity: str, subject: str) -> None:
+        self._table.put_item(
+            Item={
+                "pk": _pk(group),
+                "sk": f"alert#{int(at * 1000):015d}#{event}",
+                "at": Decimal(str(at)),
+                "event": event,
+                "severity": severity,
+                "subject": subject,
+                "expiration": int(at) + ALERT_RETENTION_SECONDS,
+            }
+        )
+
+    def recent_alerts(self, group: str, limit: int = 10) -> list[dict[str, Any]]:
+        """The last ``limit`` alerts, newest first."""
+        response = self._table.query(
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
+            ExpressionAttributeValues={":pk": _pk(group), ":prefix": "alert#"},
+            ScanIndexForward=False,
+            Limit=limit,
+        )
+        return [
+            {"at": float(i["at"]), "event": i["event"], "severity": i["severity"], "subject": i["subject"]}
+            for i in response.get("Items", [])
+        ]
 
     # pending launches -------------------------------------------------------------------------
     def put_pending_launch(self, group: str, launch: PendingLaunch) -> bool:

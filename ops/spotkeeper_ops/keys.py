@@ -1,4 +1,4 @@
-"""Managing gateway API keys: ``python -m spotkeeper.keys create|disable|enable|list --table <state table>``.
+"""Managing gateway API keys: ``spotkeeper keys --table <state table> create|disable|enable|list``.
 
 ``create`` prints the new key once (it is stored only as its SHA-256) and, with ``--usage-plan-id``, creates
 the API Gateway API key the usage plan throttles this client by and attaches it to the plan. The client
@@ -66,7 +66,7 @@ def set_enabled(store: ApiKeyStore, record: ApiKeyRecord, enabled: bool, apigate
 
 
 def main(argv: list[str] | None = None, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spotkeeper.keys", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="spotkeeper keys", description=__doc__.splitlines()[0])
     parser.add_argument("--table", required=True, help="the stack's state table name")
     commands = parser.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="create a key and print it once")
