@@ -13,7 +13,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 # sam build resolves "python3.13" on PATH for the runtime; the venv has it.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: help dev check-python lint cfn-lint checkov sam-validate build unit pytest-all test demo bench format clean
+.PHONY: help dev check-python lint cfn-lint checkov sam-validate build unit pytest-all test demo bench format clean preflight status keys
 
 help:
 	@echo "make demo   - the game day drill on an embedded local AWS"
@@ -21,6 +21,8 @@ help:
 	@echo "make unit   - the pytest suite without the slow tests (drill subprocesses, races, schemathesis, bench smoke)"
 	@echo "make bench  - benchmarks (not part of make test)"
 	@echo "make dev    - create .venv (Python 3.13) with everything the tests need"
+	@echo "make preflight ENV=<samconfig env> [OVERRIDES='Key=Value ...'] - check an account before sam deploy"
+	@echo "make status STACK=<stack> [WATCH=1]                            - a deployed stack at a glance"
 
 check-python:
 	@if [ -z "$(PY313)" ]; then \
@@ -86,6 +88,18 @@ demo: $(VENV)/.stamp
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--quick" or "--only cold".
 bench: $(VENV)/.stamp $(SAM_VENV)/.stamp
 	PYTHONPATH=layers/spotkeeper:local $(PY) bench/run.py $(BENCH_ARGS)
+
+# Operator commands (ops/spotkeeper_ops, never shipped to Lambda), with your AWS credentials.
+OPS := PYTHONPATH=layers/spotkeeper:ops $(PY) -m spotkeeper_ops
+
+preflight: $(VENV)/.stamp
+	$(OPS) preflight $(if $(ENV),--config-env $(ENV)) $(if $(OVERRIDES),--parameter-overrides $(OVERRIDES))
+
+status: $(VENV)/.stamp
+	$(OPS) status --stack $(or $(STACK),spotkeeper) $(if $(WATCH),--watch)
+
+keys: $(VENV)/.stamp
+	$(OPS) keys $(ARGS)
 
 clean:
 	rm -rf .aws-sam .pytest_cache .ruff_cache

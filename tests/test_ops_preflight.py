@@ -239,3 +239,17 @@ def test_cli_prints_verdicts_and_exits_nonzero_on_a_bad_parameter():
     err = io.StringIO()
     assert main(["preflight", "--parameter-overrides", "Bogus=1"], out=io.StringIO(), err=err) == 2
     assert "Bogus" in err.getvalue()
+
+
+def test_operator_commands_stay_out_of_the_lambda_artifacts():
+    from tests.cfn import load_template
+
+    uris = [
+        str(r["Properties"].get("CodeUri") or r["Properties"].get("ContentUri"))
+        for r in load_template()["Resources"].values()
+        if r["Type"] in ("AWS::Serverless::Function", "AWS::Serverless::LayerVersion")
+    ]
+    assert uris and all(uri.startswith(("functions/", "layers/")) for uri in uris)
+    assert not (ROOT / "layers/spotkeeper/spotkeeper/keys.py").exists()
+    shipped = [*ROOT.glob("layers/**/*.py"), *ROOT.glob("functions/**/*.py")]
+    assert not [p for p in shipped if "spotkeeper_ops" in p.read_text()]

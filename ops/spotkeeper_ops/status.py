@@ -53,7 +53,7 @@ class Status:
     mode: str = "spot"
     mode_since: float | None = None
     mode_reason: str | None = None
-    instances: list[tuple[str, str, str]] = field(default_factory=list)
+    instances: list[tuple[str, str, str, str]] = field(default_factory=list)  # id, state, health, spotkeeper's note
     pending: list[tuple[str, float, float, str]] = field(default_factory=list)  # id, started, deadline, status
     alarms: list[tuple[str, str]] = field(default_factory=list)
     alerts: list[dict[str, Any]] = field(default_factory=list)
@@ -85,8 +85,16 @@ def collect(stack_name: str, clients: StackClients, now: float) -> Status:
     status.mode, status.mode_since, status.mode_reason = endpoint.mode, endpoint.mode_since, endpoint.mode_reason
 
     groups = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[status.group])
+    records = {r.instance_id: r for r in state.instances(status.group)}
     for instance in (groups["AutoScalingGroups"] or [{}])[0].get("Instances", []):
-        status.instances.append((instance["InstanceId"], instance["LifecycleState"], instance.get("HealthStatus", "")))
+        record = records.get(instance["InstanceId"])
+        note = ""
+        if record is not None:
+            marks = [("doomed", record.doomed), ("at risk", record.at_risk_since), ("draining", record.draining_since)]
+            note = ", ".join(name for name, on in marks if on)
+        status.instances.append(
+            (instance["InstanceId"], instance["LifecycleState"], instance.get("HealthStatus", ""), note)
+        )
         if instance["InstanceId"] == status.serving:
             status.serving_state, status.serving_health = instance["LifecycleState"], instance.get("HealthStatus", "")
     if not groups["AutoScalingGroups"]:
@@ -158,9 +166,10 @@ def render(status: Status, now: float) -> str:
         lines.append(f"probe     Healthy={value:g} at {_when(at, now)}")
     lines.append(f"eip       {status.eip_address} -> {status.eip_instance or 'nothing'}")
     reason = f" ({status.mode_reason})" if status.mode_reason else ""
-    lines.append(f"capacity  {status.mode} since {_when(status.mode_since, now)}{reason}")
-    for instance_id, state, health in status.instances:
-        lines.append(f"instance  {instance_id} {state} {health}")
+    since = _when(status.mode_since, now) if status.mode_since else "the deploy"
+    lines.append(f"capacity  {status.mode} since {since}{reason}")
+    for instance_id, state, health, note in status.instances:
+        lines.append(f"instance  {instance_id} {state} {health}" + (f" ({note})" if note else ""))
     for instance_id, started, deadline, launch_status in status.pending:
         lines.append(
             f"launch    {instance_id} {launch_status}, started {_when(started, now)}, deadline {_when(deadline, now)}"
