@@ -6,6 +6,7 @@ the tests (``tests/control.py``, the capacity tests) all build it here:
 
 * ``clients``: the handlers' boto3 clients (``AwsClients`` on the given session);
 * ``hooks``: ``LifecycleHooks``, answering CompleteLifecycleAction / RecordLifecycleActionHeartbeat;
+* ``signals``: ``StackSignals``, answering CloudFormation's SignalResource (the first deploy's creation signal);
 * ``market``: ``SpotMarket``, answering GetSpotPlacementScores / DescribeSpotPriceHistory (typical prices from
   ``prices.json``) and deciding whether Spot launches find capacity;
 * ``group``: ``GroupStandIn``, the group's lifecycle and its instance refreshes (``take_over_group=False``
@@ -39,6 +40,7 @@ from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import invoke
 from spotkeeper_local.lifecycle_hooks import LifecycleHooks
 from spotkeeper_local.spot_market import SpotMarket
+from spotkeeper_local.stack_signals import StackSignals
 
 CONTROL_FUNCTIONS = ("interruption", "lifecycle", "health")
 DEFAULT_MODEL_ID = "meta-llama/Llama-3.1-8B-Instruct"
@@ -54,6 +56,7 @@ class World:
     deps: dict[str, Any]
     group: GroupStandIn | None = None
     launched_at: dict[str, float] = field(default_factory=dict)
+    signals: StackSignals = field(default_factory=StackSignals)
 
     @classmethod
     def build(
@@ -106,6 +109,7 @@ class World:
                 CapacityEnv.from_environ(env["capacity"]), clients=clients, clock=clock
             )
         world = cls(clock, clients, hooks, market, fleet, deps)
+        world.signals.install(clients.cloudformation)
         if group is not None and take_over_group:
             world.group = GroupStandIn(group, hooks, clock, market=market)
             world.group.answer_refreshes_on(clients.autoscaling)
