@@ -163,7 +163,8 @@ class Instance:
 
 
 def _new_instance(tmp_path: Path, aws: dict[str, str], name: str, lsblk: str = EBS_ONLY, **parameters: str) -> Instance:
-    defaults = {"ModelRevision": REVISION, "HfTokenSecretArn": aws["SECRET_ARN"]}
+    # A gated model with its token secret: what these tests exercise (the template's default model is ungated).
+    defaults = {"ModelId": MODEL, "ModelRevision": REVISION, "HfTokenSecretArn": aws["SECRET_ARN"]}
     cfn = load_template()
     stack = Stack(cfn, parameters={**defaults, **parameters}, ref_values={"WeightsBucket": BUCKET})
     user_data = stack.resolve(cfn["Resources"]["FleetLaunchTemplate"]["Properties"])["LaunchTemplateData"]["UserData"]
@@ -557,7 +558,7 @@ def test_the_weights_cache_exists_only_with_a_pinned_revision() -> None:
     [("true", {"s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"}), ("false", {"s3:GetObject"})],
 )
 def test_the_instance_role_reads_and_primes_only_the_revisions_prefix(prime: str, actions: set[str]) -> None:
-    stack, resources = _resources({"ModelRevision": REVISION, "PrimeWeights": prime})
+    stack, resources = _resources({"ModelId": MODEL, "ModelRevision": REVISION, "PrimeWeights": prime})
     policy = stack.resolve(resources["FleetWeightsPolicy"]["Properties"])
     assert policy["RoleName"] == "<FleetInstanceRole>"
     listing, objects = policy["PolicyDocument"]["Statement"]

@@ -78,7 +78,7 @@ def test_the_fastest_option_is_under_150_seconds_for_the_default_8b_on_g5_2xlarg
 
 def test_weights_phase_is_bound_by_the_slowest_of_source_network_and_disk() -> None:
     data = load_data()
-    weights = data["models"]["meta-llama/Llama-3.1-8B-Instruct"]["weights_bytes"]
+    weights = data["models"][template_defaults()[1]]["weights_bytes"]  # the phases below use the default model
     gp3 = data["storage"]["gp3_default_throughput_mibps"]["value"] * 1024 * 1024
     # Hub to the default gp3 root: the volume's 125 MiB/s is slower than the Hub
     assert launch_to_ready().seconds("weights") == pytest.approx(weights / gp3)

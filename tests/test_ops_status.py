@@ -141,10 +141,18 @@ def test_an_alert_that_cannot_be_recorded_still_goes_out(stack):
     from botocore.exceptions import ClientError
 
     from spotkeeper.alerts import Alert, AlertPublisher
+    from spotkeeper.state import StateStore
 
-    def unrecordable(alert):
-        raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "PutItem")
+    class ThrottledTable:
+        def put_item(self, **_):
+            raise ClientError({"Error": {"Code": "ProvisionedThroughputExceededException"}}, "PutItem")
 
-    publisher = AlertPublisher(stack.session.client("sns"), stack.topic_arn, stack.group, record=unrecordable)
+    store = StateStore(ThrottledTable())
+    publisher = AlertPublisher(
+        stack.session.client("sns"),
+        stack.topic_arn,
+        stack.group,
+        record=lambda alert: store.record_alert(stack.group, 0.0, alert.event, alert.severity, alert.subject),
+    )
     publisher.send(Alert("eip-moved", "info", "i-0 is serving"))
     assert [a["attributes"]["event"] for a in stack.alerts()] == ["eip-moved"]

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from botocore.exceptions import ClientError
-
 from spotkeeper.observability import logger
 
 Severity = Literal["info", "warning", "critical"]
@@ -31,7 +29,7 @@ class Alert:
 
 class AlertPublisher:
     """Publishes to the topic and, when given ``record``, keeps a short history of what was sent (for ops'
-    ``spotkeeper status``). The history is best effort: the alert itself went out, a failed record only logs."""
+    ``spotkeeper status``); ``record`` is best effort (StateStore.record_alert only logs a failure)."""
 
     def __init__(self, sns: Any, topic_arn: str, group: str, record: Callable[[Alert], None] | None = None) -> None:
         self._sns = sns
@@ -54,7 +52,4 @@ class AlertPublisher:
         )
         logger.info("alert sent", extra={"alert_event": alert.event, "severity": alert.severity, "subject": subject})
         if self._record is not None:
-            try:
-                self._record(alert)
-            except ClientError as error:
-                logger.warning("alert not recorded in the state table", extra={"error": str(error)})
+            self._record(alert)

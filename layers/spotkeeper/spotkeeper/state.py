@@ -18,6 +18,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from spotkeeper.observability import logger
 from spotkeeper.records import SPOT, Endpoint, InstanceRecord, PendingLaunch
 
 ENDPOINT_SK = "endpoint"
@@ -223,18 +224,24 @@ class StateStore:
         )
 
     # alerts -----------------------------------------------------------------------------------
-    def record_alert(self, group: str, at: float, event: str, severity: str, subject: str) -> None:
-        self._table.put_item(
-            Item={
-                "pk": _pk(group),
-                "sk": f"alert#{int(at * 1000):015d}#{event}",
-                "at": Decimal(str(at)),
-                "event": event,
-                "severity": severity,
-                "subject": subject,
-                "expiration": int(at) + ALERT_RETENTION_SECONDS,
-            }
-        )
+    def record_alert(self, group: str, at: float, event: str, severity: str, subject: str) -> bool:
+        """Keep a sent alert for two weeks. Best effort: the alert itself went out, so a failure only logs."""
+        try:
+            self._table.put_item(
+                Item={
+                    "pk": _pk(group),
+                    "sk": f"alert#{int(at * 1000):015d}#{event}",
+                    "at": Decimal(str(at)),
+                    "event": event,
+                    "severity": severity,
+                    "subject": subject,
+                    "expiration": int(at) + ALERT_RETENTION_SECONDS,
+                }
+            )
+        except ClientError as error:
+            logger.warning("alert not recorded in the state table", extra={"error": str(error)})
+            return False
+        return True
 
     def recent_alerts(self, group: str, limit: int = 10) -> list[dict[str, Any]]:
         """The last ``limit`` alerts, newest first."""
