@@ -31,6 +31,7 @@ _GATEWAY = str(ROOT / "layers" / "spotkeeper" / "spotkeeper" / "gateway") + "/"
 # and add it.
 IAM_PREFIX = {
     "autoscaling": "autoscaling",
+    "cloudformation": "cloudformation",
     "cloudwatch": "cloudwatch",
     "dynamodb": "dynamodb",
     "ec2": "ec2",

@@ -55,6 +55,7 @@ from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import invoke, load_function
 from spotkeeper_local.lifecycle_hooks import TERMINATING, GroupWatcher, LifecycleHooks
 from spotkeeper_local.sim_clock import SimClock
+from spotkeeper_local.stack_signals import StackSignals
 
 ATTACH = {
     "Mode": "attach",
@@ -301,6 +302,46 @@ def interruption_without_headroom_detaches(recorder: CallRecorder) -> None:
             assert first not in instance_ids(stack)
 
 
+def detached_instance_retired_once_its_replacement_serves(recorder: CallRecorder) -> None:
+    """A group at MaxSize without Capacity Rebalancing: the at-risk instance is tagged and detached, and
+    terminated by whoever promotes the replacement (the launch hook here, the probe after a hand-over)."""
+    for handed_over in (False, True):
+        with recorded_stack(recorder, capacity_rebalance=False) as stack:
+            autoscaling = stack.session.client("autoscaling")
+            autoscaling.update_auto_scaling_group(AutoScalingGroupName=stack.group, MaxSize=1)
+            [first] = instance_ids(stack)
+            loads = {first: 0.0}
+            with control(
+                stack, load_seconds=lambda iid, loads=loads, later=600.0 * handed_over: loads.get(iid, later)
+            ) as world:
+                world.scenario().run()
+                assert world.invoke("interruption", rebalance_recommendation(first))["outcome"] == (
+                    "replacement-started"
+                )
+                world.scenario().run()
+                if handed_over:
+                    world.clock.advance(700)
+                    assert "promoted" in world.invoke("health", scheduled())["launches"].values()
+                assert stack.eip_holder() != first
+
+
+def first_deploy_signals_the_waiting_stack(recorder: CallRecorder) -> None:
+    """Create mode's first instance: promoted by the launch hook, or by the probe when its model loads past the
+    launch function's time; either signals the stack (SignalResource answered by the drill's stand-in)."""
+    for load in (0.0, 600.0):
+        with (
+            recorded_stack(recorder) as stack,
+            control(stack, load_seconds=load, CREATION_SIGNAL_STACK="spotkeeper") as world,
+        ):
+            signals = StackSignals()
+            signals.install(world.deps.clients.cloudformation)
+            world.scenario().run()
+            if load:
+                world.clock.advance(700)
+                world.invoke("health", scheduled())
+            assert len(signals.received) == 1
+
+
 def rebalance_recommendations(recorder: CallRecorder) -> None:
     for capacity_rebalance in (True, False):
         with recorded_stack(recorder, capacity_rebalance=capacity_rebalance) as stack:
@@ -481,6 +522,8 @@ SCENARIOS: tuple[Callable[[CallRecorder], None], ...] = (
     interruption_of_the_serving_instance,
     slow_replacement_finished_by_the_probe,
     interruption_without_headroom_detaches,
+    detached_instance_retired_once_its_replacement_serves,
+    first_deploy_signals_the_waiting_stack,
     rebalance_recommendations,
     spot_takes_the_doomed_instance_first,
     launch_abandoned_past_its_deadline,

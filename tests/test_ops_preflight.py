@@ -242,7 +242,7 @@ def test_cli_prints_verdicts_and_exits_nonzero_on_a_bad_parameter():
 
 
 def test_operator_commands_stay_out_of_the_lambda_artifacts():
-    from tests.cfn import load_template
+    from cfn import load_template
 
     uris = [
         str(r["Properties"].get("CodeUri") or r["Properties"].get("ContentUri"))

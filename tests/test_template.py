@@ -505,7 +505,7 @@ def test_stack_creation_waits_for_the_first_serving_instance_not_for_its_first_l
     hours = re.fullmatch(r"PT(\d+)H", signal["Timeout"])
     assert hours and int(hours.group(1)) * 3600 >= cfn["Parameters"]["LaunchDeadlineSeconds"]["MaxValue"] + 3600
     assert int(hours.group(1)) <= 12  # CloudFormation's maximum
-    # ...which the functions that promote a launch send, to this stack only, in create mode only
+    # ...which the functions that promote a launch send, to this stack only, in create mode only (empty in attach)
     for parameters, expected in [({}, STACK_NAME), (ATTACH, "")]:
         stack = Stack(cfn, parameters=parameters)
         statements = _role_statements(cfn, stack)
@@ -513,11 +513,8 @@ def test_stack_creation_waits_for_the_first_serving_instance_not_for_its_first_l
         for function in ("LifecycleFunction", "HealthFunction"):
             env = stack.resolve(cfn["Resources"][function]["Properties"]["Environment"]["Variables"])
             assert env["CREATION_SIGNAL_STACK"] == expected
-        if expected:
-            assert set(signalling) == {"LifecycleFunctionRole", "HealthFunctionRole"}
-            assert all(s["Resource"] == stack.pseudo["AWS::StackId"] for s in signalling.values())
-        else:
-            assert signalling == {}
+        assert set(signalling) == {"LifecycleFunctionRole", "HealthFunctionRole"}
+        assert all(s["Resource"] == stack.pseudo["AWS::StackId"] for s in signalling.values())
 
 
 def test_attach_mode_manages_the_given_group_and_eip(cfn: dict[str, Any]) -> None:
