@@ -55,7 +55,6 @@ from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import invoke, load_function
 from spotkeeper_local.lifecycle_hooks import TERMINATING, GroupWatcher, LifecycleHooks
 from spotkeeper_local.sim_clock import SimClock
-from spotkeeper_local.stack_signals import StackSignals
 
 ATTACH = {
     "Mode": "attach",
@@ -327,19 +326,18 @@ def detached_instance_retired_once_its_replacement_serves(recorder: CallRecorder
 
 def first_deploy_signals_the_waiting_stack(recorder: CallRecorder) -> None:
     """Create mode's first instance: promoted by the launch hook, or by the probe when its model loads past the
-    launch function's time; either signals the stack (SignalResource answered by the drill's stand-in)."""
+    launch function's time; either signals the stack (SignalResource answered by the local world's stand-in)."""
     for load in (0.0, 600.0):
         with (
             recorded_stack(recorder) as stack,
             control(stack, load_seconds=load, CREATION_SIGNAL_STACK="spotkeeper") as world,
         ):
-            signals = StackSignals()
-            signals.install(world.deps.clients.cloudformation)
+            [first] = instance_ids(stack)
             world.scenario().run()
             if load:
                 world.clock.advance(700)
                 world.invoke("health", scheduled())
-            assert len(signals.received) == 1
+            assert stack.eip_holder() == first
 
 
 def rebalance_recommendations(recorder: CallRecorder) -> None:
