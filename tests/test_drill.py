@@ -236,6 +236,7 @@ def drill_world():
 
     saved = dict(os.environ)
     aws = EmbeddedAws().start()
+    aws.reset()  # moto's backends live in this process: forget the previous test's stack
     world = None
     try:
         world = DrillWorld.deploy(
