@@ -1,9 +1,10 @@
-"""What the capacity function has already told people: each alert of a switch or a transition goes out once.
+"""What the capacity function has already told people (each alert of a switch or a transition goes out once), and
+the Spot pools whose launches just failed.
 
-Items share the state table: pk=group#<name>, sk=once#<what>. A claim is a conditional write; a claimed
-action that failed (SNS down) is released so the retry can do it, and a claimant that died holding it
-loses it when its lease runs out. Items expire (the table's TTL attribute) two days after the claim,
-longer than EventBridge and Lambda keep retrying an event.
+Items share the state table: pk=group#<name>, sk=once#<what> and sk=failed-pool#<zone>#<type or *>. A claim is
+a conditional write; a claimed action that failed (SNS down) is released so the retry can do it, and a claimant
+that died holding it loses it when its lease runs out. Claims expire (the table's TTL attribute) two days after
+the claim, longer than EventBridge and Lambda keep retrying an event; a failed pool when it runs out.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from spotkeeper.aws import error_code
+from spotkeeper.market import FailedPool
 from spotkeeper.observability import logger
 from spotkeeper.state import conditional_write
 
 LEASE_SECONDS = 60
+FAILED_POOL_PREFIX = "failed-pool#"
+ANY_TYPE = "*"
 KEEP_SECONDS = 2 * 24 * 3600
 
 
@@ -67,3 +71,46 @@ class CapacityJournal:
         except ClientError as error:
             # The lease runs out by itself; the retry just waits for it.
             logger.warning("could not release a claim", extra={"what": what, "code": error_code(error)})
+
+    # failed Spot pools ----------------------------------------------------------------------------
+    def record_failed_pool(self, pool: FailedPool) -> bool:
+        """Remember a pool that just failed until ``pool.until``; a later failure of it extends that, an earlier
+        one (a late or replayed event) changes nothing. The table's TTL deletes the item after it ran out."""
+        kind = pool.instance_type or ANY_TYPE
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": f"group#{self._group}", "sk": f"{FAILED_POOL_PREFIX}{pool.zone}#{kind}"},
+            UpdateExpression="SET zone_name = :zone, instance_type = :kind, failed_until = :until, "
+            "expiration = :expires",
+            ConditionExpression="attribute_not_exists(failed_until) OR failed_until < :until",
+            ExpressionAttributeValues={
+                ":zone": pool.zone,
+                ":kind": kind,
+                ":until": Decimal(str(pool.until)),
+                ":expires": int(pool.until) + 1,
+            },
+        )
+
+    def failed_pools(self) -> list[FailedPool]:
+        """Every pool recorded as failed, expired or not (TTL deletion lags by up to two days: callers compare
+        ``until`` with the time)."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":pk": f"group#{self._group}", ":prefix": FAILED_POOL_PREFIX},
+            "ConsistentRead": True,
+        }
+        while True:
+            response = self._table.query(**kwargs)
+            items.extend(response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                break
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return [
+            FailedPool(
+                zone=item["zone_name"],
+                instance_type=None if item["instance_type"] == ANY_TYPE else item["instance_type"],
+                until=float(item["failed_until"]),
+            )
+            for item in items
+        ]

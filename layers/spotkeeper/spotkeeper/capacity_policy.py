@@ -118,6 +118,43 @@ class CapacityPolicy:
         )
         return True
 
+    def raise_on_demand_base(self, base: int) -> bool:
+        """At least ``base`` On-Demand instances: a fallback never lowers what a racing one raised further."""
+        if self.read().on_demand_base >= base:
+            return False
+        return self.set_on_demand_base(base)
+
+    def spot_instance_ids(self, instance_ids: list[str]) -> set[str]:
+        """Which of ``instance_ids`` EC2 runs as Spot (DescribeInstances' InstanceLifecycle; Auto Scaling's own
+        description does not say). An instance EC2 no longer knows is not Spot capacity."""
+        spot: set[str] = set()
+        for start in range(0, len(instance_ids), 100):
+            try:
+                pages = self._ec2.get_paginator("describe_instances").paginate(
+                    InstanceIds=instance_ids[start : start + 100]
+                )
+                for page in pages:
+                    for reservation in page["Reservations"]:
+                        spot.update(
+                            i["InstanceId"] for i in reservation["Instances"] if i.get("InstanceLifecycle") == "spot"
+                        )
+            except ClientError as error:
+                if error_code(error) != "InvalidInstanceID.NotFound":
+                    raise
+                # One of them vanished between the two reads: ask one by one.
+                for instance_id in instance_ids[start : start + 100]:
+                    spot |= self._spot_one(instance_id)
+        return spot
+
+    def _spot_one(self, instance_id: str) -> set[str]:
+        try:
+            reservations = self._ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        except ClientError as error:
+            if error_code(error) == "InvalidInstanceID.NotFound":
+                return set()
+            raise
+        return {i["InstanceId"] for r in reservations for i in r["Instances"] if i.get("InstanceLifecycle") == "spot"}
+
     def set_desired(self, desired: int) -> None:
         self._autoscaling.set_desired_capacity(
             AutoScalingGroupName=self.group_name, DesiredCapacity=desired, HonorCooldown=False

@@ -63,6 +63,16 @@ class SpotPrice:
     since: float  # when this price took effect
 
 
+@dataclass(frozen=True)
+class FailedPool:
+    """A Spot pool whose launch just failed for capacity: a zone, and the instance type when the failure named
+    one (a mixed-instances request that failed for every type in the zone names none)."""
+
+    zone: str  # us-east-1a, as Launch Unsuccessful events name it
+    instance_type: str | None
+    until: float  # left out of the return-to-Spot decision until then
+
+
 class ScoresUnavailable(RuntimeError):
     """Spot placement scores cannot be had here (permission, partition, quota); use the price signal."""
 

@@ -18,6 +18,13 @@ def _num(value: Any, default: float | None = None) -> float | None:
     return float(value)
 
 
+def fallback_count(item: dict[str, Any]) -> int:
+    """The recorded fallback count; an item written before there was one counts 1 when its mode is on-demand."""
+    if "on_demand_replicas" in item:
+        return int(item["on_demand_replicas"])
+    return 1 if item.get("mode") == ON_DEMAND else 0
+
+
 @dataclass(frozen=True)
 class Endpoint:
     group: str
@@ -31,6 +38,8 @@ class Endpoint:
     first_served_at: float | None = None  # when an instance of this stack first served; never cleared
     alarm_state: str | None = None  # the endpoint-down alarm's newest recorded state (ALARM / OK / ...)
     alarm_at: float | None = None  # when the alarm entered that state
+    # Replicas the dynamic fallback runs on On-Demand above the floor (mode is on-demand exactly when > 0).
+    on_demand_replicas: int = 0
 
     @property
     def ever_served(self) -> bool:
@@ -52,6 +61,7 @@ class Endpoint:
             first_served_at=_num(item.get("first_served_at")),
             alarm_state=item.get("alarm_state"),
             alarm_at=_num(item.get("alarm_at")),
+            on_demand_replicas=fallback_count(item),
         )
 
 

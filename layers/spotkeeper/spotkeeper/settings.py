@@ -19,6 +19,10 @@ class ConfigurationError(RuntimeError):
     pass
 
 
+# The template's Replicas and OnDemandFloor allow at most this many.
+MAX_REPLICAS = 8
+
+
 class _Env(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True, alias_generator=str.upper, populate_by_name=True)
 
@@ -57,6 +61,8 @@ class ControlEnv(EndpointEnv):
     # Create mode: the stack whose creation waits (CreationPolicy) for the first instance to serve. Empty in attach
     # mode, where no stack waits for anything.
     creation_signal_stack: str = Field(default="", pattern=r"^$|^[A-Za-z][A-Za-z0-9-]{0,127}$")
+    # Serving replicas the group keeps (template parameter Replicas; 1 is the single-instance product).
+    replicas: int = Field(default=1, ge=1, le=MAX_REPLICAS)
 
 
 class CapacityEnv(ControlEnv):
@@ -65,6 +71,22 @@ class CapacityEnv(ControlEnv):
     endpoint_down_alarm_name: str = Field(min_length=1)
     # InstanceWarmup of the fall-forward's instance refresh (0-3600, as the group's DefaultInstanceWarmup).
     instance_warmup_seconds: int = Field(default=60, ge=0, le=3600)
+    # On-Demand replicas the group always runs (its OnDemandBaseCapacity with no fallback); at most REPLICAS.
+    on_demand_floor: int = Field(default=0, ge=0, le=MAX_REPLICAS)
+    # A Spot pool (zone, instance type) whose launch just failed is left out of the return-to-Spot decision for
+    # this long - never longer than MIN_ON_DEMAND_SECONDS (see logic/capacity.py).
+    failed_pool_seconds: float = Field(default=900, ge=0, le=86400)
+
+    @model_validator(mode="after")
+    def _floor_within_replicas(self) -> Self:
+        if self.on_demand_floor > self.replicas:
+            raise ValueError(f"ON_DEMAND_FLOOR ({self.on_demand_floor}) is more than REPLICAS ({self.replicas})")
+        return self
+
+    @property
+    def fallback_room(self) -> int:
+        """How many replicas the dynamic fallback can put on On-Demand: those above the floor."""
+        return self.replicas - self.on_demand_floor
 
 
 class AuthorizerEnv(_Env):

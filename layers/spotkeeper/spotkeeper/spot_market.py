@@ -40,12 +40,14 @@ class SpotMarket:
         found = {Zone(s["AvailabilityZone"], s.get("AvailabilityZoneId") or "") for s in subnets}
         return sorted(found, key=lambda zone: zone.name)
 
-    def placement_scores(self, instance_types: tuple[str, ...] | list[str]) -> list[PlacementScore]:
-        """Per-zone scores in this region for one instance of any of ``instance_types``."""
+    def placement_scores(
+        self, instance_types: tuple[str, ...] | list[str], target_capacity: int = 1
+    ) -> list[PlacementScore]:
+        """Per-zone scores in this region for ``target_capacity`` instances of any of ``instance_types``."""
         try:
             response = self._ec2.get_spot_placement_scores(
                 InstanceTypes=list(instance_types),
-                TargetCapacity=1,
+                TargetCapacity=target_capacity,
                 TargetCapacityUnitType="units",
                 SingleAvailabilityZone=True,
                 RegionNames=[self.region],

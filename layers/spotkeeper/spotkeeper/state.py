@@ -19,7 +19,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from spotkeeper.observability import logger
-from spotkeeper.records import SPOT, Endpoint, InstanceRecord, PendingLaunch
+from spotkeeper.records import ON_DEMAND, SPOT, Endpoint, InstanceRecord, PendingLaunch
 
 ENDPOINT_SK = "endpoint"
 ALERT_RETENTION_SECONDS = 14 * 24 * 3600
@@ -78,24 +78,52 @@ class StateStore:
             ExpressionAttributeValues={":i": instance_id, ":v": expected_version, ":next": expected_version + 1},
         )
 
-    def set_mode(self, group: str, mode: str, reason: str, at: float, expected_mode: str) -> bool:
-        """Switch capacity mode (spot/on-demand) once: only the first of racing callers wins."""
-        condition = "attribute_not_exists(#m) OR #m = :expected" if expected_mode == SPOT else "#m = :expected"
+    def set_mode(
+        self,
+        group: str,
+        mode: str,
+        reason: str,
+        at: float,
+        expected_mode: str,
+        on_demand_replicas: int | None = None,
+        expected_replicas: int | None = None,
+    ) -> bool:
+        """Switch capacity mode, or change how many replicas the fallback runs on On-Demand, once: of racing
+        callers only the first, the one that read the count still recorded, wins.
+
+        Without counts (one replica) the mode says them: on-demand is 1, spot is 0. An item recorded before there
+        was a count has none: its mode says it.
+        """
+        count = on_demand_replicas if on_demand_replicas is not None else (1 if mode == ON_DEMAND else 0)
+        expected = expected_replicas if expected_replicas is not None else (1 if expected_mode == ON_DEMAND else 0)
+        if (count > 0) != (mode == ON_DEMAND):
+            raise ValueError(f"mode {mode} with {count} On-Demand replicas")
+        condition = "#n = :expected"
+        if expected == 0:
+            condition += " OR (attribute_not_exists(#n) AND (attribute_not_exists(#m) OR #m = :spot))"
+        elif expected == 1:
+            condition += " OR (attribute_not_exists(#n) AND #m = :od)"
+        values: dict[str, Any] = {
+            ":mode": mode,
+            ":t": Decimal(str(at)),
+            ":r": reason,
+            ":count": count,
+            ":expected": expected,
+            ":zero": 0,
+            ":one": 1,
+        }
+        if expected == 0:
+            values[":spot"] = SPOT
+        elif expected == 1:
+            values[":od"] = ON_DEMAND
         return conditional_write(
             self._table.update_item,
             Key={"pk": _pk(group), "sk": ENDPOINT_SK},
-            UpdateExpression="SET #m = :mode, mode_since = :t, mode_reason = :r, "
+            UpdateExpression="SET #m = :mode, #n = :count, mode_since = :t, mode_reason = :r, "
             "version = if_not_exists(version, :zero) + :one",
             ConditionExpression=condition,
-            ExpressionAttributeNames={"#m": "mode"},
-            ExpressionAttributeValues={
-                ":mode": mode,
-                ":t": Decimal(str(at)),
-                ":r": reason,
-                ":expected": expected_mode,
-                ":zero": 0,
-                ":one": 1,
-            },
+            ExpressionAttributeNames={"#m": "mode", "#n": "on_demand_replicas"},
+            ExpressionAttributeValues=values,
         )
 
     def record_endpoint_alarm(self, group: str, state: str, at: float) -> bool:

@@ -1,5 +1,10 @@
 """Capacity: fall back to On-Demand when Spot runs dry, forward to Spot when it returns; alarm alerts.
 
+With ``Replicas`` N the group runs ``OnDemandBaseCapacity = floor + fallback count``: the floor (ON_DEMAND_FLOOR)
+always, and one On-Demand replica per Spot replica Spot cannot deliver, never more than N. The fallback count is
+recorded with the mode (on-demand exactly when it is above 0). With N = 1 and no floor the count is 0 or 1 and
+everything below reads as it always did: OnDemandBaseCapacity 1 on a fallback, 0 after the fall-forward.
+
 Fallback (a launch failed for a Spot capacity or price reason, or the endpoint-down alarm fired while Spot is
 not delivering - see ``spot_delivery``: a replacement still loading within its deadline, or a stack whose first
 instance never served yet, only alerts; the five-minute schedule decides such a held-back alarm again): the group's
@@ -36,13 +41,14 @@ from spotkeeper.group import Group, NoMixedInstancesPolicy
 from spotkeeper.market import (
     ON_DEMAND_PRICES_AS_OF,
     ON_DEMAND_PRICES_REGION,
+    FailedPool,
     MarketUnavailable,
     ScoresUnavailable,
     SpotPrice,
     on_demand_price,
 )
 from spotkeeper.observability import MetricName, logger, metrics
-from spotkeeper.records import ON_DEMAND, SPOT, Endpoint
+from spotkeeper.records import ON_DEMAND, SPOT, Endpoint, InstanceRecord
 
 if TYPE_CHECKING:
     from spotkeeper.deps import CapacityDeps
@@ -53,6 +59,8 @@ CapacityEvent = Annotated[LaunchUnsuccessful | AlarmStateChange | ScheduledEvent
 SCARCE_PRICE_SHARE = 0.9
 # A fall-forward alert that failed to go out is retried by the next scheduled runs for this long.
 ANNOUNCE_RETRY_SECONDS = 3600
+# A fallback that lost a race to another one decides again on what that one recorded, this many times.
+RACING_DECISIONS = 3
 
 
 def react_to_capacity_event(event: LaunchUnsuccessful | AlarmStateChange | ScheduledEvent, deps: CapacityDeps) -> str:
@@ -153,10 +161,31 @@ def on_launch_unsuccessful(event: LaunchUnsuccessful, deps: CapacityDeps) -> str
         "subnet": detail.details.get("Subnet ID"),
     }
     if failure.spot_shortage:
+        remember_failed_pool(detail.status_message, facts["zone"], event.time.timestamp(), deps)
         return fall_back_to_on_demand(
             f"launch-unsuccessful: {failure.code or 'no Spot capacity'}", event.time.timestamp(), deps, facts
         )
     return alert_launch_failure(failure, facts, event.time.timestamp(), deps)
+
+
+# "We currently do not have sufficient g5.2xlarge capacity in the Availability Zone you requested (us-east-1a)."
+_NAMED_TYPE = re.compile(r"sufficient (?P<type>[a-z][a-z0-9-]*\.[a-z0-9]+) capacity")
+
+
+def remember_failed_pool(message: str, zone: str | None, failed_at: float, deps: CapacityDeps) -> None:
+    """Keep the pool (zone, and the type when the message names one) out of the return-to-Spot decision.
+
+    For FAILED_POOL_SECONDS, never longer than MIN_ON_DEMAND_SECONDS: the failures that caused a fallback have
+    aged out of the cache by the time that fallback may end, and from then on the placement score is fresher
+    evidence about them. What the cache keeps out are the failures seen since - Auto Scaling still failing to
+    place Spot in a pool (an Availability Zone rebalance, a replacement) while the fallback covers for it.
+    """
+    keep = min(deps.env.failed_pool_seconds, deps.env.min_on_demand_seconds)
+    if not zone or keep <= 0:
+        return
+    named = _NAMED_TYPE.search(message)
+    pool = FailedPool(zone, named.group("type") if named else None, failed_at + keep)
+    deps.journal.record_failed_pool(pool)
 
 
 def alert_launch_failure(failure: LaunchFailure, facts: dict, happened_at: float, deps: CapacityDeps) -> str:
@@ -182,39 +211,95 @@ def _first_sentence(message: str) -> str:
 
 
 # --- fallback -------------------------------------------------------------------------------------
-def fall_back_to_on_demand(reason: str, happened_at: float, deps: CapacityDeps, facts: dict) -> str:
-    endpoint = deps.state.get_endpoint(deps.group)
-    if endpoint.mode == ON_DEMAND:
-        if endpoint.mode_reason == reason:
-            announce_fallback(endpoint, facts, deps)  # a retry of the switching reaction whose alert failed
-        return "already-on-demand"
-    if _before_last_switch(happened_at, endpoint):
-        logger.info("trigger is older than the last switch to Spot", extra={"reason": reason, "at": happened_at})
-        return "stale"
-    try:
-        deps.policy.set_on_demand_base(1)
-    except NoMixedInstancesPolicy as error:
-        alert = Alert("fallback-impossible", "critical", f"Cannot fall back to On-Demand: {error}", facts)
-        key = f"fallback-impossible#{math.floor(happened_at / 3600)}"
-        _once(deps, key, lambda: deps.alerts.send(alert))
-        return "cannot-fall-back"
-    if not deps.state.set_mode(deps.group, ON_DEMAND, reason, deps.clock.now(), expected_mode=SPOT):
-        return "already-on-demand"  # a racing trigger switched first; it alerts
-    announce_fallback(deps.state.get_endpoint(deps.group), facts, deps)
-    return "fell-back"
+def fall_back_to_on_demand(
+    reason: str, happened_at: float, deps: CapacityDeps, facts: dict, *, every_replica: bool = False
+) -> str:
+    """Put on On-Demand one replica per Spot replica that Spot cannot deliver (``every_replica``: all of them,
+    the endpoint is down), never more than the replicas above the floor."""
+    room = deps.env.fallback_room
+    for _ in range(RACING_DECISIONS):
+        endpoint = deps.state.get_endpoint(deps.group)
+        held = endpoint.on_demand_replicas
+        if held >= room:
+            if endpoint.mode_reason == reason:
+                announce_fallback(endpoint, facts, deps)  # a retry of the switching reaction whose alert failed
+            return "already-on-demand"
+        if _before_last_switch(happened_at, endpoint):
+            logger.info("trigger is older than the last switch", extra={"reason": reason, "at": happened_at})
+            return "stale"
+        try:
+            wanted = room if every_replica else on_demand_replicas_needed(held, room, deps)
+            if wanted <= held:
+                # The fallback already covers every Spot replica missing (a retry of a covered launch).
+                return "already-on-demand"
+            deps.policy.raise_on_demand_base(deps.env.on_demand_floor + wanted)
+        except NoMixedInstancesPolicy as error:
+            alert = Alert("fallback-impossible", "critical", f"Cannot fall back to On-Demand: {error}", facts)
+            key = f"fallback-impossible#{math.floor(happened_at / 3600)}"
+            _once(deps, key, lambda alert=alert: deps.alerts.send(alert))
+            return "cannot-fall-back"
+        now = deps.clock.now()
+        if deps.state.set_mode(
+            deps.group, ON_DEMAND, reason, now, endpoint.mode, on_demand_replicas=wanted, expected_replicas=held
+        ):
+            announce_fallback(deps.state.get_endpoint(deps.group), facts, deps)
+            return "fell-back"
+        # A racing trigger changed the count first (it alerts): decide again on what it recorded.
+    return "already-on-demand"
+
+
+def on_demand_replicas_needed(held: int, room: int, deps: CapacityDeps) -> int:
+    """How many replicas the fallback should run on On-Demand, after a Spot launch failed.
+
+    One replica (no floor) needs no look at the group: the failure shows its only Spot replica is missing.
+    """
+    if held == 0 and room == 1:
+        return 1
+    group = deps.policy.read()
+    active = [i.instance_id for i in group.instances if i.active]
+    spot = deps.policy.spot_instance_ids(active) if active else set()
+    records = {record.instance_id: record for record in deps.state.instances(deps.group)}
+    holding = sum(1 for i in active if i in spot and not leaving(records.get(i)))
+    return fallback_count(held, room, holding)
+
+
+def leaving(record: InstanceRecord | None) -> bool:
+    """Interrupted, warned by a rebalance recommendation, retired or marked unhealthy: no longer capacity."""
+    return record is not None and (
+        record.doomed or record.at_risk_since is not None or record.retired or record.marked_unhealthy
+    )
+
+
+def fallback_count(held: int, room: int, spot_holding: int) -> int:
+    """The fallback count after a Spot shortage: ``held`` now, ``room`` replicas above the floor, ``spot_holding``
+    Spot instances of the group that are active and not leaving.
+
+    The group wants ``room - held`` Spot replicas; each one short gets an On-Demand replica. With nothing on
+    On-Demand yet the failure itself shows at least one Spot replica is missing (its predecessor's record may
+    not have arrived yet); once something is, only the count decides, so retries of the same failed launch
+    never add a second On-Demand replica for one missing Spot replica.
+    """
+    missing = max(0, room - held - spot_holding)
+    if held == 0:
+        missing = max(missing, 1)
+    return min(room, held + missing)
 
 
 def announce_fallback(endpoint: Endpoint, facts: dict, deps: CapacityDeps) -> None:
+    replicas, count = deps.env.replicas, endpoint.on_demand_replicas
+    which = f" for {count} of {replicas} replicas" if replicas > 1 else ""
     alert = Alert(
         "fallback-on-demand",
         "critical",
-        f"{deps.group} falls back to On-Demand ({endpoint.mode_reason})",
+        f"{deps.group} falls back to On-Demand{which} ({endpoint.mode_reason})",
         {
             **facts,
             "reason": endpoint.mode_reason,
             "mode": ON_DEMAND,
             "since": endpoint.mode_since,
-            "on_demand_base_capacity": 1,
+            "on_demand_base_capacity": deps.env.on_demand_floor + count,
+            "on_demand_replicas": count,
+            "replicas": replicas,
             "fall_forward_after_seconds": deps.env.min_on_demand_seconds,
         },
     )
@@ -273,16 +358,19 @@ def react_to_endpoint_down(deps: CapacityDeps, facts: dict) -> tuple[str, str]:
     if endpoint.alarm_state != "ALARM":
         return "recovered", f"a later alarm state is recorded ({endpoint.alarm_state})"
     alarm_at = endpoint.alarm_at or 0.0
-    if endpoint.mode == ON_DEMAND:
+    if endpoint.on_demand_replicas >= deps.env.fallback_room:
         # Nothing to switch; a retry of the switching reaction whose alert failed sends it now.
-        return fall_back_to_on_demand(ENDPOINT_DOWN_REASON, alarm_at, deps, facts), "already on On-Demand"
+        outcome = fall_back_to_on_demand(ENDPOINT_DOWN_REASON, alarm_at, deps, facts, every_replica=True)
+        return outcome, "already on On-Demand"
     if endpoint.serving_since is not None and endpoint.serving_since >= alarm_at:
         return "recovering", f"{endpoint.serving_instance_id} serves again since the alarm"
     verdict = spot_delivery(endpoint, deps)
     if verdict.holds:
         logger.info("endpoint down, not falling back", extra={"why": verdict.why})
         return verdict.outcome, verdict.why
-    outcome = fall_back_to_on_demand(ENDPOINT_DOWN_REASON, alarm_at, deps, {**facts, "fallback_because": verdict.why})
+    # No replica serves: every one of them is missing.
+    facts = {**facts, "fallback_because": verdict.why}
+    outcome = fall_back_to_on_demand(ENDPOINT_DOWN_REASON, alarm_at, deps, facts, every_replica=True)
     return outcome, verdict.why
 
 
@@ -370,11 +458,14 @@ class SpotOutlook:
 def fall_forward_if_spot_is_back(deps: CapacityDeps) -> str:
     endpoint = deps.state.get_endpoint(deps.group)
     now = deps.clock.now()
-    if endpoint.mode != ON_DEMAND:
-        just_switched = endpoint.mode_since is not None and now - endpoint.mode_since < ANNOUNCE_RETRY_SECONDS
+    held = endpoint.on_demand_replicas
+    just_switched = endpoint.mode_since is not None and now - endpoint.mode_since < ANNOUNCE_RETRY_SECONDS
+    if held == 0:
         if just_switched and (endpoint.mode_reason or "").startswith("spot-back"):
             announce_fall_forward(endpoint, None, None, deps)  # a no-op unless the first attempt failed
         return "on-spot"
+    if just_switched and (endpoint.mode_reason or "").startswith("spot-back"):
+        announce_fall_forward(endpoint, None, None, deps)  # part of the replicas went back to Spot
     on_demand_for = now - (endpoint.mode_since or 0.0)
     if on_demand_for < deps.env.min_on_demand_seconds:
         return "too-soon"
@@ -382,19 +473,45 @@ def fall_forward_if_spot_is_back(deps: CapacityDeps) -> str:
     if not group.instance_types:
         logger.warning("the group names no instance types: Spot placement cannot be scored")
         return "spot-unlikely"
-    outlook = spot_outlook(group, deps, now)
-    logger.info("Spot outlook", extra={"likely": outlook.likely, "signal": outlook.signal, "why": outlook.summary})
-    if not outlook.likely:
+    returning, outlook = replicas_spot_will_hold(group, held, deps, now)
+    logger.info(
+        "Spot outlook",
+        extra={"likely": outlook.likely, "signal": outlook.signal, "why": outlook.summary, "returning": returning},
+    )
+    if not returning:
         return "spot-unlikely"
-    deps.policy.set_on_demand_base(0)
+    keep = held - returning
+    deps.policy.set_on_demand_base(deps.env.on_demand_floor + keep)
     refresh_id = _refresh_since(endpoint.mode_since or 0.0, deps)
     if refresh_id is None:
         refresh_id, _ = deps.policy.start_launch_before_terminate_refresh(deps.env.instance_warmup_seconds)
     reason = f"spot-back: {outlook.summary}"
-    if not deps.state.set_mode(deps.group, SPOT, reason, now, expected_mode=ON_DEMAND):
+    mode = ON_DEMAND if keep else SPOT
+    if not deps.state.set_mode(
+        deps.group, mode, reason, now, expected_mode=ON_DEMAND, on_demand_replicas=keep, expected_replicas=held
+    ):
         return "already-on-spot"  # a racing run switched first; it alerts
     announce_fall_forward(deps.state.get_endpoint(deps.group), group, (refresh_id, outlook), deps)
     return "refresh-started"
+
+
+def replicas_spot_will_hold(group: Group, held: int, deps: CapacityDeps, now: float) -> tuple[int, SpotOutlook]:
+    """How many of the ``held`` On-Demand replicas go back to Spot: all of them if the placement scores say Spot
+    holds the whole Spot share, else one (the decision is per replica) if it holds one more, else none.
+
+    Pools (zone, instance type) whose launch failed within the cache's time are left out of the decision.
+    """
+    room = deps.env.fallback_room
+    failed = [pool for pool in deps.journal.failed_pools() if pool.until > now]
+    outlook = SpotOutlook(False, "placement-score", "not asked")
+    for returning in dict.fromkeys((held, 1)):
+        # The Spot replicas the group would run once these return.
+        outlook = spot_outlook(group, deps, now, target=room - held + returning, failed=failed)
+        if outlook.likely:
+            return returning, outlook
+        if outlook.signal != "placement-score":
+            break  # prices and the failed pools do not depend on how many return
+    return 0, outlook
 
 
 def _refresh_since(since: float, deps: CapacityDeps) -> str | None:
@@ -407,12 +524,25 @@ def _refresh_since(since: float, deps: CapacityDeps) -> str | None:
     return None
 
 
-def spot_outlook(group: Group, deps: CapacityDeps, now: float) -> SpotOutlook:
-    zones = deps.market.zones(group.subnet_ids)
+def spot_outlook(
+    group: Group, deps: CapacityDeps, now: float, target: int = 1, failed: list[FailedPool] | tuple = ()
+) -> SpotOutlook:
+    """Will Spot hold ``target`` replicas of the group's types in its zones, the pools that just failed left out?
+
+    Placement scores are per zone for the whole list of types: a type that just failed (in any zone) is left out
+    of the list asked, a zone where every type failed is left out of the zones.
+    """
+    blocked_zones = {pool.zone for pool in failed if pool.instance_type is None}
+    failed_types = {pool.instance_type for pool in failed if pool.instance_type}
+    types = tuple(kind for kind in group.instance_types if kind not in failed_types)
+    zones = [zone for zone in deps.market.zones(group.subnet_ids) if zone.name not in blocked_zones]
+    if failed and (not types or not zones):
+        pools = ", ".join(sorted(f"{pool.zone}/{pool.instance_type or '*'}" for pool in failed))
+        return SpotOutlook(False, "failed-pools", f"every pool of the group failed recently ({pools})")
     zone_ids = {zone.zone_id for zone in zones}
     threshold = deps.env.spot_score_threshold
     try:
-        scores = [s for s in deps.market.placement_scores(group.instance_types) if s.zone_id in zone_ids]
+        scores = [s for s in deps.market.placement_scores(types, target) if s.zone_id in zone_ids]
     except ScoresUnavailable as error:
         scores, unavailable = [], str(error)
     else:
@@ -420,8 +550,14 @@ def spot_outlook(group: Group, deps: CapacityDeps, now: float) -> SpotOutlook:
     if scores:
         best = max(score.score for score in scores)
         verdict = ">=" if best >= threshold else "<"
-        return SpotOutlook(best >= threshold, "placement-score", f"placement score {best} {verdict} {threshold}", best)
-    prices = deps.market.current_prices(group.instance_types, zones, now)
+        replicas = f" for {target} Spot replicas" if target != 1 else ""
+        summary = f"placement score {best} {verdict} {threshold}{replicas}"
+        return SpotOutlook(best >= threshold, "placement-score", summary, best)
+    prices = [
+        price
+        for price in deps.market.current_prices(types, zones, now)
+        if not any(pool.zone == price.zone and pool.instance_type == price.instance_type for pool in failed)
+    ]
     affordable = [
         p
         for p in prices
@@ -445,14 +581,21 @@ def announce_fall_forward(
         refresh_id, outlook = started if started else (None, None)
         saving = hourly_saving(capacity, outlook.prices if outlook else (), deps)
         worth = f", saving about ${saving['usd_per_hour']:.2f}/h" if saving.get("usd_per_hour") is not None else ""
+        replicas, keep = deps.env.replicas, endpoint.on_demand_replicas
+        subject = f"Back on Spot: a refresh replaces the On-Demand instance{worth}"
+        if replicas > 1:
+            spot = replicas - deps.env.on_demand_floor - keep
+            subject = f"Back on Spot for {spot} of {replicas} replicas: a refresh replaces the instances{worth}"
         deps.alerts.send(
             Alert(
                 "fall-forward-spot",
                 "info",
-                f"Back on Spot: a refresh replaces the On-Demand instance{worth}",
+                subject,
                 {
                     "reason": endpoint.mode_reason,
-                    "mode": SPOT,
+                    "mode": endpoint.mode,
+                    "on_demand_replicas": keep,
+                    "on_demand_base_capacity": deps.env.on_demand_floor + keep,
                     "since": endpoint.mode_since,
                     "instance_refresh_id": refresh_id,
                     "signal": outlook.signal if outlook else None,

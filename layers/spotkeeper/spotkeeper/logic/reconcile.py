@@ -4,11 +4,12 @@ decided again.
 * The endpoint-down alarm: CloudWatch sends ALARM once. When it came while a replacement was loading within its
   deadline, the fallback was held back; here it is decided again on the newest recorded alarm state, so a
   replacement that misses its deadline falls back to On-Demand without a second alarm event.
-* Purchase options: a `sam deploy` that changes the launch template writes the template's MixedInstancesPolicy
-  back to the group, OnDemandBaseCapacity 0 included, while the recorded mode says On-Demand. The base goes
-  back to 1 (the full policy is written back: AWS merges a partial one, moto replaces the whole). The other
-  way round - the group has an On-Demand base while the recorded mode is Spot - is only alerted: lowering the
-  base would not replace the On-Demand instance, and a fallback racing this run may be half-way through.
+* Purchase options: the expected OnDemandBaseCapacity is the floor plus the recorded fallback count. A `sam
+  deploy` that changes the launch template writes the template's MixedInstancesPolicy back to the group, its
+  OnDemandBaseCapacity (the floor) included, while the recorded fallback runs replicas on On-Demand. The base
+  goes back to floor + count (the full policy is written back: AWS merges a partial one, moto replaces the
+  whole). The other way round - the group has a higher base than that - is only alerted: lowering the base
+  would not replace the On-Demand instances, and a fallback racing this run may be half-way through.
 * Lifecycle hooks: without the launch hook an instance goes InService (and gets traffic) before its TGI serves;
   a missing hook is put back with the template's settings.
 * Capacity: a redeploy resets DesiredCapacity to the template's value; a replacement started by scale-out for an
@@ -25,7 +26,7 @@ from spotkeeper.events import LifecycleHook
 from spotkeeper.group import ACTIVE_STATES, Group, NoMixedInstancesPolicy
 from spotkeeper.logic.capacity import ENDPOINT_DOWN_REASON, _once, fall_back_to_on_demand, spot_delivery
 from spotkeeper.observability import logger
-from spotkeeper.records import ON_DEMAND, SPOT
+from spotkeeper.records import SPOT
 
 if TYPE_CHECKING:
     from spotkeeper.deps import CapacityDeps
@@ -40,15 +41,17 @@ def decide_held_alarm(deps: CapacityDeps) -> str | None:
     """The endpoint-down alarm is still in ALARM and its fallback was held back: fall back once Spot cannot
     deliver (the replacement missed its deadline, or no launch is pending any more)."""
     endpoint = deps.state.get_endpoint(deps.group)
-    if endpoint.alarm_state != "ALARM" or endpoint.mode != SPOT or endpoint.alarm_at is None:
+    if endpoint.alarm_state != "ALARM" or endpoint.alarm_at is None:
         return None
+    if endpoint.on_demand_replicas >= deps.env.fallback_room:
+        return None  # every replica above the floor is on On-Demand already
     if endpoint.serving_since is not None and endpoint.serving_since >= endpoint.alarm_at:
         return None  # serving again since the alarm; its OK is on its way
     verdict = spot_delivery(endpoint, deps)
     if verdict.holds:
         return None
     facts = {"alarm_name": deps.env.endpoint_down_alarm_name, "fallback_because": verdict.why}
-    return fall_back_to_on_demand(ENDPOINT_DOWN_REASON, endpoint.alarm_at, deps, facts)
+    return fall_back_to_on_demand(ENDPOINT_DOWN_REASON, endpoint.alarm_at, deps, facts, every_replica=True)
 
 
 def reconcile(deps: CapacityDeps) -> list[str]:
@@ -69,27 +72,36 @@ def reconcile(deps: CapacityDeps) -> list[str]:
 
 def reconcile_purchase_options(group: Group, deps: CapacityDeps) -> list[str]:
     endpoint = deps.state.get_endpoint(deps.group)
-    if endpoint.mode == ON_DEMAND and group.on_demand_base < 1:
-        if any(refresh.active for refresh in deps.policy.refreshes()):
-            return []  # a fall-forward is replacing the On-Demand instance right now
-        if deps.state.get_endpoint(deps.group).mode != ON_DEMAND:
-            return []  # a fall-forward recorded Spot meanwhile
-        deps.policy.set_on_demand_base(1)
+    expected = deps.env.on_demand_floor + endpoint.on_demand_replicas
+    if group.on_demand_base < expected:
+        if endpoint.on_demand_replicas and any(refresh.active for refresh in deps.policy.refreshes()):
+            return []  # a fall-forward is replacing On-Demand instances right now
+        if deps.state.get_endpoint(deps.group).on_demand_replicas != endpoint.on_demand_replicas:
+            return []  # a fall-forward recorded a change meanwhile
+        deps.policy.set_on_demand_base(expected)
         _alert(
             deps,
             "on-demand-base-restored",
-            f"{deps.group}: OnDemandBaseCapacity was {group.on_demand_base} while on On-Demand; set back to 1",
-            {"mode": ON_DEMAND, "found": group.on_demand_base, "restored": 1, "mode_reason": endpoint.mode_reason},
+            f"{deps.group}: OnDemandBaseCapacity was {group.on_demand_base} while on On-Demand; set back to {expected}",
+            {
+                "mode": endpoint.mode,
+                "found": group.on_demand_base,
+                "restored": expected,
+                "on_demand_floor": deps.env.on_demand_floor,
+                "on_demand_replicas": endpoint.on_demand_replicas,
+                "mode_reason": endpoint.mode_reason,
+            },
         )
         return ["on-demand-base"]
-    if endpoint.mode == SPOT and group.on_demand_base > 0:
-        if deps.state.get_endpoint(deps.group).mode != SPOT:
-            return []  # a fallback recorded On-Demand meanwhile: no drift
+    if group.on_demand_base > expected:
+        if deps.state.get_endpoint(deps.group).on_demand_replicas != endpoint.on_demand_replicas:
+            return []  # a fallback recorded a change meanwhile: no drift
+        what = "while spotkeeper runs it on Spot" if endpoint.mode == SPOT else f"while spotkeeper expects {expected}"
         _alert(
             deps,
             "purchase-options-drift",
-            f"{deps.group}: OnDemandBaseCapacity is {group.on_demand_base} while spotkeeper runs it on Spot",
-            {"mode": SPOT, "found": group.on_demand_base},
+            f"{deps.group}: OnDemandBaseCapacity is {group.on_demand_base} {what}",
+            {"mode": endpoint.mode, "found": group.on_demand_base, "expected": expected},
             severity="warning",
         )
         return ["purchase-options-drift"]
