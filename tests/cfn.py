@@ -140,6 +140,9 @@ class Stack:
             if key == "Fn::Select":
                 index, values = arg
                 return self.resolve(values)[int(self.resolve(index))]
+            if key == "Fn::FindInMap":
+                mapping, top, second = (str(self.resolve(part)) for part in arg)
+                return self.template["Mappings"][mapping][top][second]
             if key == "Fn::Base64":
                 # Kept decoded: tests read the script, CloudFormation would encode it.
                 return self.resolve(arg)

@@ -442,7 +442,7 @@ def test_group_is_spot_first_with_headroom_for_a_replacement(
     assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == ("1", "2", "1")
     assert group["CapacityRebalance"] is True
     distribution = group["MixedInstancesPolicy"]["InstancesDistribution"]
-    assert distribution["OnDemandBaseCapacity"] == 0
+    assert distribution["OnDemandBaseCapacity"] == "0"  # the OnDemandFloor parameter's default
     assert distribution["OnDemandPercentageAboveBaseCapacity"] == 0
     assert distribution["SpotAllocationStrategy"] == "price-capacity-optimized"
     overrides = group["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
