@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from spotkeeper.capacity_policy import writable_policy
 from spotkeeper_local.aws_events import aws_event
 from spotkeeper_local.sim_clock import SimClock
 from spotkeeper_local.world import World
@@ -101,3 +102,42 @@ def schedule(at: float) -> dict[str, Any]:
 
 def policy_of(stack: Any) -> dict[str, Any]:
     return stack.group_description()["MixedInstancesPolicy"]
+
+
+# --- hedged replicas -----------------------------------------------------------------------------------
+def with_replicas(stack: Any, replicas: int, zones: tuple[str, ...] = ("us-east-1a", "us-east-1b")) -> list[str]:
+    """Grow the stack's group to ``replicas`` serving instances over subnets in ``zones``, as the template's group
+    is with Replicas = N (MinSize = Desired = N, MaxSize = 2N), every instance on Spot. Returns their ids."""
+    ec2, autoscaling = stack.session.client("ec2"), stack.session.client("autoscaling")
+    vpc = ec2.describe_subnets(SubnetIds=[stack.subnet_id])["Subnets"][0]["VpcId"]
+    subnets = [stack.subnet_id]
+    for number, zone in enumerate(zones[1:], start=2):
+        cidr = f"10.0.{number}.0/24"
+        subnets.append(ec2.create_subnet(VpcId=vpc, CidrBlock=cidr, AvailabilityZone=zone)["Subnet"]["SubnetId"])
+    # The policy is given again: moto's update drops a MixedInstancesPolicy it is not given (AWS keeps it).
+    policy = writable_policy(stack.group_description()["MixedInstancesPolicy"])
+    autoscaling.update_auto_scaling_group(
+        AutoScalingGroupName=stack.group,
+        MinSize=replicas,
+        MaxSize=2 * replicas,
+        DesiredCapacity=replicas,
+        VPCZoneIdentifier=",".join(subnets),
+        MixedInstancesPolicy=policy,
+    )
+    instances = [i["InstanceId"] for i in stack.group_description()["Instances"]]
+    run_on_spot(*instances)
+    return instances
+
+
+def run_on_spot(*instance_ids: str) -> None:
+    """Make moto's instances Spot ones (DescribeInstances' InstanceLifecycle "spot").
+
+    moto launches every instance of a group On-Demand; under the template's Spot-first MixedInstancesPolicy
+    (OnDemandBaseCapacity = the floor) AWS launches the instances above the base on Spot. This sets what AWS would.
+    """
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.ec2.models import ec2_backends
+
+    backend = ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+    for instance_id in instance_ids:
+        backend.get_instance(instance_id).lifecycle = "spot"
