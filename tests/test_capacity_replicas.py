@@ -105,9 +105,7 @@ def test_one_on_demand_replica_per_missing_spot_replica(held, room, spot_holding
 
 def test_a_floor_above_the_replicas_is_refused(stack):
     with pytest.raises(ConfigurationError, match="ON_DEMAND_FLOOR"):
-        CapacityEnv.from_environ(
-            stack.env(ENDPOINT_DOWN_ALARM_NAME=ENDPOINT_DOWN, REPLICAS="2", ON_DEMAND_FLOOR="3")
-        )
+        CapacityEnv.from_environ(stack.env(ENDPOINT_DOWN_ALARM_NAME=ENDPOINT_DOWN, REPLICAS="2", ON_DEMAND_FLOOR="3"))
 
 
 # --- fallback -------------------------------------------------------------------------------------------
@@ -127,7 +125,8 @@ def test_one_spot_replica_lost_puts_one_replica_on_on_demand(stack):
     endpoint = capacity.endpoint()
     assert endpoint.mode == ON_DEMAND and endpoint.on_demand_replicas == 1
     [alert] = fallback_alerts(stack)
-    assert alert["subject"].startswith(f"[spotkeeper critical] {stack.group} falls back to On-Demand for 1 of 2 replicas")
+    subject = f"[spotkeeper critical] {stack.group} falls back to On-Demand for 1 of 2 replicas"
+    assert alert["subject"].startswith(subject)
     assert alert["body"]["on_demand_base_capacity"] == 1 and alert["body"]["replicas"] == 2
 
 

@@ -39,6 +39,7 @@ from capacity_harness import (
     alarm_change,
     launch_failure,
     schedule,
+    with_replicas,
 )
 from cfn import Stack, load_template, sam_translate
 from conftest import MODEL_ID, REGION, create_stack
@@ -460,6 +461,18 @@ def group_whose_instance_type_is_in_its_launch_template(recorder: CallRecorder) 
         assert capacity.invoke(launch_failure(single, NO_SPOT_CAPACITY, capacity.clock.now())) == "fell-back"
 
 
+def hedged_replicas_fall_back_per_missing_spot_replica(recorder: CallRecorder) -> None:
+    """Two replicas: which instances are Spot is asked of EC2 (DescribeInstances) to count the missing ones."""
+    with recorded_stack(recorder) as stack:
+        with recorder.paused():  # the group as the template creates it with Replicas 2 (CloudFormation's calls)
+            first, _ = with_replicas(stack, 2)
+        capacity = Capacity(stack, SimClock(), REPLICAS="2")
+        clock = capacity.clock
+        with recorder.paused():  # the interruption function's record of the warning (its call, not capacity's)
+            capacity.deps.state.begin_replacement(stack.group, first, "doomed_at", clock.now(), "event-1", "group", 2)
+        assert capacity.invoke(launch_failure(stack, NO_SPOT_CAPACITY, clock.now())) == "fell-back"
+
+
 def gateway_reads_the_serving_instance(recorder: CallRecorder) -> None:
     # The gateway builds its own session for the table, as in Lambda.
     with recorded_stack(recorder) as stack, recording_new_sessions(recorder):
@@ -530,6 +543,7 @@ SCENARIOS: tuple[Callable[[CallRecorder], None], ...] = (
     fall_back_alarms_and_fall_forward,
     fall_forward_on_price_after_an_interrupted_run,
     group_whose_instance_type_is_in_its_launch_template,
+    hedged_replicas_fall_back_per_missing_spot_replica,
     gateway_reads_the_serving_instance,
     authorizer_checks_keys,
     reconcile_after_a_redeploy,
