@@ -229,6 +229,12 @@ def _launch_section(launch: dict[str, Any]) -> str:
     return section(launch)
 
 
+def _replicas_section(replicas: dict[str, Any]) -> str:
+    from bench.replicas import section  # bench.replicas imports table from here
+
+    return section(replicas)
+
+
 def render(results: dict[str, Any]) -> str:
     sections = []
     for key, render_one in (
@@ -238,6 +244,7 @@ def render(results: dict[str, Any]) -> str:
         ("failover", failover_section),
         ("cost", cost_section),
         ("launch", _launch_section),
+        ("replicas", _replicas_section),
     ):
         part = results.get(key)
         if isinstance(part, dict) and "error" in part:

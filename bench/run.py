@@ -1,4 +1,4 @@
-"""`make bench`: gateway overhead, cold starts, reactions, failover, cost and launch-to-ready, in one run.
+"""`make bench`: gateway overhead, cold starts, reactions, failover, cost, launch-to-ready, hedged replicas, in one run.
 
     python bench/run.py [--only PART ...] [--quick] [--out build/bench] [--instance-type g5.2xlarge]
 
@@ -26,9 +26,19 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import cold_start, cost, failover, gateway_overhead, launch, reaction, report, targets  # noqa: E402
+from bench import (  # noqa: E402
+    cold_start,
+    cost,
+    failover,
+    gateway_overhead,
+    launch,
+    reaction,
+    replicas,
+    report,
+    targets,
+)
 
-PARTS = ("gateway", "cold", "reaction", "failover", "cost", "launch")
+PARTS = ("gateway", "cold", "reaction", "failover", "cost", "launch", "replicas")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -119,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if "launch" in parts:
         _measure("launch-to-ready (model)", results, "launch", lambda: launch.run(progress))
+    if "replicas" in parts:
+        _measure("hedged replicas (prices, model)", results, "replicas", lambda: replicas.run(progress))
 
     results["targets"] = [t.as_json() for t in targets.evaluate(_usable_parts(results), loads)]
     results["wall_seconds"]["total"] = round(time.monotonic() - started, 1)
@@ -128,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render(results))
     print()
     misses = sum(1 for t in results["targets"] if t["verdict"] == "MISS")
-    errors = [key for key in ("gateway_overhead", "cold_start", "reaction", "failover", "cost", "launch") if
-              isinstance(results.get(key), dict) and "error" in results[key]]  # fmt: skip
+    measured = ("gateway_overhead", "cold_start", "reaction", "failover", "cost", "launch", "replicas")
+    errors = [key for key in measured if isinstance(results.get(key), dict) and "error" in results[key]]
     print(
         f"bench: {len(results['targets']) - misses} targets met, {misses} missed"
         + (f", NOT MEASURED: {', '.join(errors)}" if errors else "")

@@ -130,6 +130,7 @@ def evaluate(results: dict[str, Any], load_seconds: tuple[float, ...]) -> list[T
         *reaction_targets(results.get("reaction")),
         *failover_targets(results.get("failover"), load_seconds),
         *launch_targets(results.get("launch")),
+        *replicas_targets(results.get("replicas")),
     ]
 
 
@@ -145,5 +146,23 @@ def launch_targets(launch: dict[str, Any] | None) -> list[Target]:
             f"<= {LAUNCH_FASTEST_SECONDS:g} s",
             _fmt(fastest, " s"),
             _verdict(None if fastest is None else fastest <= LAUNCH_FASTEST_SECONDS),
+        )
+    ]
+
+
+def replicas_targets(replicas: dict[str, Any] | None) -> list[Target]:
+    """Issue 12: 2 Spot replicas cost at most 0.45x 2 On-Demand replicas in the bench's price table."""
+    row = None
+    if replicas:
+        row = next((r for r in replicas["rows"] if r["instance_type"] == replicas["instance_type"]), None)
+    share = row["two_spot_vs_two_on_demand"] if row else None
+    limit = replicas["two_spot_share_limit"] if replicas else 0.45
+    where = f"{replicas['instance_type']}, prices as of {replicas['prices_as_of']}" if replicas else "price table"
+    return [
+        Target(
+            f"2 Spot replicas / 2 On-Demand replicas ({where}; SkyServe: 0.57)",
+            f"<= {limit:g}",
+            _fmt(share),
+            _verdict(None if share is None else share <= limit),
         )
     ]
