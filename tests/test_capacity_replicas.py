@@ -353,3 +353,19 @@ def test_reconcile_expects_the_floor_plus_the_fallback(stack, floor, expected):
     capacity.deps.policy.set_on_demand_base(expected + 1)
     assert capacity.invoke(schedule(capacity.clock.now())) == "too-soon; reconciled purchase-options-drift"
     assert base(stack) == expected + 1
+
+
+def test_a_failure_reported_while_every_replica_is_on_demand_is_not_cached(stack):
+    # With every replica on On-Demand the group launches no Spot: a failure reported then is a late report of an
+    # attempt from before the switch, and the minimum time on On-Demand covers it
+    capacity, instances, market = hedged(stack, FAILED_POOL_SECONDS=str(MIN_ON_DEMAND))
+    clock = capacity.clock
+    for instance in instances:
+        lose(capacity, instance)
+    assert capacity.invoke(launch_failure(stack, NO_SPOT_CAPACITY, clock.now())) == "fell-back"
+    clock.advance(60)
+    assert capacity.invoke(launch_failure(stack, ZONE_SHORT_G5, clock.now())) == "already-on-demand"
+    clock.advance(MIN_ON_DEMAND - 60)
+    market.set_score(9)
+    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert market.score_calls()[0]["InstanceTypes"] == ["g5.2xlarge", "g6.2xlarge"]

@@ -183,6 +183,10 @@ def remember_failed_pool(message: str, zone: str | None, failed_at: float, deps:
     keep = min(deps.env.failed_pool_seconds, deps.env.min_on_demand_seconds)
     if not zone or keep <= 0:
         return
+    if deps.state.get_endpoint(deps.group).on_demand_replicas >= deps.env.fallback_room:
+        # Every replica above the floor runs On-Demand: the group launches no Spot, this reports an attempt made
+        # before the switch (a late or replayed event), which the minimum time on On-Demand covers already.
+        return
     named = _NAMED_TYPE.search(message)
     pool = FailedPool(zone, named.group("type") if named else None, failed_at + keep)
     deps.journal.record_failed_pool(pool)
