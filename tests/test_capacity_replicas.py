@@ -24,13 +24,11 @@ from capacity_harness import (
     with_replicas,
 )
 
-from spotkeeper.aws import AwsClients
 from spotkeeper.capacity_policy import writable_policy
 from spotkeeper.logic.capacity import fallback_count
 from spotkeeper.records import ON_DEMAND, SPOT
 from spotkeeper.settings import CapacityEnv, ConfigurationError
 from spotkeeper_local.sim_clock import SimClock
-from spotkeeper_local.spot_market_stand_ins import SpotMarketStandIn
 
 ZONE_SHORT_G5 = (
     "We currently do not have sufficient g5.2xlarge capacity in the Availability Zone you requested "
@@ -38,27 +36,49 @@ ZONE_SHORT_G5 = (
 )
 
 
-@dataclass
-class ScoresByCapacity(SpotMarketStandIn):
-    """Spot placement scores that fall with the capacity asked, as AWS's do (a score is for TargetCapacity
-    instances): ``ceilings`` caps the score of a request for that many instances."""
+class _Answered:
+    status_code = 200
+    headers: dict[str, str] = {}
+    content = b""
 
+
+@dataclass
+class ScoresByCapacity:
+    """Spot placement scores that fall with the capacity asked, as AWS's do (a score is for TargetCapacity
+    instances): ``ceilings`` caps the world market's score of a request for that many instances. moto has no
+    GetSpotPlacementScores; the world's market answers it, this handler (registered first) caps its answer."""
+
+    market: Any
     ceilings: dict[int, int] = field(default_factory=dict)
 
-    def get_spot_placement_scores(self, params: dict[str, Any]) -> dict[str, Any]:
-        answer = super().get_spot_placement_scores(params)
-        ceiling = self.ceilings.get(params.get("TargetCapacity", 1), 10)
-        for score in answer["SpotPlacementScores"]:
-            score["Score"] = min(score["Score"], ceiling)
-        return answer
+    def install(self, ec2_client: Any) -> None:
+        def before_call(context: dict[str, Any], **_: Any) -> Any:
+            params = context.get("spotkeeper_api_params", {})
+            answer = self.market.get_spot_placement_scores(params)
+            ceiling = self.ceilings.get(params.get("TargetCapacity", 1), 10)
+            for score in answer["SpotPlacementScores"]:
+                score["Score"] = min(score["Score"], ceiling)
+            answer["ResponseMetadata"] = {"HTTPStatusCode": 200, "RequestId": "scores-by-capacity"}
+            return _Answered(), answer
+
+        ec2_client.meta.events.register_first("before-call.ec2.GetSpotPlacementScores", before_call)
+
+    # the world market's scripting, through
+    def set_score(self, score: int, zone_ids: list[str] | None = None) -> None:
+        self.market.set_score(score, zone_ids)
+
+    def score_calls(self) -> list[dict[str, Any]]:
+        return self.market.score_calls()
+
+    @property
+    def zones(self) -> dict[str, str]:
+        return self.market.zones
 
 
 def hedged(stack: Any, replicas: int = 2, floor: int = 0, **env: str) -> tuple[Capacity, list[str], ScoresByCapacity]:
-    clock = SimClock()
-    clients = AwsClients(stack.session)
-    # Installed first, it answers GetSpotPlacementScores (the harness's own stand-in behind it never does).
-    market = ScoresByCapacity(clock=clock.now)
-    market.install(clients.ec2)
+    capacity = Capacity(stack, SimClock(), REPLICAS=str(replicas), ON_DEMAND_FLOOR=str(floor), **env)
+    market = ScoresByCapacity(capacity.market)
+    market.install(capacity.clients.ec2)
     instances = with_replicas(stack, replicas)
     if floor:
         distribution = {**policy_of(stack)["InstancesDistribution"], "OnDemandBaseCapacity": floor}
@@ -66,8 +86,6 @@ def hedged(stack: Any, replicas: int = 2, floor: int = 0, **env: str) -> tuple[C
             AutoScalingGroupName=stack.group,
             MixedInstancesPolicy={**writable_policy(policy_of(stack)), "InstancesDistribution": distribution},
         )
-    capacity = Capacity(stack, clock, clients=clients, REPLICAS=str(replicas), ON_DEMAND_FLOOR=str(floor), **env)
-    capacity.market = market
     return capacity, instances, market
 
 
@@ -252,7 +270,7 @@ def test_back_to_spot_per_replica_as_the_scores_allow(stack):
     endpoint = capacity.endpoint()
     assert endpoint.on_demand_replicas == 1 and endpoint.mode == ON_DEMAND
     assert endpoint.mode_reason == "spot-back: placement score 9 >= 7"
-    [refresh] = capacity.refresh.started()
+    [refresh] = capacity.group.refresh_calls
     assert refresh["Preferences"]["MinHealthyPercentage"] == 100
     # And the second waits the minimum time between changes (anti-flap), then goes back when Spot holds two
     clock.advance(MIN_ON_DEMAND - 300)
@@ -275,7 +293,7 @@ def test_no_return_while_spot_holds_not_even_one(stack):
     capacity.clock.advance(MIN_ON_DEMAND)
     market.set_score(3)
     assert capacity.invoke(schedule(capacity.clock.now())) == "spot-unlikely"
-    assert base(stack) == 2 and capacity.refresh.started() == []
+    assert base(stack) == 2 and capacity.group.refresh_calls == []
 
 
 def test_pools_that_just_failed_are_left_out_of_the_return(stack):
