@@ -387,3 +387,18 @@ def test_a_failure_reported_while_every_replica_is_on_demand_is_not_cached(stack
     market.set_score(9)
     assert capacity.invoke(schedule(clock.now())) == "refresh-started"
     assert market.score_calls()[0]["InstanceTypes"] == ["g5.2xlarge", "g6.2xlarge"]
+
+
+def test_a_fallback_recorded_before_there_was_a_count_reads_as_one_replica(stack):
+    # An endpoint item written by the single-instance product: mode on-demand, no count
+    capacity, _, _ = hedged(stack)
+    table = stack.session.resource("dynamodb").Table(stack.table_name)
+    table.put_item(Item={"pk": f"group#{stack.group}", "sk": "endpoint", "mode": ON_DEMAND, "version": 3})
+    assert capacity.endpoint().on_demand_replicas == 1
+    state, now = capacity.deps.state, capacity.clock.now()
+    # A switch that read another count loses; the one that read 1 wins
+    assert not state.set_mode(stack.group, ON_DEMAND, "r", now, ON_DEMAND, on_demand_replicas=2, expected_replicas=0)
+    assert state.set_mode(stack.group, ON_DEMAND, "r", now, ON_DEMAND, on_demand_replicas=2, expected_replicas=1)
+    assert capacity.endpoint().on_demand_replicas == 2
+    with pytest.raises(ValueError):
+        state.set_mode(stack.group, SPOT, "r", now, ON_DEMAND, on_demand_replicas=1, expected_replicas=2)
