@@ -1,11 +1,12 @@
 """Hedged replicas: cost per hour and modelled availability of N = 1, N = 2 and always-on-demand, side by side.
 
-Cost: list prices and their date from ``bench/prices.json`` (On-Demand: the EC2 pricing page, the same figures as
-``spotkeeper.market``; Spot: the typical us-east-1 price there), instances only - the request path and the control
-plane are the same for N = 1 and N = 2 and are in the cost part. Set beside SkyServe's published figure: "SkyServe
-reduces cost by 43% on average while achieving high resource availability compared to using on-demand replicas"
-(Mao, Xia, Wu, Chiang, Griggs, Bhardwaj, Yang, Shenker, Stoica: "SkyServe: Serving AI Models across Regions and
-Clouds with Spot Instances", EuroSys 2025, arXiv:2411.01438).
+Cost: list prices and their date from ``local/spotkeeper_local/prices.json`` (``bench.cost.PRICES_PATH``;
+On-Demand: the EC2 pricing page, the same figures as ``spotkeeper.market``; Spot: the typical us-east-1 price
+there), instances only - the request path and the control plane are the same for N = 1 and N = 2 and are in the
+cost part. Set beside SkyServe's published figure: "SkyServe reduces cost by 43% on average while achieving high
+resource availability compared to using on-demand replicas" (Mao, Xia, Wu, Chiang, Griggs, Bhardwaj, Yang,
+Shenker, Stoica: "SkyServe: Serving AI Models across Regions and Clouds with Spot Instances", EuroSys 2025,
+arXiv:2411.01438).
 
 Availability is a model, not a measurement (the N = 2 drill scenarios are not played here): interruptions arrive
 at the Spot Instance Advisor's frequency buckets ("the rate at which Spot has reclaimed capacity during the
