@@ -265,6 +265,9 @@ def test_every_alarm_transition_gives_one_readable_alert(stack):
             capacity.invoke(event)
     ignored = alarm_change(STACK_ALARMS[1], "INSUFFICIENT_DATA", clock.now())
     assert capacity.invoke(ignored) == "ignored"
+    # A new stack's first evaluation (INSUFFICIENT_DATA -> OK) is not a recovery: no alert
+    first = alarm_change(STACK_ALARMS[2], "OK", clock.now(), previous="INSUFFICIENT_DATA")
+    assert capacity.invoke(first) == "ignored"
     alerts = [a for a in stack.alerts() if a["attributes"]["event"].startswith("alarm-")]
     assert [(a["body"]["alarm_name"], a["body"]["state"]) for a in alerts] == [
         (name, state) for name in STACK_ALARMS for state in ("ALARM", "OK")

@@ -323,7 +323,9 @@ def on_alarm_state_change(event: AlarmStateChange, deps: CapacityDeps) -> str:
     if endpoint_down:
         # Newest state wins: a late or replayed event cannot overwrite a later transition.
         deps.state.record_endpoint_alarm(deps.group, state, alarm_time(event))
-    if state not in ("ALARM", "OK"):
+    previous = detail.previous_state.value if detail.previous_state else None
+    if state not in ("ALARM", "OK") or (state == "OK" and previous == "INSUFFICIENT_DATA"):
+        # INSUFFICIENT_DATA -> OK is a new alarm's (or a new stack's) first evaluation, not a recovery.
         logger.info("alarm state not alerted", extra={"alarm": detail.alarm_name, "state": state})
         return "ignored"
     outcome, action, why = "alerted", None, None
