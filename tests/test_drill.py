@@ -54,13 +54,11 @@ def report(played: tuple[dict[str, Any], Path]) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_the_drill_plays_every_scenario_in_well_under_a_minute(report):
+def test_the_drill_plays_every_scenario_on_a_simulated_clock(report):
     # Given the drill ran with its defaults (a 3-minute model load)
-    # Then it played the four scenarios on a simulated clock, quickly in wall time
+    # Then it played the four scenarios on a simulated clock (its wall time is make bench's to measure)
     assert set(report["scenarios"]) == {"interruption", "rebalance", "capacity", "baseline"}
     assert report["load_seconds"] == LOAD_SECONDS
-    # A drill in real time would take about 40 minutes; simulated, it takes about half a minute.
-    assert report["wall_seconds"] < 90
     for scenario in report["scenarios"].values():
         assert scenario["clients"]["sent"] == len(scenario["requests"]) > 50
         assert scenario["timeline"], "a timeline per scenario"
