@@ -99,7 +99,7 @@ def test_malformed_event_is_rejected_with_its_id_and_changes_nothing(stack, samp
     assert stack.alerts() == []
 
 
-def test_warning_requests_the_replacement_within_three_aws_calls(stack, deps):
+def test_warning_marks_the_replica_warned_first_and_requests_the_replacement_within_four_aws_calls(stack, deps):
     # Given every AWS call of the function is counted (botocore's events, as the benchmark counts them)
     calls: list[str] = []
     for client in (deps.clients.autoscaling, deps.clients.ec2, deps.clients.sns, deps.state._table.meta.client):
@@ -109,6 +109,8 @@ def test_warning_requests_the_replacement_within_three_aws_calls(stack, deps):
     [doomed] = instance_ids(stack)
     # When the warning for a group of one arrives
     invoke("interruption", spot_interruption(doomed), deps)
-    # Then the group was asked for a replacement by the third call
+    # Then the first call marks the replica warned in the ready set (the gateway stops routing to it), and the
+    # group was asked for a replacement by the fourth call
+    assert calls[0] == "UpdateItem", calls
     assert "SetDesiredCapacity" in calls
-    assert calls.index("SetDesiredCapacity") + 1 <= 3, calls
+    assert calls.index("SetDesiredCapacity") + 1 <= 4, calls

@@ -9,6 +9,7 @@ from botocore.exceptions import ClientError
 from spotkeeper.aws import error_code, error_message
 from spotkeeper.group import Group, GroupNotFound
 from spotkeeper.observability import logger
+from spotkeeper.records import ON_DEMAND, SPOT, ReplicaFacts
 
 # Put on an instance just before it is detached; the functions' ec2:TerminateInstances grant requires it.
 DETACHED_TAG = "spotkeeper:detached-from"
@@ -46,6 +47,28 @@ class Fleet:
                 if instance.get("State", {}).get("Name") in {"shutting-down", "terminated"}:
                     return None
                 return instance.get("PrivateIpAddress")
+        return None
+
+    def replica_facts(self, instance_id: str) -> ReplicaFacts | None:
+        """Address, zone, type and purchase option of a running instance, or None if it is gone."""
+        try:
+            reservations = self._ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        except ClientError as error:
+            if error_code(error) in {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}:
+                return None
+            raise
+        for reservation in reservations:
+            for instance in reservation["Instances"]:
+                address = instance.get("PrivateIpAddress")
+                if instance.get("State", {}).get("Name") in {"shutting-down", "terminated"} or not address:
+                    return None
+                return ReplicaFacts(
+                    instance_id=instance_id,
+                    address=address,
+                    availability_zone=instance.get("Placement", {}).get("AvailabilityZone"),
+                    instance_type=instance.get("InstanceType"),
+                    lifecycle=SPOT if instance.get("InstanceLifecycle") == "spot" else ON_DEMAND,
+                )
         return None
 
     # capacity ---------------------------------------------------------------------------------

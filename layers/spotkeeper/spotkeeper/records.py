@@ -118,3 +118,54 @@ class PendingLaunch:
             status=item.get("status", "waiting"),
             completed=bool(item.get("completed", False)),
         )
+
+
+# The ready set: one record per replica, moving one way only, ready -> warned -> gone. The rank makes every
+# write monotonic, so a duplicate or an older event arriving late never brings a warned or gone replica back.
+READY = "ready"
+WARNED = "warned"
+GONE = "gone"
+REPLICA_RANK = {READY: 1, WARNED: 2, GONE: 3}
+
+
+@dataclass(frozen=True)
+class ReplicaFacts:
+    """What EC2 says about a replica: where the gateway reaches it and what it runs on."""
+
+    instance_id: str
+    address: str
+    availability_zone: str | None = None
+    instance_type: str | None = None
+    lifecycle: str = ON_DEMAND  # spot | on-demand
+
+
+@dataclass(frozen=True)
+class Replica:
+    """One record of the ready set (``gone`` records stay as tombstones until their expiration)."""
+
+    instance_id: str
+    state: str
+    since: float
+    address: str | None = None
+    availability_zone: str | None = None
+    instance_type: str | None = None
+    lifecycle: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Replica:
+        return cls(
+            instance_id=item["instance_id"],
+            state=item["state"],
+            since=float(item["since"]),
+            address=item.get("address"),
+            availability_zone=item.get("availability_zone"),
+            instance_type=item.get("instance_type"),
+            lifecycle=item.get("lifecycle"),
+            reason=item.get("reason"),
+        )
+
+    @property
+    def in_set(self) -> bool:
+        """Ready or warned, and reachable: the gateway may route to it (a warned one only as a last resort)."""
+        return self.state in (READY, WARNED) and bool(self.address)

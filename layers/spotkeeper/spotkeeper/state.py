@@ -5,6 +5,7 @@ One table (pk/sk) holds, per group:
   pk=group#<name> sk=launch#<instance>  a launch lifecycle hook waiting for TGI to become ready
   pk=group#<name> sk=instance#<id>      per-instance facts: doomed (interruption), draining, probe failures
   pk=group#<name> sk=alert#<ms>#<event> the alerts sent, kept two weeks (TTL), for `spotkeeper status`
+  pk=group#<name> sk=replica#<id>       the ready set: one record per replica, ready -> warned -> gone
 Powertools idempotency records share the table under their own pk.
 
 Every change is a conditional write, so concurrent or replayed events cannot undo each other.
@@ -19,10 +20,25 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from spotkeeper.observability import logger
-from spotkeeper.records import ON_DEMAND, SPOT, Endpoint, InstanceRecord, PendingLaunch
+from spotkeeper.records import (
+    GONE,
+    ON_DEMAND,
+    READY,
+    REPLICA_RANK,
+    SPOT,
+    WARNED,
+    Endpoint,
+    InstanceRecord,
+    PendingLaunch,
+    Replica,
+    ReplicaFacts,
+)
 
 ENDPOINT_SK = "endpoint"
 ALERT_RETENTION_SECONDS = 14 * 24 * 3600
+REPLICA_PREFIX = "replica#"
+# A gone replica's tombstone outlives any redelivery of an old event about it (EventBridge retries for 24 h).
+TOMBSTONE_SECONDS = 2 * 86400
 
 
 def _pk(group: str) -> str:
@@ -350,3 +366,87 @@ class StateStore:
                 ":stale": Decimal(str(at - stale_after)),
             },
         )
+
+    # the ready set -----------------------------------------------------------------------------
+    def join_ready_set(self, group: str, facts: ReplicaFacts, at: float) -> bool:
+        """Record a replica as ready. Only the first time: never over a warned or gone record (a late or
+        replayed event cannot bring a replica back)."""
+        values: dict[str, Any] = {
+            ":id": facts.instance_id,
+            ":state": READY,
+            ":rank": REPLICA_RANK[READY],
+            ":at": Decimal(str(at)),
+            ":address": facts.address,
+            ":lifecycle": facts.lifecycle,
+        }
+        optional = ""
+        zone_and_type = (("availability_zone", facts.availability_zone), ("instance_type", facts.instance_type))
+        for attribute, value in zone_and_type:
+            if value:
+                optional += f", {attribute} = :{attribute}"
+                values[f":{attribute}"] = value
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": _pk(group), "sk": REPLICA_PREFIX + facts.instance_id},
+            UpdateExpression="SET instance_id = :id, #s = :state, #r = :rank, since = :at, ready_at = :at, "
+            "address = :address, lifecycle = :lifecycle" + optional,
+            ConditionExpression="attribute_not_exists(#r)",
+            ExpressionAttributeNames={"#s": "state", "#r": "rank"},
+            ExpressionAttributeValues=values,
+        )
+
+    def mark_warned(self, group: str, instance_id: str, at: float, *, create: bool = False) -> bool:
+        """A warning or rebalance recommendation arrived for the replica: it takes no new requests.
+
+        ``create`` records it even if it never joined (it was still loading), so it never joins later. True
+        for the first caller; False for a replica already warned or gone (or unknown, without ``create``).
+        """
+        return self._advance(group, instance_id, WARNED, at, create=create, extra={"warned_at": at})
+
+    def leave_ready_set(self, group: str, instance_id: str, at: float, reason: str) -> bool:
+        """The replica is terminating, unhealthy or gone: out of the set for good (a tombstone stays)."""
+        tombstone = {"reason": reason, "expiration": int(at) + TOMBSTONE_SECONDS}
+        return self._advance(group, instance_id, GONE, at, create=True, extra=tombstone)
+
+    def _advance(
+        self, group: str, instance_id: str, state: str, at: float, *, create: bool, extra: dict[str, Any]
+    ) -> bool:
+        rank = REPLICA_RANK[state]
+        names = {"#s": "state", "#r": "rank"}
+        values: dict[str, Any] = {":id": instance_id, ":state": state, ":rank": rank, ":at": Decimal(str(at))}
+        update = "SET instance_id = :id, #s = :state, #r = :rank, since = :at"
+        for position, (attribute, value) in enumerate(extra.items()):
+            names[f"#x{position}"] = attribute
+            values[f":x{position}"] = Decimal(str(value)) if isinstance(value, float) else value
+            update += f", #x{position} = :x{position}"
+        condition = "#r < :rank"
+        if create:
+            condition = "attribute_not_exists(#r) OR " + condition
+        return conditional_write(
+            self._table.update_item,
+            Key={"pk": _pk(group), "sk": REPLICA_PREFIX + instance_id},
+            UpdateExpression=update,
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+
+    def replicas(self, group: str, consistent: bool = True) -> list[Replica]:
+        """Every replica record of the group, gone ones (tombstones) included: filter with ``Replica.in_set``."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+            "ExpressionAttributeValues": {":pk": _pk(group), ":prefix": REPLICA_PREFIX},
+            "ConsistentRead": consistent,
+        }
+        while True:
+            response = self._table.query(**kwargs)
+            items.extend(response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                break
+            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return [Replica.from_item(item) for item in items]
+
+    def ready_set(self, group: str, consistent: bool = True) -> list[Replica]:
+        """The replicas the gateway may route to: ready or warned, with an address."""
+        return [replica for replica in self.replicas(group, consistent) if replica.in_set]

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from spotkeeper.alerts import Alert
 from spotkeeper.events import LifecycleHook
 from spotkeeper.logic.lifecycle import check_launch, make_serving
+from spotkeeper.logic.replicas import reconcile_ready_set
 from spotkeeper.observability import MetricName, logger, metrics
 from spotkeeper.records import ON_DEMAND, PendingLaunch
 
@@ -34,6 +35,7 @@ class ProbeReport:
     eip_repaired: bool = False
     launches: dict[str, str] = field(default_factory=dict)
     adopted_launches: list[str] = field(default_factory=list)
+    ready_set: dict[str, str] = field(default_factory=dict)  # what the probe changed in the ready set
 
 
 def probe_endpoint(deps: ControlDeps) -> ProbeReport:
@@ -64,6 +66,7 @@ def probe_endpoint(deps: ControlDeps) -> ProbeReport:
             report.marked_unhealthy = replace_unhealthy(endpoint.serving_instance_id, report, deps)
     else:
         report.reason = "no serving instance"
+    report.ready_set = reconcile_ready_set(deps, primary=endpoint.serving_instance_id)
 
     metrics.add_metric(name=MetricName.HEALTHY, unit="Count", value=1 if report.healthy else 0)
     if report.latency_ms is not None:

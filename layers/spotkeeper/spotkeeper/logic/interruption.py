@@ -1,5 +1,8 @@
 """Spot interruption warnings and rebalance recommendations: start the replacement before the instance goes.
 
+First of all the replica is marked warned in the ready set, so the gateway sends it no new request; if it
+holds the Elastic IP and another ready replica exists, the EIP moves to that one at once.
+
 The doomed instance keeps the Elastic IP and keeps serving; the launch hook of the replacement moves the EIP
 once the replacement's TGI is ready, and then retires the doomed instance through the group so its
 terminate hook drains it.
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING
 from spotkeeper.alerts import Alert
 from spotkeeper.events import RebalanceRecommendation, SpotInterruptionWarning
 from spotkeeper.group import Group
+from spotkeeper.logic.replicas import hand_over_primary, warn_replica
 from spotkeeper.observability import MetricName, logger, metrics
 
 if TYPE_CHECKING:
@@ -22,6 +26,20 @@ REPLACE = "replace"
 
 def react_to_interruption(event: SpotInterruptionWarning | RebalanceRecommendation, deps: ControlDeps) -> str:
     """Returns what was done, for logs and tests: ignored / duplicate / replacement-started / ..."""
+    instance_id = event.detail.instance_id
+    # Before anything else: one conditional write, a no-op for any instance that is not in the ready set.
+    warned = warn_replica(instance_id, deps)
+    outcome = _replace(event, deps)
+    if outcome != "ignored":
+        if not warned:
+            # Not in the set yet (still loading), or already warned: a replica warned while loading never joins.
+            warn_replica(instance_id, deps, create=True)
+        # Runs on duplicates too, so the retry of a reaction that failed half-way finishes the hand-over.
+        hand_over_primary(instance_id, deps)
+    return outcome
+
+
+def _replace(event: SpotInterruptionWarning | RebalanceRecommendation, deps: ControlDeps) -> str:
     instance_id = event.detail.instance_id
     group = deps.fleet.describe_group()
     member = group.instance(instance_id)

@@ -100,6 +100,7 @@ def promote(launch: PendingLaunch, address: str, deps: ControlDeps, owner: str) 
         # Interrupted before it was even ready: never give it the EIP; its own replacement will take over.
         logger.warning("ready instance is already doomed; not moving the EIP", extra={"instance_id": instance_id})
     else:
+        _join_ready_set(instance_id, deps)
         moved = make_serving(instance_id, address, deps)
     deps.fleet.complete_lifecycle_action(launch.hook_name, launch.token, instance_id, CONTINUE)
     retired = retire_replaced(deps, keep=instance_id) if moved else []
@@ -208,6 +209,7 @@ def abandon(launch: PendingLaunch, deps: ControlDeps, reason: str, owner: str) -
 def on_instance_terminating(event: TerminateLifecycleAction, deps: ControlDeps) -> str:
     detail = event.detail
     instance_id = detail.instance_id
+    _leave_ready_set(instance_id, deps)  # the gateway stops routing to it; tombstoned, it never rejoins
     record = deps.state.get_instance(deps.group, instance_id)
     # If Spot took it before its replacement was ready, give back the extra capacity asked for it, before the
     # group replaces it a second time. The value is absolute, so it is harmless after a retire, too.
@@ -269,6 +271,18 @@ def hand_over_serving(leaving: str, deps: ControlDeps) -> str | None:
     if endpoint.serving_instance_id == leaving:
         deps.state.clear_serving(deps.group, leaving, endpoint.version)
     return None
+
+
+def _join_ready_set(instance_id: str, deps: ControlDeps) -> None:
+    from spotkeeper.logic.replicas import join_ready_set  # replicas builds on this module
+
+    join_ready_set(instance_id, deps)
+
+
+def _leave_ready_set(instance_id: str, deps: ControlDeps) -> None:
+    from spotkeeper.logic.replicas import leave_ready_set
+
+    leave_ready_set(instance_id, deps, "terminating")
 
 
 def drain(address: str, deps: ControlDeps) -> str:
