@@ -30,6 +30,8 @@ class MetricName(StrEnum):
     GATEWAY_REQUESTS = "GatewayRequests"
     GATEWAY_ERRORS = "GatewayErrors"
     GATEWAY_LATENCY = "GatewayLatency"
+    GATEWAY_RETRIES = "GatewayRetries"  # a request retried on another replica before its first byte
+    GATEWAY_RESUMES = "GatewayResumes"  # a broken stream continued on another replica
     TIME_TO_FIRST_TOKEN = "TimeToFirstToken"  # noqa: S105 - a metric name, not a secret
     TOKENS_OUT = "TokensOut"
 

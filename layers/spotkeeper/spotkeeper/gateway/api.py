@@ -42,7 +42,8 @@ from spotkeeper.gateway.models import (
     GenerateResponse,
     Ping,
 )
-from spotkeeper.gateway.streaming import relay_events
+from spotkeeper.gateway.resume import ResumePlan, plan_completion, plan_generate
+from spotkeeper.gateway.streaming import Resumption, relay_events
 from spotkeeper.gateway.telemetry import RequestRecord, RequestTelemetry, request_record
 from spotkeeper.gateway.upstream import PROBE_READ_TIMEOUT_SECONDS, TgiUpstream, Upstream, new_client
 from spotkeeper.observability import logger
@@ -140,7 +141,21 @@ async def _open(
     )
     if record is not None:
         record.serving_instance_id = upstream.backend.instance_id
+        record.retries += int(upstream.retried)
     return upstream
+
+
+def _resumption(runtime: GatewayRuntime, record: RequestRecord | None, plan: ResumePlan | None) -> Resumption | None:
+    """How a broken stream of this request continues on another replica (None: it ends with an error event)."""
+    if plan is None:
+        return None
+
+    async def reopen(body: dict[str, Any], exclude: frozenset[str]) -> Upstream:
+        return await runtime.upstream.open(
+            "POST", plan.path, body, request_id=record.request_id if record else None, exclude=exclude
+        )
+
+    return Resumption(plan, reopen)
 
 
 async def _finish_json(
@@ -187,6 +202,7 @@ async def _relay(
     *,
     stream: bool,
     count_tokens: TokenCounter,
+    resume: ResumePlan | None = None,
 ) -> Response:
     record = request_record(request.scope)
     upstream = await _open(runtime, record, "POST", path, payload)
@@ -195,7 +211,7 @@ async def _relay(
         # Errors before the first token come as plain JSON, with TGI's status (422, 424, 429, ...).
         return await _finish_json(runtime, upstream, record, count_tokens)
     return StreamingResponse(
-        relay_events(upstream, record),
+        relay_events(upstream, record, _resumption(runtime, record, resume)),
         # Given as a header so Starlette does not add a charset TGI never sends.
         headers={
             **upstream.relay_headers(),
@@ -305,7 +321,13 @@ def create_app(
     ) -> Response:
         payload = generate_body(body, runtime.settings)
         return await _relay(
-            runtime, request, "/generate_stream", payload, stream=True, count_tokens=_tgi_generated_tokens
+            runtime,
+            request,
+            "/generate_stream",
+            payload,
+            stream=True,
+            count_tokens=_tgi_generated_tokens,
+            resume=plan_generate("/generate_stream", payload, runtime.settings.max_new_tokens),
         )
 
     @app.post(
@@ -322,7 +344,15 @@ def create_app(
         # Forwarded to TGI's own "/" rather than rewritten: that route has its own defaults (a list body,
         # return_full_text from the model's pipeline tag) that its clients expect.
         payload["stream"] = body.stream
-        return await _relay(runtime, request, "/", payload, stream=body.stream, count_tokens=_tgi_generated_tokens)
+        return await _relay(
+            runtime,
+            request,
+            "/",
+            payload,
+            stream=body.stream,
+            count_tokens=_tgi_generated_tokens,
+            resume=plan_generate("/", payload, runtime.settings.max_new_tokens),
+        )
 
     @app.post(
         "/v1/chat/completions",
@@ -356,7 +386,13 @@ def create_app(
     ) -> Response:
         payload = completion_body(body, runtime.settings)
         return await _relay(
-            runtime, request, "/v1/completions", payload, stream=body.stream, count_tokens=_openai_completion_tokens
+            runtime,
+            request,
+            "/v1/completions",
+            payload,
+            stream=body.stream,
+            count_tokens=_openai_completion_tokens,
+            resume=plan_completion("/v1/completions", payload, runtime.settings.max_new_tokens),
         )
 
     @app.get(

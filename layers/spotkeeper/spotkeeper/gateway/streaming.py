@@ -4,19 +4,25 @@ Bytes are forwarded line by line (an event is sent as soon as its line is comple
 client as soon as TGI emitted it, and a stream that breaks can still be closed with a whole error event
 instead of half a JSON line. A stream is finished when TGI said so: ``data: [DONE]``, a TGI event with
 ``generated_text``, or an OpenAI chunk with a ``finish_reason``; anything else ending it is an error.
+
+A stream that breaks (the connection drops, or it ends unfinished) is resumed once on another replica when
+the route allows it (``resume.py``): the client's stream goes on with the continuation's events. Otherwise,
+or if no other replica can take it, the client gets TGI's error event.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import httpx
 
-from spotkeeper.gateway.errors import GENERATION, sse_error_event
+from spotkeeper.gateway.errors import GENERATION, GatewayError, sse_error_event
+from spotkeeper.gateway.resume import ResumePlan, rewrite_lines
 from spotkeeper.gateway.telemetry import RequestRecord
 from spotkeeper.gateway.upstream import Upstream
 from spotkeeper.observability import logger
@@ -28,6 +34,7 @@ class StreamProgress:
     def __init__(self, record: RequestRecord | None) -> None:
         self.record = record
         self.tokens = 0
+        self.text = ""  # the generated text the client has received, token by token
         self.finished = False
         self.upstream_error: str | None = None
 
@@ -52,6 +59,7 @@ class StreamProgress:
             return
         if _carries_token(event):
             self.tokens += 1
+            self.text += _token_text(event)
             if self.record is not None and self.record.first_token_at is None:
                 self.record.first_token_at = time.perf_counter()
         if event.get("generated_text") is not None or _has_finish_reason(event):
@@ -72,41 +80,116 @@ def _carries_token(event: dict[str, Any]) -> bool:
     return False
 
 
+def _token_text(event: dict[str, Any]) -> str:
+    if isinstance(event.get("token"), dict):
+        text = event["token"].get("text")
+        return text if isinstance(text, str) else ""
+    for choice in event.get("choices") or []:
+        if isinstance(choice, dict):
+            delta = choice.get("delta")
+            text = delta.get("content") if isinstance(delta, dict) else choice.get("text")
+            return text if isinstance(text, str) else ""
+    return ""
+
+
 def _has_finish_reason(event: dict[str, Any]) -> bool:
-    return any(
-        isinstance(choice, dict) and choice.get("finish_reason") is not None for choice in event.get("choices") or []
-    )
+    # TGI's streamed /v1/completions chunks carry "finish_reason": "" until the last one.
+    return any(isinstance(choice, dict) and choice.get("finish_reason") for choice in event.get("choices") or [])
 
 
-async def relay_events(upstream: Upstream, record: RequestRecord | None) -> AsyncIterator[bytes]:
+@dataclass(frozen=True)
+class Resumption:
+    """How to continue a broken stream: the plan, and a way to open it on a replica not in ``exclude``."""
+
+    plan: ResumePlan
+    reopen: Callable[[dict[str, Any], frozenset[str]], Awaitable[Upstream]]
+
+
+async def relay_events(
+    upstream: Upstream, record: RequestRecord | None, resumption: Resumption | None = None
+) -> AsyncIterator[bytes]:
     progress = StreamProgress(record)
-    pending = b""
+    current = upstream
+    seam: tuple[str, int] | None = None  # text and tokens the client had when the stream was resumed
+    broken_on: set[str] = set()
+    tail = b"\n\n"  # the last bytes the client got: whether it is at an event boundary
     broken: str | None = None
     try:
-        async for chunk in upstream.response.aiter_bytes():
-            pending += chunk
-            end = pending.rfind(b"\n")
-            if end < 0:
-                continue
-            complete, pending = pending[: end + 1], pending[end + 1 :]
-            progress.observe(complete)
-            yield complete
-        if pending:
-            progress.observe(pending)
-            yield pending + b"\n\n"
-        if not progress.finished:
-            broken = "the backend closed the stream before the generation finished"
-    except httpx.HTTPError as error:
-        broken = f"the backend failed during the generation ({type(error).__name__})"
+        while True:
+            broken = None
+            pending = b""
+            try:
+                async for chunk in current.response.aiter_bytes():
+                    pending += chunk
+                    end = pending.rfind(b"\n")
+                    if end < 0:
+                        continue
+                    complete, pending = pending[: end + 1], pending[end + 1 :]
+                    if seam is not None:
+                        complete = rewrite_lines(complete, resumption.plan, *seam)  # type: ignore[union-attr]
+                    progress.observe(complete)
+                    tail = (tail + complete)[-2:]
+                    yield complete
+                if pending:
+                    if seam is not None:
+                        pending = rewrite_lines(pending, resumption.plan, *seam)  # type: ignore[union-attr]
+                    progress.observe(pending)
+                    tail = b"\n\n"
+                    yield pending + b"\n\n"
+                if not progress.finished:
+                    broken = "the backend closed the stream before the generation finished"
+            except httpx.HTTPError as error:
+                broken = f"the backend failed during the generation ({type(error).__name__})"
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await current.close()
+            if broken is None:
+                break
+            logger.warning(
+                "generation stream broke",
+                extra={"reason": broken, "serving_instance_id": current.backend.instance_id, "tokens": progress.tokens},
+            )
+            broken_on.add(current.backend.url)
+            resumed = await _resume(resumption, progress, broken_on, seam is not None)
+            if resumed is None:
+                break
+            if record is not None:
+                record.resumes += 1
+            current, seam = resumed, (progress.text, progress.tokens)
+            if not tail.endswith(b"\n\n"):
+                tail = b"\n\n"
+                yield b"\n"  # close the event the broken stream left open before the continuation's first
     finally:
-        with anyio.CancelScope(shield=True):
-            await upstream.close()
         if record is not None:
             record.tokens_out = progress.tokens
             record.stream_error = broken or progress.upstream_error
     if broken is not None:
-        logger.warning(
-            "generation stream broke",
-            extra={"reason": broken, "serving_instance_id": upstream.backend.instance_id, "tokens": progress.tokens},
-        )
-        yield sse_error_event(broken + "; retry the request", GENERATION)
+        boundary = b"" if tail.endswith(b"\n\n") else b"\n"
+        yield boundary + sse_error_event(broken + "; retry the request", GENERATION)
+
+
+async def _resume(
+    resumption: Resumption | None, progress: StreamProgress, broken_on: set[str], resumed_before: bool
+) -> Upstream | None:
+    """The continuation's stream on another replica, or None: not resumable, or nobody can take it."""
+    if resumption is None or resumed_before:  # once, like the retry before the first byte
+        return None
+    body = resumption.plan.continuation(progress.text, progress.tokens)
+    if body is None:
+        return None
+    try:
+        upstream = await resumption.reopen(body, frozenset(broken_on))
+    except GatewayError as error:
+        logger.warning("could not resume the stream on another replica", extra={"reason": error.message})
+        return None
+    content_type = upstream.response.headers.get("content-type", "")
+    if upstream.response.status_code != 200 or "text/event-stream" not in content_type:
+        logger.warning("the replica refused the continuation", extra={"status": upstream.response.status_code})
+        with anyio.CancelScope(shield=True):
+            await upstream.close()
+        return None
+    logger.info(
+        "stream resumed on another replica",
+        extra={"instance_id": upstream.backend.instance_id, "tokens_sent": progress.tokens},
+    )
+    return upstream

@@ -35,6 +35,8 @@ class RequestRecord:
     first_token_at: float | None = None
     tokens_out: int | None = None
     stream_error: str | None = None
+    retries: int = 0  # attempts after one that could not reach TGI (before its first byte)
+    resumes: int = 0  # broken streams continued on another replica
 
     @property
     def failed(self) -> bool:
@@ -59,6 +61,11 @@ def publish(record: RequestRecord, settings: GatewaySettings, ended: float) -> N
     metrics.add_metric(MetricName.GATEWAY_REQUESTS, MetricUnit.Count, 1)
     metrics.add_metric(MetricName.GATEWAY_ERRORS, MetricUnit.Count, 1 if record.failed else 0)
     metrics.add_metric(MetricName.GATEWAY_LATENCY, MetricUnit.Milliseconds, latency_ms)
+    # Only when they happened: most requests are neither retried nor resumed (Sum over a period counts them).
+    if record.retries:
+        metrics.add_metric(MetricName.GATEWAY_RETRIES, MetricUnit.Count, record.retries)
+    if record.resumes:
+        metrics.add_metric(MetricName.GATEWAY_RESUMES, MetricUnit.Count, record.resumes)
     if first_token_ms is not None:
         metrics.add_metric(MetricName.TIME_TO_FIRST_TOKEN, MetricUnit.Milliseconds, first_token_ms)
     if record.tokens_out is not None:
@@ -78,6 +85,8 @@ def publish(record: RequestRecord, settings: GatewaySettings, ended: float) -> N
             "tokens_out": record.tokens_out,
             "serving_instance_id": record.serving_instance_id,
             "stream_error": record.stream_error,
+            "retries": record.retries,
+            "resumes": record.resumes,
         },
     )
 

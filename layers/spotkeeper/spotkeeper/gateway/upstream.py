@@ -1,14 +1,18 @@
-"""Talking to TGI on the serving instance: one keep-alive client per process, bounded failover.
+"""Talking to TGI on the replicas: one keep-alive client per process, least outstanding work, bounded failover.
 
-A request that could not reach TGI at all (connection refused or reset, connect timeout, TGI answering 503)
-is retried once against a resolution of the serving instance made after the failure; if that fails too the
-client gets 503 with Retry-After. The bound on that path is about two connect timeouts plus one state-table
-read, never the generation's read timeout.
+Each request goes to the candidate replica with the fewest requests in flight from this process (a warned
+replica only when no other is there; ties go to the one picked longest ago). A request that could not reach
+TGI at all (connection refused or reset, connect timeout, TGI answering 503) is retried once, on another
+replica if the table names one, against a resolution made after the failure; if that fails too the client
+gets 503 with Retry-After. The bound on that path is about two connect timeouts plus one state-table read,
+never the generation's read timeout.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -33,6 +37,8 @@ class Upstream:
 
     response: httpx.Response
     backend: Backend
+    retried: bool = False  # the first attempt could not reach TGI; this is the answer of the retry
+    _release: Callable[[], None] | None = field(default=None, repr=False)
 
     def relay_headers(self) -> dict[str, str]:
         """TGI's own ``x-*`` headers (x-generated-tokens, x-compute-time, ...) are useful to clients."""
@@ -43,6 +49,10 @@ class Upstream:
         }
 
     async def close(self) -> None:
+        """Idempotent: the request stops counting as outstanding on its replica once, however often called."""
+        release, self._release = self._release, None
+        if release is not None:
+            release()
         await self.response.aclose()
 
 
@@ -62,6 +72,28 @@ class TgiUpstream:
         self._client = client
         self._resolver = resolver
         self._settings = settings
+        self._outstanding: dict[str, int] = {}  # requests in flight from this process, per backend URL
+        self._last_pick: dict[str, int] = {}
+        self._picks = itertools.count()
+
+    def outstanding(self, url: str) -> int:
+        return self._outstanding.get(url, 0)
+
+    async def _candidates(self, fresher_than: float | None) -> tuple[Backend, ...]:
+        candidates = getattr(self._resolver, "candidates", None)
+        if candidates is None:  # a resolver that only ever knows one backend
+            return (await self._resolver.resolve(fresher_than=fresher_than),)
+        return await candidates(fresher_than=fresher_than)
+
+    def pick(self, candidates: tuple[Backend, ...], exclude: frozenset[str] = frozenset()) -> Backend | None:
+        """The un-warned candidate with the least outstanding work (a warned one if no other is left)."""
+        pool = [backend for backend in candidates if backend.url not in exclude]
+        pool = [backend for backend in pool if not backend.warned] or pool
+        if not pool:
+            return None
+        chosen = min(pool, key=lambda b: (self.outstanding(b.url), self._last_pick.get(b.url, -1)))
+        self._last_pick[chosen.url] = next(self._picks)
+        return chosen
 
     async def open(
         self,
@@ -71,24 +103,54 @@ class TgiUpstream:
         *,
         request_id: str | None = None,
         read_timeout: float | None = None,
+        exclude: frozenset[str] = frozenset(),
     ) -> Upstream:
-        """Send the request and return TGI's response with its body unread (so it can be streamed)."""
+        """Send the request and return TGI's response with its body unread (so it can be streamed).
+
+        ``exclude`` names backend URLs not to use (a stream being resumed avoids the replica that broke it);
+        when only excluded backends are left, the request is unavailable.
+        """
         failure: Exception
+        tried: frozenset[str] = exclude
         try:
-            backend = await self._resolver.resolve()
+            backend = self.pick(await self._candidates(None), exclude)
+            if backend is None:
+                raise BackendUnavailable("no other replica is ready", self._settings.retry_after_seconds)
+            tried = tried | {backend.url}
             return await self._send(backend, method, path, json_body, request_id, read_timeout)
         except (_Unreachable, BackendUnavailable) as error:
             failure = error
         failed_at = self._resolver.now()
-        logger.warning("TGI unreachable, retrying with a fresh serving instance", extra={"reason": str(failure)})
-        backend = await self._resolver.resolve(fresher_than=failed_at)
+        logger.warning("TGI unreachable, retrying with a fresh resolution", extra={"reason": str(failure)})
+        candidates = await self._candidates(failed_at)
+        # Another replica if there is one; else the same one again (one replica: its TGI may be back, or the
+        # table may name its replacement by now).
+        backend = self.pick(candidates, tried) or self.pick(candidates, exclude)
+        if backend is None:
+            raise BackendUnavailable(
+                f"no other replica can take the request ({failure})", self._settings.retry_after_seconds
+            ) from failure
         try:
-            return await self._send(backend, method, path, json_body, request_id, read_timeout)
+            upstream = await self._send(backend, method, path, json_body, request_id, read_timeout)
         except _Unreachable as error:
             raise BackendUnavailable(
                 f"TGI on the serving instance is unreachable ({error}): a failover is in progress",
                 self._settings.retry_after_seconds,
             ) from error
+        upstream.retried = True
+        return upstream
+
+    def _acquire(self, url: str) -> Callable[[], None]:
+        self._outstanding[url] = self.outstanding(url) + 1
+
+        def release() -> None:
+            left = self.outstanding(url) - 1
+            if left > 0:
+                self._outstanding[url] = left
+            else:
+                self._outstanding.pop(url, None)
+
+        return release
 
     async def _send(
         self,
@@ -108,8 +170,21 @@ class TgiUpstream:
         request = self._client.build_request(
             method, backend.url + path, json=json_body, headers=headers, timeout=timeout
         )
+        release = self._acquire(backend.url)
         try:
-            response = await self._client.send(request, stream=True)
+            response = await self._request(request, timeout)
+            if response.status_code == 503:
+                # TGI still loading or going away: as unreachable as a closed port.
+                body = await _read_quietly(response)
+                raise _Unreachable(f"TGI answered 503 {body[:200]!r}")
+        except BaseException:
+            release()
+            raise
+        return Upstream(response=response, backend=backend, _release=release)
+
+    async def _request(self, request: httpx.Request, timeout: httpx.Timeout) -> httpx.Response:
+        try:
+            return await self._client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
             raise _Unreachable(_describe(error)) from error
         except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError, httpx.WriteTimeout) as error:
@@ -119,11 +194,6 @@ class TgiUpstream:
             raise BackendTimeout(f"TGI did not answer within {timeout.read} s") from error
         except httpx.HTTPError as error:
             raise BackendProtocolError(f"unexpected answer from TGI: {_describe(error)}") from error
-        if response.status_code == 503:
-            # TGI still loading or going away: as unreachable as a closed port.
-            body = await _read_quietly(response)
-            raise _Unreachable(f"TGI answered 503 {body[:200]!r}")
-        return Upstream(response=response, backend=backend)
 
 
 async def _read_quietly(response: httpx.Response) -> bytes:
