@@ -92,6 +92,20 @@ def reconcile_ready_set(deps: ControlDeps, primary: str | None) -> dict[str, str
     records = {record.instance_id: record for record in deps.state.instances(deps.group)}
     replicas = {replica.instance_id: replica for replica in deps.state.replicas(deps.group)}
     changes: dict[str, str] = {}
+    for member in group.instances:
+        if member.lifecycle_state != "InService" or member.instance_id in replicas:
+            continue
+        record = records.get(member.instance_id)
+        if record is not None and (
+            record.doomed or record.at_risk_since or record.draining_since or record.marked_unhealthy
+        ):
+            continue
+        facts = deps.fleet.replica_facts(member.instance_id)
+        if facts is None or not deps.tgi.readiness(facts.address, deps.env.model_id).ready:
+            continue
+        if deps.state.join_ready_set(deps.group, facts, deps.clock.now()):
+            changes[member.instance_id] = READY  # ready, but its launch reaction never recorded it
+    # Then what left: a primary that leaves hands the EIP to a ready replica, the ones just joined included.
     for replica in replicas.values():
         if replica.state == GONE:
             continue
@@ -120,24 +134,13 @@ def reconcile_ready_set(deps: ControlDeps, primary: str | None) -> dict[str, str
         else:
             if leaving and replica.state == READY and warn_replica(replica.instance_id, deps):
                 changes[replica.instance_id] = WARNED  # its warning's reaction failed before marking it
+            if (leaving or replica.state == WARNED) and replica.instance_id == primary:
+                hand_over_primary(replica.instance_id, deps, group)  # a hand-over that failed, or had nobody
             continue
         if leave_ready_set(replica.instance_id, deps, reason):
             changes[replica.instance_id] = f"{GONE}: {reason}"
             hand_over_primary(replica.instance_id, deps, group)
 
-    for member in group.instances:
-        if member.lifecycle_state != "InService" or member.instance_id in replicas:
-            continue
-        record = records.get(member.instance_id)
-        if record is not None and (
-            record.doomed or record.at_risk_since or record.draining_since or record.marked_unhealthy
-        ):
-            continue
-        facts = deps.fleet.replica_facts(member.instance_id)
-        if facts is None or not deps.tgi.readiness(facts.address, deps.env.model_id).ready:
-            continue
-        if deps.state.join_ready_set(deps.group, facts, deps.clock.now()):
-            changes[member.instance_id] = READY  # ready, but its launch reaction never recorded it
     if changes:
         logger.info("ready set reconciled", extra={"changes": changes})
     return changes
