@@ -1,0 +1,328 @@
+"""Hedged replicas through the gateway: least outstanding work, warned replicas, retry, stream resume.
+
+Replicas are TGI emulators on loopback (greedy decoding, deterministic). A broken stream is made by a relay in
+front of one replica that drops the connection after k SSE events, as when Spot reclaims the instance under
+a generation; the rest of the generation must come from the other replica, with no text repeated or missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from spotkeeper.gateway.backend import Backend
+from spotkeeper.records import ReplicaFacts
+from spotkeeper.settings import GatewaySettings
+from spotkeeper.state import StateStore
+from spotkeeper_local.tgi_emulator import TgiEmulator, expected_tokens
+from tests.gateway_harness import free_port, gateway_settings, running_emulator, served_gateway, without_delayed_acks
+
+BUDGET = 12
+CUT_AFTER = 5
+
+
+class Replicas:
+    """A resolver over a list of backends the test changes at will (the ready set, without a table)."""
+
+    def __init__(self, *backends: Backend) -> None:
+        self.backends = list(backends)
+        self.fresh_reads = 0
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def resolve(self, *, fresher_than: float | None = None) -> Backend:
+        return (await self.candidates(fresher_than=fresher_than))[0]
+
+    async def candidates(self, *, fresher_than: float | None = None) -> tuple[Backend, ...]:
+        self.fresh_reads += fresher_than is not None
+        return tuple(self.backends)
+
+
+class CuttingRelay:
+    """A TCP relay in front of one replica that drops the connection after ``after_events`` SSE events of its
+    first stream (the instance reclaimed mid-generation); everything else passes through."""
+
+    def __init__(self, target: TgiEmulator, after_events: int) -> None:
+        self._target = target
+        self._after = after_events
+        self.cuts = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="relay", daemon=True)
+        self._thread.start()
+        self._server = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(5)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _start(self) -> asyncio.Server:
+        return await asyncio.start_server(self._handle, "127.0.0.1", 0)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(self._target.host, self._target.port)
+
+        async def requests() -> None:
+            with _quietly():
+                while data := await reader.read(65536):
+                    upstream_writer.write(data)
+                    await upstream_writer.drain()
+
+        forwarding = asyncio.create_task(requests())
+        events = 0
+        try:
+            while data := await upstream_reader.read(65536):
+                if self.cuts == 0:
+                    for position in _event_ends(data):
+                        events += 1
+                        if events == self._after:
+                            self.cuts += 1
+                            writer.write(data[:position])
+                            await writer.drain()
+                            return
+                writer.write(data)
+                await writer.drain()
+        finally:
+            forwarding.cancel()
+            for stream in (writer, upstream_writer):
+                with _quietly():
+                    stream.close()
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def _event_ends(data: bytes) -> Iterator[int]:
+    """Where each SSE event in ``data`` ends (just after its blank line)."""
+    start = 0
+    while (found := data.find(b"\n\n", start)) >= 0:
+        start = found + 2
+        yield start
+
+
+def _quietly() -> contextlib.suppress:
+    return contextlib.suppress(OSError, asyncio.CancelledError)  # connection teardown
+
+
+def sse_payloads(text: str) -> list[Any]:
+    return [
+        "[DONE]" if line[5:].strip() == "[DONE]" else json.loads(line[5:])
+        for line in text.splitlines()
+        if line.startswith("data:")
+    ]
+
+
+def emf_for(capsys: pytest.CaptureFixture[str], route: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        for line in capsys.readouterr().out.splitlines():
+            if line.startswith('{"_aws"') and json.loads(line).get("Route") == route:
+                return json.loads(line)
+        time.sleep(0.02)
+    raise AssertionError(f"no EMF record for {route}")
+
+
+@pytest.fixture
+def two() -> Iterator[tuple[TgiEmulator, TgiEmulator]]:
+    with running_emulator(token_delay=0.01) as first, running_emulator(token_delay=0.01) as second:
+        yield first, second
+
+
+@pytest.fixture
+def relay(two: tuple[TgiEmulator, TgiEmulator]) -> Iterator[CuttingRelay]:
+    cutting = CuttingRelay(two[0], after_events=CUT_AFTER)
+    yield cutting
+    cutting.close()
+
+
+def settings() -> GatewaySettings:
+    return gateway_settings("http://127.0.0.1:9", MAX_NEW_TOKENS=64, CONNECT_TIMEOUT_SECONDS=1)
+
+
+# resume --------------------------------------------------------------------------------------------------
+
+
+def continued(prompt: str) -> list[str]:
+    """What the client must see: the first replica's first CUT_AFTER tokens, then what the second replica
+    generates for the prompt plus that text with the budget left. With greedy decoding that is one generation."""
+    first = expected_tokens(prompt, CUT_AFTER)
+    return first + expected_tokens(prompt + "".join(first), BUDGET - CUT_AFTER)
+
+
+def test_a_tgi_stream_broken_mid_way_is_resumed_on_another_replica(
+    two: tuple[TgiEmulator, TgiEmulator], relay: CuttingRelay, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = two
+    replicas = Replicas(Backend(relay.url, "i-first"), Backend(second.url, "i-second"))
+    prompt = "What keeps a Spot endpoint alive?"
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": BUDGET, "details": True}}
+    with served_gateway(settings(), replicas) as gateway:
+        response = httpx.post(f"{gateway.url}/generate_stream", json=body, timeout=10)
+
+    events = sse_payloads(response.text)
+    # The stream did break on the first replica, after CUT_AFTER tokens
+    assert relay.cuts == 1 and first.requests_total == 1 and second.requests_total == 1
+    # and the client saw one stream: every token once, in order, numbered 1..BUDGET, one final event
+    assert response.status_code == 200
+    assert not [event for event in events if "error" in event]
+    assert [event["token"]["text"] for event in events] == continued(prompt)
+    assert [event["index"] for event in events] == list(range(1, BUDGET + 1))
+    final = events[-1]
+    assert final["generated_text"] == "".join(continued(prompt))
+    assert final["details"]["generated_tokens"] == BUDGET
+    assert all(event["generated_text"] is None for event in events[:-1])
+    record = emf_for(capsys, "/generate_stream")
+    assert record["GatewayResumes"] == [1.0] and record["GatewayErrors"] == [0.0]
+    assert record["TokensOut"] == [float(BUDGET)]
+
+
+def test_an_openai_completion_stream_broken_mid_way_is_resumed(
+    two: tuple[TgiEmulator, TgiEmulator], relay: CuttingRelay
+) -> None:
+    _, second = two
+    replicas = Replicas(Backend(relay.url, "i-first"), Backend(second.url, "i-second"))
+    prompt = "Spot capacity"
+    body = {"prompt": prompt, "max_tokens": BUDGET, "stream": True, "temperature": 0}
+    with served_gateway(settings(), replicas) as gateway:
+        response = httpx.post(f"{gateway.url}/v1/completions", json=body, timeout=10)
+
+    events = sse_payloads(response.text)
+    assert relay.cuts == 1
+    assert events[-1] == "[DONE]" and events.count("[DONE]") == 1
+    chunks = events[:-1]
+    assert not [chunk for chunk in chunks if "error" in chunk]
+    assert [chunk["choices"][0]["text"] for chunk in chunks] == continued(prompt)
+    assert [chunk["choices"][0]["finish_reason"] for chunk in chunks][-1] == "length"
+    assert chunks[-1]["usage"]["completion_tokens"] == BUDGET
+
+
+def test_a_chat_stream_broken_mid_way_ends_with_an_error_event_as_with_one_replica(
+    two: tuple[TgiEmulator, TgiEmulator], relay: CuttingRelay
+) -> None:
+    _, second = two
+    replicas = Replicas(Backend(relay.url, "i-first"), Backend(second.url, "i-second"))
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": BUDGET, "stream": True}
+    with served_gateway(settings(), replicas) as gateway:
+        response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=10)
+
+    events = sse_payloads(response.text)
+    assert relay.cuts == 1 and second.requests_total == 0
+    assert len(events) == CUT_AFTER + 1
+    assert events[-1]["error_type"] == "generation" and "retry" in events[-1]["error"]
+
+
+def test_with_one_replica_a_broken_stream_ends_with_an_error_event(relay: CuttingRelay) -> None:
+    replicas = Replicas(Backend(relay.url, "i-only"))
+    body = {"inputs": "alone", "parameters": {"max_new_tokens": BUDGET}}
+    with served_gateway(settings(), replicas) as gateway:
+        response = httpx.post(f"{gateway.url}/generate_stream", json=body, timeout=10)
+
+    events = sse_payloads(response.text)
+    assert [event["token"]["text"] for event in events[:-1]] == expected_tokens("alone", CUT_AFTER)
+    # Its own event (a blank line before it), not glued to the last token's
+    assert events[-1]["error_type"] == "generation"
+    error_at = response.text.index('data: {"error"')
+    assert response.text[error_at - 2 : error_at] == "\n\n"
+
+
+# routing -------------------------------------------------------------------------------------------------
+
+
+def test_each_request_goes_to_the_replica_with_the_least_outstanding_work() -> None:
+    with (
+        running_emulator(token_delay=0.05) as first,
+        running_emulator(token_delay=0.05) as second,
+        served_gateway(settings(), Replicas(Backend(first.url, "i-a"), Backend(second.url, "i-b"))) as gateway,
+        httpx.Client(base_url=gateway.url, timeout=10) as client,
+    ):
+        short = {"inputs": "short", "parameters": {"max_new_tokens": 1}}
+        # Given a long generation in flight (it goes to the first replica: nothing outstanding anywhere)
+        with client.stream("POST", "/generate_stream", json={"inputs": "long", "parameters": {"max_new_tokens": 40}}):
+            # When two short requests come while it runs
+            client.post("/generate", json=short)
+            client.post("/generate", json=short)
+            # Then both went to the other replica
+            during = (first.requests_total, second.requests_total)
+        # and once nothing is outstanding, the replica picked longest ago takes the next one
+        client.post("/generate", json=short)
+        after = (first.requests_total, second.requests_total)
+    assert during == (1, 2)
+    assert after == (2, 2)
+
+
+def test_a_warned_replica_gets_no_new_request_unless_it_is_the_only_one() -> None:
+    with (
+        running_emulator() as warned,
+        running_emulator() as ready,
+    ):
+        replicas = Replicas(Backend(warned.url, "i-warned", warned=True), Backend(ready.url, "i-ready"))
+        with served_gateway(settings(), replicas) as gateway, httpx.Client(base_url=gateway.url, timeout=10) as c:
+            statuses = [c.post("/generate", json={"inputs": f"q{n}"}).status_code for n in range(4)]
+            counts = (warned.requests_total, ready.requests_total)
+            # One replica left, warned: it keeps serving until its replacement is ready, as before
+            replicas.backends = [Backend(warned.url, "i-warned", warned=True)]
+            time.sleep(0.01)
+            alone = c.post("/generate", json={"inputs": "alone"})
+    assert statuses == [200] * 4
+    assert counts == (0, 4)
+    assert alone.status_code == 200 and warned.requests_total == 1
+
+
+def test_a_request_that_cannot_reach_a_replica_is_retried_once_on_another(capsys: pytest.CaptureFixture[str]) -> None:
+    gone = f"http://127.0.0.1:{free_port()}"
+    with running_emulator() as ready:
+        replicas = Replicas(Backend(gone, "i-gone"), Backend(ready.url, "i-ready"))
+        with served_gateway(settings(), replicas) as gateway:
+            response = httpx.post(
+                f"{gateway.url}/generate", json={"inputs": "hi", "parameters": {"max_new_tokens": 2}}, timeout=10
+            )
+    assert response.status_code == 200
+    assert ready.requests_total == 1
+    assert replicas.fresh_reads == 1  # the failure invalidated the cached ready set
+    record = emf_for(capsys, "/generate")
+    assert record["GatewayRetries"] == [1.0]
+    assert "GatewayResumes" not in record
+
+
+# the ready set in the state table --------------------------------------------------------------------------
+
+A, B = "127.0.0.2", "127.0.0.3"
+
+
+def test_the_gateway_follows_the_ready_set_in_the_state_table(aws: Any) -> None:
+    from conftest import create_state_table
+
+    store = StateStore(create_state_table(aws, "state"))
+    port = free_port(A)
+    first = without_delayed_acks(TgiEmulator(host=A, port=port)).boot()
+    second = without_delayed_acks(TgiEmulator(host=B, port=port)).boot()
+    try:
+        assert first.wait_ready(5) and second.wait_ready(5)
+        # Given two ready replicas, the first one the primary
+        store.set_serving("g", "i-a", A, 1.0, expected_version=0)
+        store.join_ready_set("g", ReplicaFacts("i-a", A, "us-east-1a"), 1.0)
+        store.join_ready_set("g", ReplicaFacts("i-b", B, "us-east-1b"), 1.0)
+        values = {"GROUP_NAME": "g", "STATE_TABLE_NAME": "state", "TGI_PORT": str(port)}
+        table_settings = GatewaySettings.model_validate({**values, "BACKEND_CACHE_SECONDS": "0"})
+        with served_gateway(table_settings) as gateway, httpx.Client(base_url=gateway.url, timeout=10) as client:
+            for n in range(4):
+                assert client.post("/generate", json={"inputs": f"q{n}"}).status_code == 200
+            both = (first.requests_total, second.requests_total)
+            # When the primary is warned
+            store.mark_warned("g", "i-a", 2.0)
+            for n in range(4):
+                assert client.post("/generate", json={"inputs": f"w{n}"}).status_code == 200
+            warned = (first.requests_total, second.requests_total)
+    finally:
+        first.stop()
+        second.stop()
+    # Then requests were spread over both, and none went to the warned replica once the table said so
+    assert both == (2, 2)
+    assert warned == (2, 6)
