@@ -326,3 +326,29 @@ def test_the_gateway_follows_the_ready_set_in_the_state_table(aws: Any) -> None:
     # Then requests were spread over both, and none went to the warned replica once the table said so
     assert both == (2, 2)
     assert warned == (2, 6)
+
+
+def test_a_generation_cut_by_a_dying_replica_is_answered_by_another(capsys: pytest.CaptureFixture[str]) -> None:
+    from spotkeeper_local.tgi_emulator import expected_text
+
+    body = {"inputs": "long answer", "parameters": {"max_new_tokens": 20}}
+    with running_emulator(token_delay=0.05) as dying, running_emulator() as other:
+        replicas = Replicas(Backend(dying.url, "i-dying"), Backend(other.url, "i-other"))
+        with served_gateway(settings(), replicas) as gateway:
+            answer: dict[str, httpx.Response] = {}
+            worker = threading.Thread(
+                target=lambda: answer.update(ok=httpx.post(f"{gateway.url}/generate", json=body, timeout=10))
+            )
+            worker.start()
+            # When the replica is reclaimed in the middle of the (non-streamed) generation
+            deadline = time.monotonic() + 5
+            while dying.in_flight < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            dying.kill()
+            worker.join(10)
+    # Then the client, which had received nothing yet (TGI sends /generate's headers with its body), got the whole
+    # answer from the other replica
+    assert answer["ok"].status_code == 200
+    assert answer["ok"].json() == {"generated_text": expected_text("long answer", 20)}
+    assert other.requests_total == 1
+    assert emf_for(capsys, "/generate")["GatewayRetries"] == [1.0]

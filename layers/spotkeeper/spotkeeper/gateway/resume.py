@@ -13,6 +13,9 @@ a request with a grammar (the grammar would restart from the middle of its outpu
 closes the message and opens a new turn) and the gateway does not know the model's template, so a broken
 chat stream ends with the SSE error event, as with one replica.
 
+A request without max_new_tokens / max_tokens is resumed with the gateway's MAX_NEW_TOKENS as its budget
+(TGI's own default depends on its version and launch options).
+
 Known limit: a stop sequence that straddles the seam (its start already streamed) is not seen by the new
 replica, which only checks the text it generates.
 """

@@ -48,6 +48,12 @@ class Upstream:
             if name.lower().startswith("x-") and name.lower() not in _HOP_BY_HOP
         }
 
+    def __del__(self) -> None:
+        # A streamed response whose client left before the stream began is never closed: stop counting it.
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
     async def close(self) -> None:
         """Idempotent: the request stops counting as outstanding on its replica once, however often called."""
         release, self._release = self._release, None
