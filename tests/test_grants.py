@@ -293,6 +293,19 @@ def slow_replacement_finished_by_the_probe(recorder: CallRecorder) -> None:
             assert stack.eip_holder() != first
 
 
+def interruption_of_the_primary_of_two(recorder: CallRecorder) -> None:
+    """Two ready replicas: the primary's warning moves the EIP to the other one at once (hedged replicas)."""
+    with recorded_stack(recorder) as stack:
+        stack.session.client("autoscaling").update_auto_scaling_group(
+            AutoScalingGroupName=stack.group, MaxSize=3, DesiredCapacity=2
+        )
+        with control(stack) as world:
+            world.scenario().run()
+            primary = stack.eip_holder()
+            assert world.invoke("interruption", spot_interruption(primary))["outcome"] == "replacement-started"
+            assert stack.eip_holder() not in {None, primary}
+
+
 def interruption_without_headroom_detaches(recorder: CallRecorder) -> None:
     with recorded_stack(recorder) as stack:
         stack.session.client("autoscaling").update_auto_scaling_group(AutoScalingGroupName=stack.group, MaxSize=1)
@@ -535,6 +548,7 @@ SCENARIOS: tuple[Callable[[CallRecorder], None], ...] = (
     interruption_without_headroom_detaches,
     detached_instance_retired_once_its_replacement_serves,
     first_deploy_signals_the_waiting_stack,
+    interruption_of_the_primary_of_two,
     rebalance_recommendations,
     spot_takes_the_doomed_instance_first,
     launch_abandoned_past_its_deadline,

@@ -35,7 +35,7 @@ def react_to_interruption(event: SpotInterruptionWarning | RebalanceRecommendati
             # Not in the set yet (still loading), or already warned: a replica warned while loading never joins.
             warn_replica(instance_id, deps, create=True)
         # Runs on duplicates too, so the retry of a reaction that failed half-way finishes the hand-over.
-        hand_over_primary(instance_id, deps)
+        hand_over_primary(instance_id, deps, probe_tgi=False)
     return outcome
 
 

@@ -44,10 +44,15 @@ def leave_ready_set(instance_id: str, deps: ControlDeps, reason: str) -> bool:
     return deps.state.leave_ready_set(deps.group, instance_id, deps.clock.now(), reason)
 
 
-def hand_over_primary(leaving: str, deps: ControlDeps, group: Group | None = None) -> str | None:
+def hand_over_primary(
+    leaving: str, deps: ControlDeps, group: Group | None = None, *, probe_tgi: bool = True
+) -> str | None:
     """``leaving`` (warned, or out of the set) holds the Elastic IP: move it now to a ready, un-warned
-    replica whose TGI answers, preferring another zone. None when it is not the primary or there is none
-    (one replica: it keeps the EIP until its replacement is ready)."""
+    replica, preferring another zone. None when it is not the primary or there is none (one replica: it keeps
+    the EIP until its replacement is ready).
+
+    ``probe_tgi`` asks the candidate's TGI first; the interruption function runs outside the VPC (it cannot
+    reach TGI) and trusts the ready set, which the probe keeps honest every minute."""
     endpoint = deps.state.get_endpoint(deps.group)
     if endpoint.serving_instance_id != leaving:
         return None
@@ -63,7 +68,7 @@ def hand_over_primary(leaving: str, deps: ControlDeps, group: Group | None = Non
         if member is None or member.lifecycle_state != "InService" or not _still_fit(replica, deps):
             continue
         assert replica.address is not None
-        if not deps.tgi.readiness(replica.address, deps.env.model_id).ready:
+        if probe_tgi and not deps.tgi.readiness(replica.address, deps.env.model_id).ready:
             continue
         outcome = make_serving(replica.instance_id, replica.address, deps)
         if outcome == "moved":
