@@ -158,3 +158,21 @@ def test_the_probe_repairs_the_ready_set(pair: Any) -> None:
     assert {r.instance_id: r.state for r in deps.state.ready_set(stack.group)} == {second: READY}
     assert deps.state.get_endpoint(stack.group).serving_instance_id == second
     assert stack.eip_holder() == second
+
+
+def test_a_replica_that_stops_answering_leaves_the_set_after_the_probe_limit(pair: Any) -> None:
+    stack, clock, deps, fleet, watcher, first, second = pair
+    # Given the replica that is not the primary stops answering (its TGI crashed; EC2 still runs it)
+    fleet.kill(second)
+    reports = []
+    for _ in range(3):  # UNHEALTHY_AFTER_FAILURES
+        clock.advance(60)
+        reports.append(invoke("health", scheduled(), deps, clock=clock))
+    # Then after the third failed probe it left the set and the group was told to replace it
+    assert {r.instance_id for r in deps.state.ready_set(stack.group)} == {first}
+    assert deps.state.get_instance(stack.group, second).marked_unhealthy
+    health = {i["InstanceId"]: i["HealthStatus"] for i in stack.group_description()["Instances"]}
+    assert health[second] == "Unhealthy" and health[first] == "Healthy"
+    assert [a["attributes"]["event"] for a in stack.alerts()] == ["instance-unhealthy"]
+    assert all(report["healthy"] for report in reports)  # the primary kept serving throughout
+    assert stack.eip_holder() == first
