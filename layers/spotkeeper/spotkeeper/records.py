@@ -153,11 +153,12 @@ class Replica:
     reason: str | None = None
 
     @classmethod
-    def from_item(cls, item: dict[str, Any]) -> Replica:
+    def from_item(cls, instance_id: str, item: dict[str, Any]) -> Replica:
+        # Like the other records, read leniently: an item without a state is not routable (counted as gone).
         return cls(
-            instance_id=item["instance_id"],
-            state=item["state"],
-            since=float(item["since"]),
+            instance_id=instance_id,
+            state=item.get("state", GONE),
+            since=_num(item.get("since"), 0.0) or 0.0,
             address=item.get("address"),
             availability_zone=item.get("availability_zone"),
             instance_type=item.get("instance_type"),

@@ -445,7 +445,7 @@ class StateStore:
             if "LastEvaluatedKey" not in response:
                 break
             kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-        return [Replica.from_item(item) for item in items]
+        return [Replica.from_item(item["sk"].removeprefix(REPLICA_PREFIX), item) for item in items]
 
     def ready_set(self, group: str, consistent: bool = True) -> list[Replica]:
         """The replicas the gateway may route to: ready or warned, with an address."""
