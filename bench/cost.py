@@ -50,7 +50,10 @@ def load_prices(path: Path = PRICES_PATH) -> dict[str, Any]:
             raise CostError(f"{path}: no {section!r} section")
         if section != "assumptions" and not prices[section].get("as_of"):
             raise CostError(f"{path}: {section} has no as_of date")
+    from spotkeeper.market import ON_DEMAND_HOURLY_USD  # the one On-Demand price table: the product's
+
     for name, entry in prices["ec2_linux_hourly"]["types"].items():
+        entry["on_demand"] = ON_DEMAND_HOURLY_USD.get(name)
         for key in ("on_demand", "spot_typical"):
             value = entry.get(key)
             if not isinstance(value, int | float) or value <= 0:

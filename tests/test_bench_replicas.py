@@ -8,12 +8,12 @@ import json
 import pytest
 
 from bench import replicas, report, targets
-from bench.cost import PRICES_PATH
+from bench.cost import PRICES_PATH, load_prices
 
 
 def test_two_spot_replicas_against_two_on_demand_from_the_price_table():
     result = replicas.run(progress=lambda _: None)
-    prices = json.loads(PRICES_PATH.read_text())["ec2_linux_hourly"]
+    prices = load_prices(PRICES_PATH)["ec2_linux_hourly"]
     assert result["prices_as_of"] == prices["as_of"]
     for row in result["rows"]:
         listed = prices["types"][row["instance_type"]]
@@ -25,7 +25,7 @@ def test_two_spot_replicas_against_two_on_demand_from_the_price_table():
 
 
 def test_the_target_misses_when_spot_is_dear(tmp_path):
-    prices = json.loads(PRICES_PATH.read_text())
+    prices = load_prices(PRICES_PATH)
     chosen = prices["assumptions"]["chosen_instance_type"]
     prices["ec2_linux_hourly"]["types"][chosen]["spot_typical"] = (
         0.5 * prices["ec2_linux_hourly"]["types"][chosen]["on_demand"]

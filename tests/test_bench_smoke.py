@@ -230,7 +230,7 @@ def test_failover_rows_and_targets_follow_the_drill_report():
 
 
 def test_cost_comes_from_the_price_file_and_the_timelines(tmp_path: Path):
-    prices = json.loads(cost.PRICES_PATH.read_text())
+    prices = cost.load_prices(cost.PRICES_PATH)  # Spot from the price file, On-Demand from the product's table
     kind = prices["assumptions"]["chosen_instance_type"]
     spot, on_demand = (prices["ec2_linux_hourly"]["types"][kind][k] for k in ("spot_typical", "on_demand"))
     drill = {"reports": {"300": _drill_report(300.0, 185.0)}}
