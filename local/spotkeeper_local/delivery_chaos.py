@@ -68,9 +68,11 @@ def _instance_of(event: dict[str, Any]) -> str | None:
 
 
 class DeliveryChaos:
-    def __init__(self, seed: int) -> None:
+    """``seed`` and ``stream`` (e.g. the scenario's name, so each scenario gets its own chaos) decide everything."""
+
+    def __init__(self, seed: int, stream: str = "") -> None:
         self.seed = seed
-        self._random = random.Random(seed)
+        self._random = random.Random(f"{seed}:{stream}")
         self._queue: list[tuple[float, int, str, dict[str, Any]]] = []
         self._seq = 0
         self.deliveries: list[Delivery] = []

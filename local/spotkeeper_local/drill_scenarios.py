@@ -115,7 +115,7 @@ def _chaos_allowance(world: DrillWorld, warned: str | None, replacement: str | N
     late = (world.chaos.first_delay(WARNING, warned) or 0.0) if warned else 0.0
     lost = replacement is not None and world.chaos.lost(LAUNCH_EVENT, replacement)
     allowance = late + (PROBE_PERIOD + MAX_DELAY if lost else 0.0)
-    why = f" + chaos {allowance:.0f} s (warning {late:.0f} s late" + (", launch event lost)" if lost else ")")
+    why = f" (incl. chaos {allowance:.0f} s: warning {late:.0f} s late" + (", launch event lost)" if lost else ")")
     return allowance, why
 
 

@@ -229,7 +229,7 @@ class DrillWorld:
         )
         world = cls(aws, stack, clock, local, load_seconds)
         if chaos is not None:
-            world.chaos = DeliveryChaos(chaos)
+            world.chaos = DeliveryChaos(chaos, stream=stack_name)
         world.origin = clock.now()
         if spotkeeper:  # the stack's alarms watch what its functions publish; the baseline runs none of them
             functions = {spec.logical_id: spec.name for spec in template.functions.values()}
