@@ -219,7 +219,10 @@ def test_probe_gives_back_the_scale_out_capacity_when_the_terminate_event_was_lo
         # Then the probe gives the extra capacity back, while the hook still holds the instance
         report = invoke("health", scheduled(), deps, clock=clock)
         assert report["capacity_given_back"] == [doomed] and world.group.desired() == 1
-        assert [a["attributes"]["event"] for a in stack.alerts()].count("capacity-given-back") == 1
+        # ...and, the reclaimed instance being still recorded as serving, stops serving from it (nothing is ready)
+        assert report["left_serving"] == doomed and report["serving"] is None
+        kinds = [a["attributes"]["event"] for a in stack.alerts()]
+        assert kinds.count("capacity-given-back") == 1 and kinds.count("serving-left") == 1
         # ...once: the next probe, and the terminate event if it turns up after all, do not do it again
         assert invoke("health", scheduled(), deps, clock=clock)["capacity_given_back"] == []
         invoke("lifecycle", late, deps, clock=clock)

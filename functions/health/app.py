@@ -25,4 +25,5 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
         "launches": report.launches,
         "adopted_launches": report.adopted_launches,
         "capacity_given_back": report.capacity_given_back,
+        "left_serving": report.left_serving,
     }

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from spotkeeper.alerts import Alert
 from spotkeeper.events import LifecycleHook
-from spotkeeper.logic.lifecycle import RESTORE_DESIRED, check_launch, make_serving
+from spotkeeper.logic.lifecycle import RESTORE_DESIRED, check_launch, hand_over_serving, make_serving
 from spotkeeper.observability import MetricName, logger, metrics
 from spotkeeper.records import ON_DEMAND, PendingLaunch
 
@@ -36,6 +36,7 @@ class ProbeReport:
     launches: dict[str, str] = field(default_factory=dict)
     adopted_launches: list[str] = field(default_factory=list)
     capacity_given_back: list[str] = field(default_factory=list)
+    left_serving: str | None = None  # the serving instance was leaving with no terminate event: handed over
 
 
 def probe_endpoint(deps: ControlDeps) -> ProbeReport:
@@ -50,6 +51,9 @@ def probe_endpoint(deps: ControlDeps) -> ProbeReport:
     report.capacity_given_back = give_back_capacity_of_lost_terminations(deps)
 
     endpoint = deps.state.get_endpoint(deps.group)
+    if endpoint.serving_instance_id is not None and hand_over_from_leaving(endpoint.serving_instance_id, deps):
+        report.left_serving = endpoint.serving_instance_id
+        endpoint = deps.state.get_endpoint(deps.group)
     if endpoint.serving_instance_id is None:
         report.adopted = adopt_ready_instance(deps)
         endpoint = deps.state.get_endpoint(deps.group)
@@ -153,6 +157,28 @@ def give_back_capacity_of_lost_terminations(deps: ControlDeps) -> list[str]:
             )
         )
     return given_back
+
+
+def hand_over_from_leaving(serving_instance_id: str, deps: ControlDeps) -> bool:
+    """The serving instance is terminating (Terminating:* in the group) or EC2 no longer runs it, and it is still
+    recorded as serving: its terminate event, whose reaction hands over, was lost (or has not come yet). Hand over
+    as that reaction would: to another ready instance, else nothing serves. A detached instance still running (the
+    interruption's detach replacement) serves on until EC2 takes it, so it is left alone."""
+    member = deps.fleet.describe_group().instance(serving_instance_id)
+    terminating = member is not None and member.lifecycle_state.startswith("Terminating")
+    if not terminating and deps.fleet.private_address(serving_instance_id) is not None:
+        return False
+    handed_to = hand_over_serving(serving_instance_id, deps)
+    deps.alerts.send(
+        Alert(
+            "serving-left",
+            "warning" if handed_to else "critical",
+            f"{serving_instance_id} is leaving while still recorded as serving: "
+            + (f"EIP now on {handed_to}" if handed_to else "no other ready instance"),
+            {"instance_id": serving_instance_id, "serving_now": handed_to},
+        )
+    )
+    return True
 
 
 def repair_eip(serving_instance_id: str, deps: ControlDeps) -> bool:
