@@ -132,6 +132,22 @@ def _no_fallback(world: DrillWorld, since: float) -> Check:
     )
 
 
+def _endpoint_down_alerted(world: DrillWorld, since: float) -> Check:
+    """The stack's endpoint-down alarm went to ALARM while nothing served, and ops got its alert (issue 15)."""
+    name = world.stack.function_env["capacity"]["ENDPOINT_DOWN_ALARM_NAME"]
+    transitions = world.alarms.evaluator.transitions if world.alarms is not None else []
+    fired = [world.t(c.at) for c in transitions if c.alarm == name and c.state == "ALARM" and world.t(c.at) >= since]
+    alerted = [a for a in world.alerts if a.get("event") == "alarm-raised" and name in str(a.get("summary"))]
+    alerted = [a for a in alerted if a["t"] >= since]
+    return Check(
+        "the endpoint-down alarm fired and alerted",
+        bool(fired) and bool(alerted),
+        f"{name} in ALARM at t={fired[0]:.0f}s; alert: {alerted[0]['summary']}"
+        if fired and alerted
+        else f"{name}: ALARM at {fired or 'never'}, {len(alerted)} alerts",
+    )
+
+
 def _no_failed_handler(world: DrillWorld) -> Check:
     failed = [f"{i.function}: {i.error}" for i in world.invocations if i.error]
     late = [
@@ -263,6 +279,7 @@ def interruption(world: DrillWorld, options: Any) -> ScenarioResult:
             f"{clients.longest_outage_seconds:g} s without a successful request; launch-to-ready "
             f"{took if took is None else round(took)} s, bound {bound:.0f} s{why}",
         ),
+        _endpoint_down_alerted(world, WARNING_AT),
         _no_fallback(world, WARNING_AT),
         _group_of_one(world),
         _no_failed_handler(world),
