@@ -320,6 +320,7 @@ def test_the_stacks_alarms_see_the_failures_and_reach_the_capacity_function(dril
 
 
 DRILL = (sys.executable, "-m", "spotkeeper_local.drill")
+SLOW_LOAD = ("--load-seconds", "180")
 
 
 @pytest.mark.slow
@@ -331,8 +332,7 @@ def test_serial_delivery_leaves_a_group_of_one_after_spot_took_the_instance_firs
         # 180 s: the launch hook's wait holds the one execution for less than the terminate hook's 300 s timeout. At
         # the modelled 464 s nothing answers the terminate hook (nor runs the probe) before it times out: the group
         # launches a second replacement, which is what a throttle to one execution does, not what this is about.
-        [*DRILL, "--json", "--out", str(tmp_path), "--serial-delivery", "--scenario", "interruption"]
-        + ["--load-seconds", "180"],
+        [*DRILL, "--json", "--out", str(tmp_path), "--serial-delivery", "--scenario", "interruption", *SLOW_LOAD],
         cwd=ROOT,
         env=env,
         capture_output=True,
