@@ -153,7 +153,7 @@ def reaction_section(reaction: dict[str, Any]) -> str:
 def failover_section(failover: dict[str, Any]) -> str:
     rows = [
         (
-            f"{r['load_seconds']:g}",
+            f"{r['load_seconds']:g}" + (" (model)" if r.get("load_source") == "model" else ""),
             r["scenario"],
             r["who"],
             r["sent"],
@@ -164,7 +164,7 @@ def failover_section(failover: dict[str, Any]) -> str:
         for r in failover["rows"]
     ]
     out = "Failover (game day drill, simulated seconds)\n" + table(
-        ("load s", "scenario", "who", "requests", "failed", "downtime s", "bound s"), rows
+        ("launch-to-ready s", "scenario", "who", "requests", "failed", "downtime s", "bound s"), rows
     )
     for load, error in failover.get("errors", {}).items():
         out += f"\ndrill at {load} s: ERROR {error}"

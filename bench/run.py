@@ -54,7 +54,8 @@ def parser() -> argparse.ArgumentParser:
         "--load-seconds",
         type=float,
         action="append",
-        help="simulated model load times for the failover drill (default 60, 180, 600)",
+        help="simulated launch-to-ready times for the failover drill (default: the launch-to-ready model's, 60, "
+        "180, 600)",
     )
     return p
 
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     parts = tuple(args.only or PARTS)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    loads = tuple(args.load_seconds or (60.0, 180.0, 600.0))
+    loads = tuple(args.load_seconds or failover.default_loads())
     quick = args.quick
     started = time.monotonic()
     results: dict[str, Any] = {

@@ -300,3 +300,18 @@ def test_cost_refuses_a_timeline_it_cannot_read():
         entry["event"] = "something else happened"
     with pytest.raises(cost.CostError, match="capacity"):
         cost.compute({"reports": {"300": report_}}, None, None, cost.CostConfig())
+
+
+def test_failover_plays_the_modelled_launch_to_ready_as_the_drills_default(tmp_path: Path):
+    modelled = failover.modelled_load_seconds()
+    # The realistic time is one of the default loads, next to 60, 180 and 600 s
+    assert failover.default_loads() == tuple(sorted({modelled, 60.0, 180.0, 600.0})) and modelled > 300
+    # ...played as the drill's default (which reports the breakdown), the others through --load-seconds
+    command = failover.drill_command(modelled, ("baseline",), tmp_path)
+    assert not any(arg.startswith("--load-seconds") for arg in command)
+    assert "--load-seconds=180" in failover.drill_command(180.0, ("baseline",), tmp_path)
+    report = {**_drill_report(launch_to_ready=modelled, outage=modelled - 120), "launch_to_ready": {"source": "model"}}
+    summary_ = failover.summarize({modelled: report, 180.0: _drill_report(launch_to_ready=180.0, outage=60.0)})
+    sources = {(row["load_seconds"], row["load_source"]) for row in summary_["rows"]}
+    assert sources == {(modelled, "model"), (180.0, "--load-seconds")}
+    assert summary_["launch_to_ready"] == {"source": "model"}

@@ -56,6 +56,7 @@ from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import invoke, load_function
 from spotkeeper_local.lifecycle_hooks import TERMINATING, GroupWatcher, LifecycleHooks
 from spotkeeper_local.sim_clock import SimClock
+from spotkeeper_local.world import World
 
 ATTACH = {
     "Mode": "attach",
@@ -542,6 +543,29 @@ def reconcile_after_a_redeploy(recorder: CallRecorder) -> None:
         assert outcome == "on-spot; reconciled desired-capacity, hooks", outcome
 
 
+def probe_gives_back_capacity_of_a_lost_termination(recorder: CallRecorder) -> None:
+    """A scale-out replacement's predecessor is terminating and its terminate event was lost: the probe gives
+    the extra capacity back (SetDesiredCapacity)."""
+    with recorded_stack(recorder) as stack:
+        clock = SimClock()
+        with recorder.paused():  # the world, the record and the scale-out an interruption leaves
+            world = World.build(
+                stack.session, clock, {"health": stack.env()}, group=stack.group, launching=False, tgi_from_fleet=True
+            )
+            assert world.group is not None
+            [doomed] = [i["InstanceId"] for i in stack.group_description()["Instances"]]
+            deps = world.deps["health"]
+            deps.state.begin_replacement(stack.group, doomed, "doomed_at", clock.now(), "event-1", "scale-out", 1)
+            deps.clients.autoscaling.set_desired_capacity(AutoScalingGroupName=stack.group, DesiredCapacity=2)
+            world.group.reclaim(doomed)
+            world.group.take()  # its terminate event is lost
+        try:
+            report = invoke("health", scheduled(), deps, clock=clock)
+            assert report["capacity_given_back"] == [doomed], report
+        finally:
+            world.close()
+
+
 SCENARIOS: tuple[Callable[[CallRecorder], None], ...] = (
     interruption_of_the_serving_instance,
     slow_replacement_finished_by_the_probe,
@@ -561,6 +585,7 @@ SCENARIOS: tuple[Callable[[CallRecorder], None], ...] = (
     gateway_reads_the_serving_instance,
     authorizer_checks_keys,
     reconcile_after_a_redeploy,
+    probe_gives_back_capacity_of_a_lost_termination,
 )
 
 

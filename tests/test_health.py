@@ -8,7 +8,7 @@ import pytest
 from conftest import MODEL_ID
 from control import control_deps_for, instance_ids
 
-from spotkeeper_local.aws_events import scheduled
+from spotkeeper_local.aws_events import scheduled, spot_interruption
 from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import invoke
 from spotkeeper_local.lifecycle_hooks import LAUNCHING, lifecycle_event
@@ -191,3 +191,47 @@ def test_a_late_lifecycle_event_carries_on_with_the_adopted_launch(lost_launch):
     assert invoke("health", scheduled(), deps, clock=clock)["launches"] == {}
     assert invoke("lifecycle", late, deps, clock=clock) == outcome  # the idempotency record answers
     assert len(hooks.completions()) == 1
+
+
+# --- a terminate event that was lost ----------------------------------------------------------------------
+def test_probe_gives_back_the_scale_out_capacity_when_the_terminate_event_was_lost(stack):
+    # Given the serving instance got its Spot warning and a scale-out replacement (desired 1 -> 2) is loading
+    clock = SimClock()
+    world = World.build(
+        stack.session, clock, {"health": stack.env()}, group=stack.group, launching=False, tgi_from_fleet=True
+    )
+    assert world.group is not None
+    deps = world.deps["health"]  # the interruption function's deps are alike
+    try:
+        [doomed] = instance_ids(stack)
+        world.fleet.boot(doomed)
+        invoke("health", scheduled(), deps, clock=clock)
+        assert invoke("interruption", spot_interruption(doomed), deps, clock=clock)["outcome"] == "replacement-started"
+        [new] = [i for i in instance_ids(stack) if i != doomed]
+        world.fleet.boot(new, load_seconds=600)
+        assert world.group.desired() == 2
+        # When Spot reclaims it and its terminate lifecycle event never arrives
+        world.group.reclaim(doomed)
+        events, *_ = world.group.take()  # (the replacement's launch event is not delivered either: the probe adopts it)
+        [late] = [e for e in events if e["detail-type"] == "EC2 Instance-terminate Lifecycle Action"]
+        assert dict(world.group.members())[doomed] == "Terminating:Wait"
+        stack.alerts()
+        # Then the probe gives the extra capacity back, while the hook still holds the instance
+        report = invoke("health", scheduled(), deps, clock=clock)
+        assert report["capacity_given_back"] == [doomed] and world.group.desired() == 1
+        # ...and, the reclaimed instance being still recorded as serving, stops serving from it (nothing is ready)
+        assert report["left_serving"] == doomed and report["serving"] is None
+        kinds = [a["attributes"]["event"] for a in stack.alerts()]
+        assert kinds.count("capacity-given-back") == 1 and kinds.count("serving-left") == 1
+        # ...once: the next probe, and the terminate event if it turns up after all, do not do it again
+        assert invoke("health", scheduled(), deps, clock=clock)["capacity_given_back"] == []
+        invoke("lifecycle", late, deps, clock=clock)
+        assert world.group.desired() == 1
+        # ...and the EIP is not put back on the reclaimed instance
+        assert stack.eip_holder() is None
+        # And when the hook times out, the group does not launch a second replacement for it
+        clock.advance(301)
+        world.group.tick()
+        assert [i for i, _ in world.group.members()] == [new] and world.group.desired() == 1
+    finally:
+        world.close()

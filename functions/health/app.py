@@ -1,4 +1,5 @@
-"""Every minute: probe TGI on the serving instance, publish its health, finish handed-over launches."""
+"""Every minute: probe TGI on the serving instance, publish its health, finish handed-over launches, give back the
+capacity of a replacement whose predecessor's terminate event was lost."""
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -23,4 +24,6 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
         "serving": report.serving_instance_id,
         "launches": report.launches,
         "adopted_launches": report.adopted_launches,
+        "capacity_given_back": report.capacity_given_back,
+        "left_serving": report.left_serving,
     }

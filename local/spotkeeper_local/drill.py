@@ -1,6 +1,6 @@
 """The game day drill (`make demo`): spotkeeper's real handlers against an embedded AWS, on a simulated clock.
 
-    python -m spotkeeper_local.drill [--scenario NAME ...] [--load-seconds N] [--json]
+    python -m spotkeeper_local.drill [--scenario NAME ...] [--load-seconds N] [--chaos SEED] [--json]
     python -m spotkeeper_local.drill --stack NAME --yes-really-interrupt     # a real game day through AWS FIS
 
 Locally, every scenario deploys the stack from template.yaml into a moto server on loopback, starts one TGI
@@ -14,8 +14,15 @@ stream of real requests through it, and plays what AWS would do:
   baseline       the interruption again with spotkeeper's reactions off (the plain group, the EIP set by hand),
                  measured by a client of the Elastic IP
 
-It prints a timeline per scenario (simulated seconds, what happened, what spotkeeper did), checks, and a
-summary table; ``--json`` prints the same as one JSON object. Charts and logs go to build/drill/.
+Every instance (the stack's first one too) takes the modelled launch-to-ready of the template's default model on
+its default instance type (``launch_time``: boot, image, weights, load and warm-up; about 7.7 minutes for the
+8B model on a g5.2xlarge at gp3's default throughput); ``--load-seconds`` overrides it. ``--chaos SEED`` delivers
+every event as EventBridge may: one to three times, out of order, late, and now and then not at all (lifecycle
+events, which Auto Scaling delivers best effort).
+
+It prints the launch-to-ready breakdown, a timeline per scenario (simulated seconds, what happened, what
+spotkeeper did), checks, and a summary table; ``--json`` prints the same as one JSON object. Charts and logs go
+to build/drill/.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -36,20 +43,41 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "build" / "drill"
 SCENARIOS = ("interruption", "rebalance", "capacity", "baseline")
 SCENARIO_NUMBERS = {str(index): name for index, name in enumerate(SCENARIOS, start=1)}
-FIRST_LOAD_SECONDS = 60.0  # the stack's first instance, before t = 0: not what any scenario is about
 MIN_ON_DEMAND_SECONDS = 300  # the stack parameter for the drill (default 1800): the outage scenario stays short
-MAX_LOAD_SECONDS = 1500.0  # under the launch hook's deadline (LaunchDeadlineSeconds, 1800 s by default)
+# A launch is ABANDONed at LaunchDeadlineSeconds (the template's default, 1800 s); the probe, which finishes a launch
+# whose event was lost, looks once a minute: a load time the drill plays must leave it that minute.
+PROBE_PERIOD_SECONDS = 60.0
+
+
+def max_load_seconds() -> float:
+    from spotkeeper_local.launch_time import template_launch_deadline
+
+    return template_launch_deadline() - PROBE_PERIOD_SECONDS
+
+
+def modelled_launch() -> Any:
+    """The launch-to-ready breakdown of the template's default model on its default instance type."""
+    from spotkeeper_local.launch_time import launch_to_ready
+
+    return launch_to_ready()
+
+
+def _modelled_seconds() -> float:
+    return round(modelled_launch().total)
 
 
 @dataclass(frozen=True)
 class DrillOptions:
     scenarios: tuple[str, ...]
-    load_seconds: float = 180.0
+    # Every instance's launch-to-ready (the stack's first one too): the model's total unless --load-seconds.
+    load_seconds: float = field(default_factory=_modelled_seconds)
     request_interval: float = 2.0
     out_dir: Path = OUT_DIR
     as_json: bool = False
     charts: bool = True
     serial_delivery: bool = False
+    chaos: int | None = None  # the seed of the event delivery's chaos; None: every event once, in order, at once
+    load_source: str = "model"  # "model" or "--load-seconds"
 
 
 def _scenario_name(value: str) -> str:
@@ -72,6 +100,16 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def _seed(value: str) -> int:
+    try:
+        seed = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer seed") from None
+    if not 0 <= seed < 2**32:
+        raise argparse.ArgumentTypeError(f"seed {seed} is outside 0-{2**32 - 1}")
+    return seed
+
+
 def _stack_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,127}", value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a CloudFormation stack name")
@@ -92,15 +130,23 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--load-seconds",
-        type=_seconds(0, MAX_LOAD_SECONDS),
-        default=180.0,
-        help="simulated seconds a new instance's TGI takes to load the model (default 180)",
+        type=_seconds(0, max_load_seconds()),
+        default=None,
+        help="simulated seconds from an instance's launch until its TGI is ready (default: the launch-to-ready "
+        f"model for the template's defaults, {_modelled_seconds():g} s; at most the launch deadline less a minute)",
     )
     p.add_argument(
         "--request-interval",
         type=_seconds(0.5, 30),
         default=2.0,
         help="simulated seconds between two client requests (default 2)",
+    )
+    p.add_argument(
+        "--chaos",
+        type=_seed,
+        metavar="SEED",
+        help="deliver every event one to three times, out of order, up to two minutes late, and lose a lifecycle "
+        "event now and then (EventBridge's at-least-once, best-effort delivery), reproducibly from SEED",
     )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="where charts, the JSON report and logs go")
@@ -132,14 +178,17 @@ def parser() -> argparse.ArgumentParser:
 def options_from(args: argparse.Namespace) -> DrillOptions:
     chosen = args.scenario or ["all"]
     names = SCENARIOS if "all" in chosen else tuple(dict.fromkeys(chosen))
+    modelled = args.load_seconds is None
     return DrillOptions(
         scenarios=tuple(names),
-        load_seconds=args.load_seconds,
+        load_seconds=_modelled_seconds() if modelled else args.load_seconds,
         request_interval=args.request_interval,
         out_dir=args.out,
         as_json=args.json,
         charts=not args.no_charts,
         serial_delivery=args.serial_delivery,
+        chaos=args.chaos,
+        load_source="model" if modelled else "--load-seconds",
     )
 
 
@@ -196,15 +245,27 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
             }
             for index, name in enumerate(options.scenarios, start=1):
                 progress(f"[{index}/{len(options.scenarios)}] {name} ...")
-                result = play(name, aws, template, parameters, options, FIRST_LOAD_SECONDS)
+                result = play(name, aws, template, parameters, options, options.load_seconds)
                 if options.charts:
                     result.chart = str(write_chart(result, options.out_dir))
                 results.append(result)
         report = DrillReport(options.load_seconds, options.request_interval, results)
+        report.launch_to_ready = launch_to_ready_report(options)
+        report.chaos = options.chaos
         report.notes.append(
-            f"the stack's first instance loads its model in {FIRST_LOAD_SECONDS:g} s (before t=0); every instance "
-            f"launched after it in {options.load_seconds:g} s"
+            f"every instance takes {options.load_seconds:g} s from launch to TGI ready, the stack's first one (before "
+            "t=0, a first deploy) too: "
+            + (
+                "the launch-to-ready model's total (see the breakdown)"
+                if options.load_source == "model"
+                else "--load-seconds"
+            )
         )
+        if options.chaos is not None:
+            report.notes.append(
+                f"--chaos {options.chaos}: every event delivered one to three times, out of order, "
+                "up to two minutes late; lifecycle events lost now and then (see each scenario's deliveries)"
+            )
         report.notes.append(
             "from template.yaml, not deployed into moto but played locally: " + ", ".join(sorted(template.left_out))
         )
@@ -212,6 +273,21 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
     (options.out_dir / "report.json").write_text(report.to_json())
     log.close()
     return report
+
+
+def launch_to_ready_report(options: DrillOptions) -> dict[str, Any]:
+    """What the drill's launch-to-ready is and where it comes from: the model's breakdown, or --load-seconds."""
+    breakdown = modelled_launch()
+    modelled = breakdown.as_json()
+    if options.load_source == "model":
+        return {"source": "model", "seconds": options.load_seconds, **modelled}
+    return {
+        "source": "--load-seconds",
+        "seconds": options.load_seconds,
+        "model_total_seconds": modelled["total_seconds"],
+        "model": modelled["model"],
+        "instance_type": modelled["instance_type"],
+    }
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:

@@ -1,7 +1,9 @@
 """The drill's four scenarios: what is played, when, and what each must show.
 
-Times are simulated seconds after the clients start (t = 0), once the first instance serves. The replacement's
-model load time is the drill's ``--load-seconds``; Spot's warning comes two minutes before it reclaims.
+Times are simulated seconds after the clients start (t = 0), once the first instance serves. Every instance's
+launch-to-ready is the drill's ``load_seconds`` (the launch-to-ready model's, or ``--load-seconds``); Spot's warning
+comes two minutes before it reclaims. The bounds follow from it; under ``--chaos`` they add what the chaos cost
+(how late the warning was delivered; a probe period and a late schedule when a launch event was lost).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from spotkeeper_local.aws_events import rebalance_recommendation, spot_interruption
+from spotkeeper_local.delivery_chaos import MAX_DELAY
 from spotkeeper_local.drill_world import DrillWorld
 from spotkeeper_local.embedded_aws import EmbeddedAws, LocalTemplate
 from spotkeeper_local.report import Check, DrillError, ScenarioResult, client_stats
@@ -19,6 +22,13 @@ SPOT_NOTICE = 120.0
 # readiness poll (READY_POLL_SECONDS, 5 s) and a request interval, rounded up.
 FAILOVER_SLACK = 10.0
 SETTLE = 90.0  # what is left to see after the last scripted event
+# How often the health probe runs: it finishes a launch whose lifecycle event was lost.
+PROBE_PERIOD = 60.0
+# The rebalance recommendation comes this long before Spot reclaims, beyond the launch-to-ready: room for the
+# probe to promote a replacement whose launch event was lost, its schedule delivered late.
+REBALANCE_MARGIN = PROBE_PERIOD + MAX_DELAY
+WARNING = "EC2 Spot Instance Interruption Warning"
+LAUNCH_EVENT = "EC2 Instance-launch Lifecycle Action"
 
 
 class ScenarioError(DrillError):
@@ -31,7 +41,7 @@ def play(
     template: LocalTemplate,
     parameters: dict[str, str],
     options: Any,
-    first_load_seconds: float = 60.0,
+    first_load_seconds: float | None = None,
 ) -> ScenarioResult:
     scenario = {
         "interruption": interruption,
@@ -48,6 +58,7 @@ def play(
         options.load_seconds,
         spotkeeper=spotkeeper,
         first_load_seconds=first_load_seconds,
+        chaos=getattr(options, "chaos", None),
     )
     if getattr(options, "serial_delivery", False):
         world.concurrency = 1
@@ -96,6 +107,61 @@ def _launch_to_ready(world: DrillWorld, instance_id: str | None) -> float | None
     return world.ready_at[instance_id] - world.launched_at[instance_id]
 
 
+def _chaos_allowance(world: DrillWorld, warned: str | None, replacement: str | None) -> tuple[float, str]:
+    """What the delivery chaos cost a failover: the warning's delivery delay, and one probe period plus a late
+    schedule when the replacement's launch event was lost (the probe, not the launch hook, promotes it)."""
+    if world.chaos is None:
+        return 0.0, ""
+    late = (world.chaos.first_delay(WARNING, warned) or 0.0) if warned else 0.0
+    lost = replacement is not None and world.chaos.lost(LAUNCH_EVENT, replacement)
+    allowance = late + (PROBE_PERIOD + MAX_DELAY if lost else 0.0)
+    why = f" (incl. chaos {allowance:.0f} s: warning {late:.0f} s late" + (", launch event lost)" if lost else ")")
+    return allowance, why
+
+
+def _no_fallback(world: DrillWorld, since: float) -> Check:
+    """The replacement is Spot's to deliver: no On-Demand fallback while it loads (issue 15)."""
+    fallbacks = [a for a in world.alerts if a.get("event") == "fallback-on-demand" and a["t"] >= since]
+    on_demand = [t for t, mode in world.mode_log if mode == "on-demand" and t >= since]
+    return Check(
+        "no On-Demand fallback while the replacement loads",
+        not fallbacks and not on_demand,
+        "mode spot throughout, no fallback-on-demand alert"
+        if not fallbacks and not on_demand
+        else f"mode on-demand from t={on_demand[0] if on_demand else '?'}s, {len(fallbacks)} fallback alerts",
+    )
+
+
+def _endpoint_down_alerted(world: DrillWorld, since: float, outage: float) -> Check:
+    """The stack's endpoint-down alarm went to ALARM while nothing served, and ops got its alert (issue 15).
+
+    Expected once the outage outlasts the alarm: its M unhealthy one-minute datapoints, plus a probe period for
+    the first unhealthy probe and one for CloudWatch's evaluation after the period closes. A shorter one may pass
+    unalarmed."""
+    name = world.stack.function_env["capacity"]["ENDPOINT_DOWN_ALARM_NAME"]
+    evaluator = world.alarms.evaluator if world.alarms is not None else None
+    definition = evaluator.alarms.get(name) if evaluator is not None else None
+    needs = definition.period * definition.datapoints_to_alarm + 2 * PROBE_PERIOD if definition else 0.0
+    transitions = evaluator.transitions if evaluator is not None else []
+    fired = [world.t(c.at) for c in transitions if c.alarm == name and c.state == "ALARM" and world.t(c.at) >= since]
+    alerted = [a for a in world.alerts if a.get("event") == "alarm-raised" and name in str(a.get("summary"))]
+    alerted = [a for a in alerted if a["t"] >= since]
+    if definition is not None and outage < needs:
+        return Check(
+            "the endpoint-down alarm fired and alerted",
+            True,
+            f"not expected: {outage:g} s down, the alarm needs {needs:g} s (fired: {bool(fired)})",
+        )
+    return Check(
+        "the endpoint-down alarm fired and alerted",
+        definition is not None and bool(fired) and bool(alerted),
+        f"{name} in ALARM at t={fired[0]:.0f}s ({outage:g} s down, the alarm needs {needs:g} s); alert: "
+        f"{alerted[0]['summary']}"
+        if fired and alerted
+        else f"{name}: ALARM at {fired or 'never'}, {len(alerted)} alerts ({outage:g} s down)",
+    )
+
+
 def _no_failed_handler(world: DrillWorld) -> Check:
     failed = [f"{i.function}: {i.error}" for i in world.invocations if i.error]
     late = [
@@ -139,6 +205,9 @@ def _result(
         note = f"{holder} ({role}{', TGI down' if state is None or state.state != 'ready' else ''})"
     purchase = {i: world.group.purchase.get(i, "?") for i in members}
     facts = {**facts, "serving_changes": _changes(world), "mode_changes": _mode_changes(world)}
+    if world.chaos is not None:
+        facts["chaos_seed"] = world.chaos.seed
+        facts["deliveries"] = world.deliveries
     if key == "baseline":
         mode = "spot (no spotkeeper)"
     else:
@@ -192,11 +261,13 @@ def interruption(world: DrillWorld, options: Any) -> ScenarioResult:
     world.start_load(world.start_gateway(), options.request_interval, "gateway")
     world.at(WARNING_AT, "warning", lambda: _warn(world, doomed))
     world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, doomed))
-    world.run_for(WARNING_AT + max(options.load_seconds, SPOT_NOTICE) + SETTLE)
+    chaos_room = MAX_DELAY + PROBE_PERIOD + MAX_DELAY if world.chaos is not None else 0.0
+    world.run_for(WARNING_AT + max(options.load_seconds, SPOT_NOTICE) + SETTLE + chaos_room)
 
     replacement = _launched_after(world, WARNING_AT)
     took = _launch_to_ready(world, replacement)
-    bound = max(0.0, (took if took is not None else float("inf")) - SPOT_NOTICE) + FAILOVER_SLACK
+    allowance, why = _chaos_allowance(world, doomed, replacement)
+    bound = max(0.0, (took if took is not None else float("inf")) - SPOT_NOTICE) + FAILOVER_SLACK + allowance
     assert world.load is not None
     clients = client_stats("gateway", world.load.outcomes, 0.0, world.t())
     holder, serving = world.eip_holder(), world.endpoint().get("serving_instance_id")
@@ -207,6 +278,7 @@ def interruption(world: DrillWorld, options: Any) -> ScenarioResult:
         "reclaimed_at": WARNING_AT + SPOT_NOTICE,
         "replacement_launch_to_ready_seconds": took,
         "downtime_bound_seconds": bound,
+        "chaos_allowance_seconds": allowance,
         "marks": _marks(world, {"warning": WARNING_AT, "reclaim": WARNING_AT + SPOT_NOTICE}, replacement),
     }
     checks = [
@@ -216,11 +288,13 @@ def interruption(world: DrillWorld, options: Any) -> ScenarioResult:
             f"EIP on {holder}, serving {serving}, replacement {replacement}",
         ),
         Check(
-            "downtime <= max(0, launch-to-ready - 120 s) + 10 s",
+            "downtime <= max(0, launch-to-ready - 120 s) + 10 s" + (" + chaos" if world.chaos is not None else ""),
             clients.longest_outage_seconds <= bound,
             f"{clients.longest_outage_seconds:g} s without a successful request; launch-to-ready "
-            f"{took if took is None else round(took)} s, bound {bound:g} s",
+            f"{took if took is None else round(took)} s, bound {bound:.0f} s{why}",
         ),
+        _endpoint_down_alerted(world, WARNING_AT, clients.longest_outage_seconds),
+        _no_fallback(world, WARNING_AT),
         _group_of_one(world),
         _no_failed_handler(world),
     ]
@@ -245,8 +319,9 @@ def _marks(world: DrillWorld, marks: dict[str, float], replacement: str | None) 
 def rebalance(world: DrillWorld, options: Any) -> ScenarioResult:
     at_risk = _warm_up(world)
     world.start_load(world.start_gateway(), options.request_interval, "gateway")
-    # The warning comes while the replacement still loads; Spot reclaims after it is ready.
-    lead = max(30.0, options.load_seconds - 60.0)
+    # A rebalance recommendation can come well before the warning: here long enough that Spot reclaims
+    # REBALANCE_MARGIN after the replacement is modelled ready (the warning a minute after it is ready).
+    lead = max(30.0, options.load_seconds + REBALANCE_MARGIN - SPOT_NOTICE)
 
     def recommend() -> None:
         world.note(f"EC2: rebalance recommendation for {at_risk}", "elevated risk of interruption")
@@ -256,7 +331,8 @@ def rebalance(world: DrillWorld, options: Any) -> ScenarioResult:
     world.at(WARNING_AT, "rebalance", recommend)
     world.at(WARNING_AT + lead, "warning", lambda: _warn(world, at_risk))
     world.at(WARNING_AT + lead + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, at_risk))
-    world.run_for(max(WARNING_AT + lead + SPOT_NOTICE, WARNING_AT + options.load_seconds) + SETTLE)
+    chaos_room = MAX_DELAY if world.chaos is not None else 0.0
+    world.run_for(max(WARNING_AT + lead + SPOT_NOTICE, WARNING_AT + options.load_seconds) + SETTLE + chaos_room)
 
     replacement = _launched_after(world, WARNING_AT)
     assert world.load is not None
@@ -286,6 +362,7 @@ def rebalance(world: DrillWorld, options: Any) -> ScenarioResult:
             replacement is not None and holder == replacement and serving == replacement,
             f"EIP on {holder}, serving {serving}, replacement {replacement}",
         ),
+        _no_fallback(world, WARNING_AT),
         _group_of_one(world),
         _no_failed_handler(world),
     ]

@@ -10,6 +10,10 @@ by invoking their real handlers in-process.
 Handlers sleep on the same clock (a launch hook polling TGI, a terminate hook draining), so the world keeps
 turning while one of them waits: events that arrive meanwhile are delivered to concurrent invocations, as
 Lambda runs them, at most ``MAX_CONCURRENT_INVOCATIONS`` deep.
+
+With ``chaos`` (``delivery_chaos.DeliveryChaos``, the drill's ``--chaos SEED``) every event taken off a function's
+queue is handed on as EventBridge may: one to three copies, each late, out of order; a lifecycle event now and
+then not at all. ``deliveries`` says what became of each.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from boto3.dynamodb.types import TypeDeserializer
 from spotkeeper_local.auto_scaling_group import ACCOUNT_ID, REGION, GroupStandIn
 from spotkeeper_local.aws_events import aws_event
 from spotkeeper_local.cloudwatch_alarms import StackAlarms
+from spotkeeper_local.delivery_chaos import DeliveryChaos
 from spotkeeper_local.embedded_aws import DeployedStack, EmbeddedAws, LocalTemplate
 from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import failure_record, load_function, retry_delay
@@ -142,6 +147,7 @@ class DrillWorld:
     concurrency: int = MAX_CONCURRENT_INVOCATIONS
     eip_lost_from: str | None = None  # the instance the EIP was on when it last went to nothing
     alarms: StackAlarms | None = None  # the stack's CloudWatch alarms, evaluated every minute
+    chaos: DeliveryChaos | None = None  # event delivery as EventBridge may do it (None: once, in order, at once)
     _actions: list[tuple[float, int, str, Callable[[], None]]] = field(default_factory=list)
     _next_fire: dict[str, float] = field(default_factory=dict)
     _dirty: bool = False
@@ -196,10 +202,13 @@ class DrillWorld:
         parameters: dict[str, str],
         load_seconds: float,
         spotkeeper: bool = True,
-        first_load_seconds: float = 60.0,
+        first_load_seconds: float | None = None,
+        chaos: int | None = None,
     ) -> DrillWorld:
-        """Deploy the stack and take over its group. The instance the stack launches loads its model in
-        ``first_load_seconds``; every later one in ``load_seconds``."""
+        """Deploy the stack and take over its group. Every instance takes ``load_seconds`` from launch to TGI
+        ready; the one the stack launches ``first_load_seconds`` if given. ``chaos``: the seed of the event
+        delivery's chaos (see the module docstring)."""
+        first_load_seconds = load_seconds if first_load_seconds is None else first_load_seconds
         stack = aws.deploy(template, stack_name, parameters)
         clock = SteppedClock()
         session = aws.session()
@@ -219,6 +228,8 @@ class DrillWorld:
             tgi_port=int(env["lifecycle"]["TGI_PORT"]),
         )
         world = cls(aws, stack, clock, local, load_seconds)
+        if chaos is not None:
+            world.chaos = DeliveryChaos(chaos, stream=stack_name)
         world.origin = clock.now()
         if spotkeeper:  # the stack's alarms watch what its functions publish; the baseline runs none of them
             functions = {spec.logical_id: spec.name for spec in template.functions.values()}
@@ -406,6 +417,8 @@ class DrillWorld:
             if self._dirty:
                 self._dirty = False
                 self._collect()
+            if self.chaos is not None:
+                self._pending.extend(self.chaos.due(self.clock.now()))
             if not self._pending:
                 return
             function, event = self._pending.pop(0)
@@ -432,7 +445,26 @@ class DrillWorld:
                     sent = int(message.get("Attributes", {}).get("SentTimestamp", 0))
                     arrived.append((sent, function, _as_delivered(json.loads(message["Body"]))))
         arrived.sort(key=lambda item: item[0])
-        self._pending.extend((function, event) for _, function, event in arrived)
+        if self.chaos is None:
+            self._pending.extend((function, event) for _, function, event in arrived)
+            return
+        for _, function, event in arrived:
+            delivery = self.chaos.arrive(self.clock.now(), function, event)
+            if delivery.detail_type == "Scheduled Event":
+                continue  # a minute's schedule, every minute: only what the scenario is about goes on the timeline
+            what = f"{SHORT_NAMES.get(delivery.detail_type, delivery.detail_type)} {delivery.instance_id or ''}".strip()
+            if delivery.lost:
+                self.note(f"chaos: {what} for {function} lost", "never delivered")
+            else:
+                delays = ", ".join(f"+{d:.0f} s" for d in sorted(delivery.delays))
+                self.note(f"chaos: {what} for {function}", f"delivered {len(delivery.delays)}x ({delays})")
+
+    @property
+    def deliveries(self) -> list[dict[str, Any]]:
+        """What the chaos did to each event on its way to a function (empty without chaos)."""
+        if self.chaos is None:
+            return []
+        return [d.as_json() | {"at": round(self.t(d.at), 1)} for d in self.chaos.deliveries]
 
     def invoke(self, function: str, event: dict[str, Any], attempt: int = 1) -> Invocation:
         deps = self.local.deps.get(function)

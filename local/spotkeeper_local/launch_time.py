@@ -145,6 +145,11 @@ def template_defaults(path: Path = TEMPLATE_PATH) -> tuple[str, str]:
     return instance_type, str(parameters["ModelId"]["Default"])
 
 
+def template_launch_deadline(path: Path = TEMPLATE_PATH) -> float:
+    """LaunchDeadlineSeconds's default: how long a launch may take before its hook ABANDONs it."""
+    return float(_template_parameters(path)["LaunchDeadlineSeconds"]["Default"])
+
+
 def template_root_throughput(path: Path = TEMPLATE_PATH) -> float:
     """The gp3 throughput (MiB/s) the template gives the root volume by default."""
     return float(_template_parameters(path)["RootVolumeThroughput"]["Default"])

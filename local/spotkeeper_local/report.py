@@ -104,6 +104,9 @@ class DrillReport:
     scenarios: list[ScenarioResult]
     wall_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # Where load_seconds comes from: the launch-to-ready model's breakdown (phases), or --load-seconds.
+    launch_to_ready: dict[str, Any] = field(default_factory=dict)
+    chaos: int | None = None  # the --chaos seed of the event delivery, if any
 
     @property
     def passed(self) -> bool:
@@ -112,6 +115,8 @@ class DrillReport:
     def as_json(self) -> dict[str, Any]:
         return {
             "load_seconds": self.load_seconds,
+            "launch_to_ready": self.launch_to_ready,
+            "chaos_seed": self.chaos,
             "request_interval_seconds": self.request_interval,
             "wall_seconds": round(self.wall_seconds, 1),
             "passed": self.passed,
@@ -130,8 +135,27 @@ def _fmt_t(t: float) -> str:
     return f"{t:+7.0f}s"
 
 
+def render_launch_to_ready(launch: dict[str, Any]) -> list[str]:
+    """The launch-to-ready the drill plays, phase by phase when it comes from the model."""
+    if not launch:
+        return []
+    if launch.get("source") != "model":
+        return [
+            f"launch-to-ready: {launch['seconds']:g} s (--load-seconds; the model says "
+            f"{launch.get('model_total_seconds', 0):.0f} s for {launch.get('model')} on {launch.get('instance_type')})"
+        ]
+    lines = [
+        f"launch-to-ready: {launch['seconds']:g} s, modelled for {launch['model']} on {launch['instance_type']} "
+        "(the template's defaults; local/spotkeeper_local/data/launch_times.yaml)"
+    ]
+    for phase in launch.get("phases", []):
+        lines.append(f"    {phase['name']:<12} {phase['seconds']:6.0f} s  {phase['detail']}")
+    lines += [f"    note: {note}" for note in launch.get("notes", [])]
+    return lines
+
+
 def render_text(report: DrillReport) -> str:
-    lines: list[str] = []
+    lines: list[str] = render_launch_to_ready(report.launch_to_ready)
     for scenario in report.scenarios:
         lines.append("")
         lines.append(f"=== {scenario.key}: {scenario.title}")
@@ -152,8 +176,9 @@ def render_text(report: DrillReport) -> str:
         lines.append(f"note: {note}")
     verdict = "every check passed" if report.passed else "SOME CHECKS FAILED"
     lines.append(
-        f"drill: {verdict}; replacement model load {report.load_seconds:g} s simulated, "
-        f"one request every {report.request_interval:g} s, {report.wall_seconds:.1f} s of wall time"
+        f"drill: {verdict}; launch-to-ready {report.load_seconds:g} s simulated, "
+        + (f"event delivery chaos seed {report.chaos}, " if report.chaos is not None else "")
+        + f"one request every {report.request_interval:g} s, {report.wall_seconds:.1f} s of wall time"
     )
     return "\n".join(lines)
 

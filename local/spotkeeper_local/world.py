@@ -17,10 +17,11 @@ the tests (``tests/control.py``, the capacity tests) all build it here:
 Where the next pieces plug in, so they land on this one world:
 
 * instance boot timing: ``load_seconds(instance_id)`` decides how long an instance takes from launch to TGI
-  ready (a launch-to-ready model replaces the callable);
+  ready (the drill gives every instance the launch-to-ready model's total, ``launch_time``, or ``--load-seconds``);
 * event delivery: ``pump`` hands what the group did (lifecycle and launch-failure events) to a ``deliver``
-  callable; the drill puts them on the EventBridge bus, a test may invoke handlers directly, duplicate or
-  reorder them;
+  callable; the drill puts them on the EventBridge bus (and with ``--chaos`` delivers each from a function's queue
+  one to three times, late, out of order, lifecycle events now and then not at all: ``delivery_chaos``, in
+  ``drill_world``'s ``_collect`` / ``_deliver``), a test may invoke handlers directly, duplicate or reorder them;
 * scheduled actions: ``DrillWorld.at(t, label, action)`` in ``drill_world``; a scenario file's actions are
   calls on this world's parts (``market``, ``group``, ``fleet``) at their times.
 """

@@ -2,7 +2,8 @@
 
 Publishes Healthy / ProbeLatency / QueueSize, counts consecutive failures and, after N, marks the serving
 instance Unhealthy so the group replaces it; finishes launch hooks the lifecycle function handed over; adopts
-a ready instance when nothing is recorded as serving (first deploy, attach mode, a lost handover).
+a ready instance when nothing is recorded as serving (first deploy, attach mode, a lost handover); gives back the
+extra capacity of a scale-out replacement whose predecessor is leaving with its terminate event lost.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from spotkeeper.alerts import Alert
 from spotkeeper.events import LifecycleHook
-from spotkeeper.logic.lifecycle import check_launch, make_serving
+from spotkeeper.logic.lifecycle import RESTORE_DESIRED, check_launch, hand_over_serving, make_serving
 from spotkeeper.logic.replicas import reconcile_ready_set
 from spotkeeper.observability import MetricName, logger, metrics
 from spotkeeper.records import ON_DEMAND, PendingLaunch
@@ -36,6 +37,8 @@ class ProbeReport:
     launches: dict[str, str] = field(default_factory=dict)
     adopted_launches: list[str] = field(default_factory=list)
     ready_set: dict[str, str] = field(default_factory=dict)  # what the probe changed in the ready set
+    capacity_given_back: list[str] = field(default_factory=list)
+    left_serving: str | None = None  # the serving instance was leaving with no terminate event: handed over
 
 
 def probe_endpoint(deps: ControlDeps) -> ProbeReport:
@@ -47,8 +50,12 @@ def probe_endpoint(deps: ControlDeps) -> ProbeReport:
         if outcome == "waiting":
             deps.fleet.heartbeat(launch.hook_name, launch.token, launch.instance_id)
         report.launches[launch.instance_id] = outcome
+    report.capacity_given_back = give_back_capacity_of_lost_terminations(deps)
 
     endpoint = deps.state.get_endpoint(deps.group)
+    if endpoint.serving_instance_id is not None and hand_over_from_leaving(endpoint.serving_instance_id, deps):
+        report.left_serving = endpoint.serving_instance_id
+        endpoint = deps.state.get_endpoint(deps.group)
     if endpoint.serving_instance_id is None:
         report.adopted = adopt_ready_instance(deps)
         endpoint = deps.state.get_endpoint(deps.group)
@@ -115,10 +122,78 @@ def adopt_lost_launches(deps: ControlDeps) -> list[str]:
     return adopted
 
 
+# The owner of a give-back the probe claims: one for every run, so a run that failed half-way is redone by the next
+# (the desired capacity it sets is absolute, so two runs doing it is harmless).
+PROBE_OWNER = "health-probe"
+
+
+def give_back_capacity_of_lost_terminations(deps: ControlDeps) -> list[str]:
+    """An instance replaced by scale-out is leaving (Terminating:*) and nobody gave its extra capacity back.
+
+    The terminate hook's reaction does that (``on_instance_terminating``), but Auto Scaling sends lifecycle events
+    best effort: without it the group holds desired capacity N + 1, and once the hook times out and the instance is
+    gone it launches a second, unneeded replacement. The probe sees the instance in Terminating:Wait (the hook
+    holds it there for minutes) and gives the capacity back then, before the group can launch for it. Claimed like
+    the hook's reaction, so exactly one of the two does it. An instance already gone is left alone: lowering the
+    desired capacity then could make the group scale in the wrong instance.
+    """
+    given_back = []
+    members = {m.instance_id: m for m in deps.fleet.describe_group().instances}
+    for record in deps.state.instances(deps.group):
+        if record.replacement != "scale-out" or record.retired or record.desired_before is None:
+            continue
+        member = members.get(record.instance_id)
+        if member is None or not member.lifecycle_state.startswith("Terminating"):
+            continue
+        if not deps.state.claim_action(deps.group, record.instance_id, RESTORE_DESIRED, owner=PROBE_OWNER):
+            continue  # its terminate event came after all (or did already): that reaction gives it back
+        deps.fleet.set_desired(record.desired_before)
+        deps.state.finish_action(deps.group, record.instance_id, RESTORE_DESIRED)
+        given_back.append(record.instance_id)
+        deps.alerts.send(
+            Alert(
+                "capacity-given-back",
+                "warning",
+                f"{record.instance_id} is terminating with no terminate event: desired capacity back to "
+                f"{record.desired_before}",
+                {"instance_id": record.instance_id, "desired": record.desired_before, "state": member.lifecycle_state},
+            )
+        )
+    return given_back
+
+
+def hand_over_from_leaving(serving_instance_id: str, deps: ControlDeps) -> bool:
+    """The serving instance is terminating (Terminating:* in the group) or EC2 no longer runs it, and it is still
+    recorded as serving: its terminate event, whose reaction hands over, was lost (or has not come yet). Hand over
+    as that reaction would: to another ready instance, else nothing serves. A detached instance still running (the
+    interruption's detach replacement) serves on until EC2 takes it, so it is left alone."""
+    member = deps.fleet.describe_group().instance(serving_instance_id)
+    terminating = member is not None and member.lifecycle_state.startswith("Terminating")
+    if not terminating and deps.fleet.private_address(serving_instance_id) is not None:
+        return False
+    handed_to = hand_over_serving(serving_instance_id, deps)
+    deps.alerts.send(
+        Alert(
+            "serving-left",
+            "warning" if handed_to else "critical",
+            f"{serving_instance_id} is leaving while still recorded as serving: "
+            + (f"EIP now on {handed_to}" if handed_to else "no other ready instance"),
+            {"instance_id": serving_instance_id, "serving_now": handed_to},
+        )
+    )
+    return True
+
+
 def repair_eip(serving_instance_id: str, deps: ControlDeps) -> bool:
-    """Someone (a person, another tool) moved the Elastic IP off the serving instance: put it back."""
+    """Someone (a person, another tool) moved the Elastic IP off the serving instance: put it back.
+
+    Not onto an instance EC2 is terminating or has terminated (Spot reclaimed it and its terminate event was lost):
+    the EIP goes with the next serving instance.
+    """
     holder = deps.fleet.eip_holder()
     if holder == serving_instance_id:
+        return False
+    if deps.fleet.private_address(serving_instance_id) is None:
         return False
     deps.fleet.move_eip(serving_instance_id)
     deps.alerts.send(
