@@ -14,6 +14,13 @@ stream of real requests through it, and plays what AWS would do:
   baseline       the interruption again with spotkeeper's reactions off (the plain group, the EIP set by hand),
                  measured by a client of the Elastic IP
 
+Hedged replicas (``--replicas N``, default 2 for these; not part of ``all``, which stays the single instance):
+
+  replica-interruption   N replicas, a warning with no lead for one that does not hold the EIP
+  primary-interruption   the same for the one that holds the EIP
+
+``--clients K``: K concurrent clients through the gateway (and, in the hedged scenarios, K of the Elastic IP).
+
 It prints a timeline per scenario (simulated seconds, what happened, what spotkeeper did), checks, and a
 summary table; ``--json`` prints the same as one JSON object. Charts and logs go to build/drill/.
 """
@@ -36,6 +43,9 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "build" / "drill"
 SCENARIOS = ("interruption", "rebalance", "capacity", "baseline")
 SCENARIO_NUMBERS = {str(index): name for index, name in enumerate(SCENARIOS, start=1)}
+HEDGED_SCENARIOS = ("replica-interruption", "primary-interruption")  # drill_hedged
+MAX_REPLICAS = 8  # the template's Replicas AllowedValues
+MAX_CLIENTS = 32
 FIRST_LOAD_SECONDS = 60.0  # the stack's first instance, before t = 0: not what any scenario is about
 MIN_ON_DEMAND_SECONDS = 300  # the stack parameter for the drill (default 1800): the outage scenario stays short
 MAX_LOAD_SECONDS = 1500.0  # under the launch hook's deadline (LaunchDeadlineSeconds, 1800 s by default)
@@ -50,12 +60,16 @@ class DrillOptions:
     as_json: bool = False
     charts: bool = True
     serial_delivery: bool = False
+    replicas: int | None = None  # the template's Replicas (None: the scenario's own, 1 or 2)
+    clients: int = 1
+    hedged_load_seconds: float | None = None  # given with --load-seconds; else the launch-to-ready model's
 
 
 def _scenario_name(value: str) -> str:
     name = SCENARIO_NUMBERS.get(value, value)
-    if name not in SCENARIOS and name != "all":
-        raise argparse.ArgumentTypeError(f"unknown scenario {value!r}: choose from {', '.join(SCENARIOS)}, 1-4 or all")
+    if name not in SCENARIOS and name not in HEDGED_SCENARIOS and name != "all":
+        choices = ", ".join(SCENARIOS + HEDGED_SCENARIOS)
+        raise argparse.ArgumentTypeError(f"unknown scenario {value!r}: choose from {choices}, 1-4 or all")
     return name
 
 
@@ -68,6 +82,19 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
         if not low <= seconds <= high:
             raise argparse.ArgumentTypeError(f"{seconds:g} is outside {low:g}-{high:g} seconds")
         return seconds
+
+    return parse
+
+
+def _count(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            count = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if not low <= count <= high:
+            raise argparse.ArgumentTypeError(f"{count} is outside {low}-{high}")
+        return count
 
     return parse
 
@@ -93,8 +120,21 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--load-seconds",
         type=_seconds(0, MAX_LOAD_SECONDS),
-        default=180.0,
-        help="simulated seconds a new instance's TGI takes to load the model (default 180)",
+        default=None,
+        help="simulated seconds a new instance's TGI takes to load the model (default 180; the hedged scenarios: "
+        "the launch-to-ready model's, about 450)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=_count(1, MAX_REPLICAS),
+        help="the template's Replicas parameter: serving replicas (the hedged scenarios: default 2, at least 2; "
+        "the single-instance scenarios: 1 only)",
+    )
+    p.add_argument(
+        "--clients",
+        type=_count(1, MAX_CLIENTS),
+        default=1,
+        help="concurrent clients through the gateway, and of the Elastic IP in the hedged scenarios (default 1)",
     )
     p.add_argument(
         "--request-interval",
@@ -131,10 +171,18 @@ def parser() -> argparse.ArgumentParser:
 
 def options_from(args: argparse.Namespace) -> DrillOptions:
     chosen = args.scenario or ["all"]
-    names = SCENARIOS if "all" in chosen else tuple(dict.fromkeys(chosen))
+    names = tuple(dict.fromkeys(n for c in chosen for n in (SCENARIOS if c == "all" else (c,))))
+    single = [n for n in names if n not in HEDGED_SCENARIOS]
+    if args.replicas is not None and args.replicas > 1 and single:
+        parser().error(f"--replicas {args.replicas}: {', '.join(single)} play(s) the single instance (N = 1)")
+    if args.replicas == 1 and len(single) < len(names):
+        parser().error("the hedged scenarios need --replicas 2 or more")
     return DrillOptions(
         scenarios=tuple(names),
-        load_seconds=args.load_seconds,
+        load_seconds=180.0 if args.load_seconds is None else args.load_seconds,
+        replicas=args.replicas,
+        clients=args.clients,
+        hedged_load_seconds=args.load_seconds,
         request_interval=args.request_interval,
         out_dir=args.out,
         as_json=args.json,
@@ -182,6 +230,7 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
         handler = getattr(logger, "registered_handler", None)
         if handler is not None and hasattr(handler, "setStream"):
             handler.setStream(log)
+        from spotkeeper_local import drill_hedged
         from spotkeeper_local.drill_scenarios import play
         from spotkeeper_local.embedded_aws import EmbeddedAws, load_sam_template, local_template
         from spotkeeper_local.report import DrillReport, write_chart
@@ -196,7 +245,10 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
             }
             for index, name in enumerate(options.scenarios, start=1):
                 progress(f"[{index}/{len(options.scenarios)}] {name} ...")
-                result = play(name, aws, template, parameters, options, FIRST_LOAD_SECONDS)
+                hedged = name in HEDGED_SCENARIOS
+                result = (drill_hedged.play if hedged else play)(
+                    name, aws, template, parameters, options, FIRST_LOAD_SECONDS
+                )
                 if options.charts:
                     result.chart = str(write_chart(result, options.out_dir))
                 results.append(result)
