@@ -253,10 +253,26 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
                     result.chart = str(write_chart(result, options.out_dir))
                 results.append(result)
         report = DrillReport(options.load_seconds, options.request_interval, results)
-        report.notes.append(
-            f"the stack's first instance loads its model in {FIRST_LOAD_SECONDS:g} s (before t=0); every instance "
-            f"launched after it in {options.load_seconds:g} s"
-        )
+        if any(name not in HEDGED_SCENARIOS for name in options.scenarios):
+            report.notes.append(
+                f"the stack's first instance loads its model in {FIRST_LOAD_SECONDS:g} s (before t=0); every "
+                f"instance launched after it in {options.load_seconds:g} s"
+            )
+        hedged = [r for r in results if r.key in HEDGED_SCENARIOS]
+        if hedged:
+            facts = hedged[0].facts
+            report.notes.append(
+                f"hedged replicas ({', '.join(r.key for r in hedged)}): Replicas={facts.get('replicas')}, the "
+                f"first instances load in {FIRST_LOAD_SECONDS:g} s (before t=0), every instance launched after "
+                f"them in {facts.get('load_seconds')} s ("
+                + (
+                    "--load-seconds"
+                    if options.hedged_load_seconds
+                    else "the launch-to-ready model for the template's defaults"
+                )
+                + f"); {options.clients} "
+                "client(s) through the gateway and as many of the Elastic IP"
+            )
         report.notes.append(
             "from template.yaml, not deployed into moto but played locally: " + ", ".join(sorted(template.left_out))
         )

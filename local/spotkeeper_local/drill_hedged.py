@@ -126,6 +126,12 @@ def replica_lanes(world: DrillWorld) -> dict[str, list[list[Any]]]:
     return {"replicas": lanes, "primary": primary}  # type: ignore[dict-item]
 
 
+def _eip_story(doomed: str, primary: str, moved: float | None) -> str:
+    if doomed != primary:
+        return f"the EIP stayed on the primary {primary}" if moved is None else f"the EIP moved at t={moved:g}s"
+    return f"the EIP moved off {doomed} at t={moved:g}s" if moved is not None else f"the EIP never left {doomed}"
+
+
 # -- the scenario -----------------------------------------------------------------------------------------------
 def _interrupt(world: DrillWorld, name: str, replicas: int, load_seconds: float, options: Any) -> ScenarioResult:
     _warm_up(world, replicas)
@@ -197,8 +203,7 @@ def _interrupt(world: DrillWorld, name: str, replicas: int, load_seconds: float,
             f"clients of the EIP without a successful answer for at most {EIP_GAP_BOUND:g} s",
             eip.longest_outage_seconds <= EIP_GAP_BOUND and eip.sent > 0,
             f"{eip.longest_outage_seconds:g} s without a success (from t={eip.outage_from}), {eip.failed} of "
-            f"{eip.sent} failed; EIP moved off {doomed} at "
-            f"{'t=' + format(moved, 'g') + 's' if moved is not None else 'never'}",
+            f"{eip.sent} failed; " + _eip_story(doomed, primary, moved),
         ),
         Check(
             f"{replicas} replicas ready again, the EIP on one of them",

@@ -295,7 +295,15 @@ def _replica_lanes(ax: Any, lanes: dict[str, list[list[Any]]], primary: list[lis
     ax.set_yticks(range(len(names)), names, fontsize=7)
     ax.set_ylim(-0.6, len(names) - 0.4)
     handles = [matplotlib_patch(colour, state) for state, colour in REPLICA_COLOURS.items() if state != "gone"]
-    ax.legend(handles=[*handles, matplotlib_line("EIP (primary)")], loc="upper right", fontsize=6, ncols=5)
+    ax.legend(
+        handles=[*handles, matplotlib_line("EIP (primary)")],
+        loc="lower right",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize=6,
+        ncols=5,
+        frameon=False,
+    )
+    ax.set_xlabel("simulated seconds")
 
 
 def matplotlib_patch(colour: str, label: str) -> Any:
