@@ -252,7 +252,9 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
                 if options.charts:
                     result.chart = str(write_chart(result, options.out_dir))
                 results.append(result)
-        report = DrillReport(options.load_seconds, options.request_interval, results)
+        hedged_only = all(name in HEDGED_SCENARIOS for name in options.scenarios) and results
+        load = results[0].facts.get("load_seconds", options.load_seconds) if hedged_only else options.load_seconds
+        report = DrillReport(load, options.request_interval, results)
         if any(name not in HEDGED_SCENARIOS for name in options.scenarios):
             report.notes.append(
                 f"the stack's first instance loads its model in {FIRST_LOAD_SECONDS:g} s (before t=0); every "
