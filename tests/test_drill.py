@@ -423,3 +423,6 @@ def test_n2_interruption_without_lead_fails_no_gateway_request_and_eip_clients_w
     assert _state_at(states[replacement], s["duration"]) == "ready"
     assert len(facts["ready_at_end"]) == 2 and s["eip_on"] in facts["ready_at_end"]
     assert doomed not in facts["ready_at_end"]
+    # ...and the warned replica got no new request once its warning was delivered (gateway and EIP both)
+    assert facts["requests_to_warned_after_warning"] == 0
+    assert sum(facts["requests_received"].values()) >= len(requests) + len(eip)

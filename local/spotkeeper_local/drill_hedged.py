@@ -28,6 +28,9 @@ DEFAULT_REPLICAS = 2
 WARNING_AT = 30.0
 SPOT_NOTICE = 120.0
 SETTLE = 90.0
+# After the warning, the time the reactions get (one tick for the event's delivery) before the warned replica
+# must receive no new request: neither from the gateway nor through the EIP.
+WARNED_QUIET_AFTER = 2.0
 EIP_GAP_BOUND = 10.0  # the must-show: clients of the EIP without a successful answer for at most 10 s
 
 
@@ -126,6 +129,10 @@ def replica_lanes(world: DrillWorld) -> dict[str, list[list[Any]]]:
     return {"replicas": lanes, "primary": primary}  # type: ignore[dict-item]
 
 
+def _requests_received(world: DrillWorld) -> dict[str, int]:
+    return {instance_id: int(server.requests_total) for instance_id, server in world.fleet.servers.items()}
+
+
 def _eip_story(doomed: str, primary: str, moved: float | None) -> str:
     if doomed != primary:
         return f"the EIP stayed on the primary {primary}" if moved is None else f"the EIP moved at t={moved:g}s"
@@ -147,10 +154,14 @@ def _interrupt(world: DrillWorld, name: str, replicas: int, load_seconds: float,
         doomed = next(i for i in ready_replicas(world) if i != primary)
         role = "a replica that does not hold the EIP"
     world.at(WARNING_AT, "warning", lambda: _warn(world, doomed))
+    counted: dict[str, int] = {}
+    world.at(WARNING_AT + WARNED_QUIET_AFTER, "count", lambda: counted.update(_requests_received(world)))
     world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, doomed))
     world.run_for(WARNING_AT + max(load_seconds, SPOT_NOTICE) + SETTLE)
 
     end = world.t()
+    received = _requests_received(world)
+    to_warned = received.get(doomed, 0) - counted.get(doomed, 0)
     assert world.load is not None and world.eip_load is not None
     gateway = client_stats("gateway", world.load.outcomes, 0.0, end)
     eip = client_stats("elastic ip", world.eip_load.outcomes, 0.0, end)
@@ -191,6 +202,8 @@ def _interrupt(world: DrillWorld, name: str, replicas: int, load_seconds: float,
         "replica_states": lanes["replicas"],
         "primary_changes": lanes["primary"],
         "ready_at_end": ready_now,
+        "requests_received": received,  # generation requests each replica's TGI received, clients of both kinds
+        "requests_to_warned_after_warning": to_warned,
         "marks": marks,
     }
     checks = [
@@ -204,6 +217,12 @@ def _interrupt(world: DrillWorld, name: str, replicas: int, load_seconds: float,
             eip.longest_outage_seconds <= EIP_GAP_BOUND and eip.sent > 0,
             f"{eip.longest_outage_seconds:g} s without a success (from t={eip.outage_from}), {eip.failed} of "
             f"{eip.sent} failed; " + _eip_story(doomed, primary, moved),
+        ),
+        Check(
+            "no request reached the warned replica after its warning",
+            to_warned == 0 and bool(counted),
+            f"{to_warned} received from t={WARNING_AT + WARNED_QUIET_AFTER:g}s; per replica over the scenario: "
+            + ", ".join(f"{i} {n}" for i, n in sorted(received.items())),
         ),
         Check(
             f"{replicas} replicas ready again, the EIP on one of them",
