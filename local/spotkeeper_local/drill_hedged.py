@@ -96,8 +96,18 @@ def _all_serving(world: DrillWorld, replicas: int) -> bool:
     return len(ready) >= replicas and world.eip_holder() in ready
 
 
+def _tgi_up(world: DrillWorld, replicas: int) -> bool:
+    members = dict(world.group.members())
+    up = [i for i, server in world.fleet.servers.items() if i in members and server.state == "ready"]
+    return len(up) >= replicas and world.eip_holder() is not None
+
+
 def _warm_up(world: DrillWorld, replicas: int) -> None:
-    if not world.run_until(lambda: _all_serving(world, replicas), world.load_seconds + 900):
+    """The group's N instances boot, spotkeeper puts each in the ready set and the EIP on one of them."""
+    if not (
+        world.run_until(lambda: _tgi_up(world, replicas), world.load_seconds + 900)
+        and world.run_until(lambda: _all_serving(world, replicas), 120)
+    ):
         records = world.ready_set_records()
         raise HedgedScenarioError(
             f"the {replicas} replicas never all served (ready set {records or 'empty: the product keeps none'}, "
