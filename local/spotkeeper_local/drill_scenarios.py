@@ -57,6 +57,11 @@ def play(
         world.close()
 
 
+def _clients(options: Any) -> int:
+    """``--clients K``: concurrent clients (1 by default: the scenarios' own figures)."""
+    return int(getattr(options, "clients", 1) or 1)
+
+
 # -- shared steps -----------------------------------------------------------------------------------------
 def _serving_ready(world: DrillWorld) -> str | None:
     serving = world.endpoint().get("serving_instance_id")
@@ -189,7 +194,7 @@ def _mode_changes(world: DrillWorld) -> list[list[Any]]:
 # -- 1: interruption ---------------------------------------------------------------------------------------
 def interruption(world: DrillWorld, options: Any) -> ScenarioResult:
     doomed = _warm_up(world)
-    world.start_load(world.start_gateway(), options.request_interval, "gateway")
+    world.start_load(world.start_gateway(), options.request_interval, "gateway", clients=_clients(options))
     world.at(WARNING_AT, "warning", lambda: _warn(world, doomed))
     world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, doomed))
     world.run_for(WARNING_AT + max(options.load_seconds, SPOT_NOTICE) + SETTLE)
@@ -244,7 +249,7 @@ def _marks(world: DrillWorld, marks: dict[str, float], replacement: str | None) 
 # -- 2: rebalance ahead of the warning ----------------------------------------------------------------------
 def rebalance(world: DrillWorld, options: Any) -> ScenarioResult:
     at_risk = _warm_up(world)
-    world.start_load(world.start_gateway(), options.request_interval, "gateway")
+    world.start_load(world.start_gateway(), options.request_interval, "gateway", clients=_clients(options))
     # The warning comes while the replacement still loads; Spot reclaims after it is ready.
     lead = max(30.0, options.load_seconds - 60.0)
 
@@ -303,7 +308,7 @@ def rebalance(world: DrillWorld, options: Any) -> ScenarioResult:
 # -- 3: Spot capacity outage --------------------------------------------------------------------------------
 def capacity_outage(world: DrillWorld, options: Any) -> ScenarioResult:
     first = _warm_up(world)
-    world.start_load(world.start_gateway(), options.request_interval, "gateway")
+    world.start_load(world.start_gateway(), options.request_interval, "gateway", clients=_clients(options))
 
     def outage() -> None:
         world.note("EC2: Spot capacity runs out for the group's types", "placement score 1")
@@ -440,7 +445,9 @@ def baseline(world: DrillWorld, options: Any) -> ScenarioResult:
         raise ScenarioError("the first instance's TGI never became ready")
     world.clients.ec2.associate_address(AllocationId=world.stack.eip_allocation_id, InstanceId=first)
     world.note(f"ops: Elastic IP associated with {first} by hand")
-    world.start_load(world.start_eip_router(), options.request_interval, "elastic ip", keep_alive=False)
+    world.start_load(
+        world.start_eip_router(), options.request_interval, "elastic ip", keep_alive=False, clients=_clients(options)
+    )
     world.at(WARNING_AT, "warning", lambda: _warn(world, first))
     world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, first))
     # Long enough to see the group's replacement ready, and the EIP still not on it.
