@@ -259,7 +259,8 @@ def write_chart(scenario: ScenarioResult, directory: Path) -> Path:
     ax.set_xlim(left=0, right=max(scenario.duration, 1))
     ax.set_ylim(-0.5, 1.7)
     ax.set_yticks([0, 1], ["failed", "served"])
-    ax.set_xlabel("simulated seconds")
+    if not lanes:
+        ax.set_xlabel("simulated seconds")
     ax.set_title(f"{scenario.key}: {scenario.title} (via {c.via})", fontsize=10)
     ax.legend(loc="lower right", fontsize=7, ncols=3)
     fig.tight_layout()
