@@ -175,6 +175,12 @@ def test_each_scenario_has_its_availability_chart(played):
         ["--yes-really-interrupt"],
         ["--region", "eu-west-1"],
         ["--stack", "not a stack!", "--yes-really-interrupt"],
+        ["--replicas", "0"],
+        ["--replicas", "9"],
+        ["--clients", "0"],
+        ["--clients", "many"],
+        ["--replicas", "2"],  # the single-instance scenarios (all) play N = 1 only
+        ["--scenario", "primary-interruption", "--replicas", "1"],
     ],
 )
 def test_bad_arguments_are_refused_before_anything_runs(argv, capsys):
@@ -218,6 +224,31 @@ class _NoAws:
         raise AssertionError(f"AWS was called: {args}")
 
     resource = client
+
+
+def test_hedged_scenarios_are_chosen_by_name_and_take_replicas_and_clients():
+    # Given the hedged scenarios named, with a number of replicas and of clients
+    args = drill.parser().parse_args(
+        [
+            "--scenario",
+            "replica-interruption",
+            "--scenario",
+            "primary-interruption",
+            "--replicas",
+            "3",
+            "--clients",
+            "4",
+        ]
+    )
+    options = drill.options_from(args)
+    # Then both play, with the template's Replicas and the clients asked for, on the launch model's load
+    assert options.scenarios == ("replica-interruption", "primary-interruption")
+    assert (options.replicas, options.clients) == (3, 4)
+    assert options.hedged_load_seconds == options.load_seconds == drill._modelled_seconds()
+    # ...and "all" stays the single-instance product's four scenarios, one client, N = 1
+    everything = drill.options_from(drill.parser().parse_args([]))
+    assert not set(everything.scenarios) & set(drill.HEDGED_SCENARIOS)
+    assert (everything.replicas, everything.clients, everything.load_seconds) == (None, 1, drill._modelled_seconds())
 
 
 def test_a_real_game_day_is_refused_without_confirmation(capsys):
@@ -387,3 +418,83 @@ def test_the_interruption_holds_under_chaotic_event_delivery(seed, tmp_path):
     assert longest_without_success(s["requests"], s["duration"]) <= bound + 0.1
     assert list(s["purchase_options"]) == [facts["replacement"]]
     assert s["passed"], [c for c in s["checks"] if not c["passed"]]
+
+
+# -- hedged replicas (issue 12): N = 2, an interruption with no rebalance lead --------------------------------
+HEDGED_CLIENTS = 3
+EIP_GAP_BOUND = 10.0
+
+
+@pytest.fixture(scope="module")
+def hedged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("hedged")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["layers/spotkeeper", "local"])}
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        env.pop(name, None)
+    argv = ["--scenario", "replica-interruption", "--scenario", "primary-interruption", "--replicas", "2"]
+    finished = subprocess.run(  # noqa: S603 - the drill itself, as `make demo` runs it
+        [sys.executable, "-m", "spotkeeper_local.drill", "--json", "--out", str(out), "--clients", "3", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert finished.returncode == 0, f"drill failed:\n{finished.stderr[-4000:]}\n{finished.stdout[-4000:]}"
+    return json.loads(finished.stdout)
+
+
+def _state_at(changes: list[list[Any]], t: float) -> Any:
+    """The value of a [t, value] change list at time t (None before its first change)."""
+    value = None
+    for since, new in changes:
+        if since > t:
+            break
+        value = new
+    return value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", ["replica-interruption", "primary-interruption"])
+def test_n2_interruption_without_lead_fails_no_gateway_request_and_eip_clients_wait_at_most_10_s(hedged, key):
+    s = hedged["scenarios"][key]
+    facts = s["facts"]
+    doomed, replacement = facts["interrupted"], facts["replacement"]
+    warning_at = 30.0
+    # Given two replicas, the primary holding the EIP, and a warning with no lead for one of them
+    assert facts["replicas"] == 2
+    assert facts["interrupted_role"] == ("primary" if key == "primary-interruption" else "replica")
+    assert (doomed == facts["primary_at_start"]) == (key == "primary-interruption")
+    # ...on the realistic load: the replacement takes the launch-to-ready model's time, far past the warning
+    assert facts["load_seconds"] > SPOT_NOTICE + 120
+    assert facts["replacement_launch_to_ready_seconds"] >= facts["load_seconds"]
+    # Then every request through the gateway, from several concurrent clients, was answered
+    requests = s["requests"]
+    assert len(requests) > 100 and all(ok for _, ok in requests)
+    assert facts["clients_per_address"] == HEDGED_CLIENTS
+    # ...and clients of the EIP never went more than 10 s without a successful answer
+    eip = facts["eip_requests"]
+    assert len(eip) > 100
+    assert longest_without_success(eip, s["duration"]) <= EIP_GAP_BOUND
+    # ...because the EIP sits on a ready replica all along: off a warned primary within seconds of its warning
+    primary = facts["primary_changes"]
+    states = facts["replica_states"]
+    holder_after = _state_at(primary, warning_at + 5)
+    if key == "primary-interruption":
+        assert holder_after != doomed
+    else:
+        assert holder_after == facts["primary_at_start"]
+    for t in range(0, int(s["duration"]), 5):
+        holder = _state_at(primary, t)
+        assert holder is not None and _state_at(states[holder], t) == "ready", f"EIP on {holder} at t={t}"
+    # Each replica's state is in the report: the doomed one warned at the warning, gone after the reclaim, its
+    # replacement loading, then ready; two replicas ready at the end, the EIP on one of them
+    assert _state_at(states[doomed], warning_at + 5) == "warned"
+    assert _state_at(states[doomed], warning_at + SPOT_NOTICE + 5) == "gone"
+    assert _state_at(states[replacement], warning_at + 5) == "loading"
+    assert _state_at(states[replacement], s["duration"]) == "ready"
+    assert len(facts["ready_at_end"]) == 2 and s["eip_on"] in facts["ready_at_end"]
+    assert doomed not in facts["ready_at_end"]
+    # ...and the warned replica got no new request once its warning was delivered (gateway and EIP both)
+    assert facts["requests_to_warned_after_warning"] == 0
+    assert sum(facts["requests_received"].values()) >= len(requests) + len(eip)

@@ -23,6 +23,13 @@ events, which Auto Scaling delivers best effort).
 It prints the launch-to-ready breakdown, a timeline per scenario (simulated seconds, what happened, what
 spotkeeper did), checks, and a summary table; ``--json`` prints the same as one JSON object. Charts and logs go
 to build/drill/.
+
+Hedged replicas (``--replicas N``, default 2 for these; not part of ``all``, which stays the single instance):
+
+  replica-interruption   N replicas, a warning with no lead for one that does not hold the EIP
+  primary-interruption   the same for the one that holds the EIP
+
+``--clients K``: K concurrent clients through the gateway (and, in the hedged scenarios, K of the Elastic IP).
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "build" / "drill"
 SCENARIOS = ("interruption", "rebalance", "capacity", "baseline")
 SCENARIO_NUMBERS = {str(index): name for index, name in enumerate(SCENARIOS, start=1)}
+HEDGED_SCENARIOS = ("replica-interruption", "primary-interruption")  # drill_hedged
+MAX_REPLICAS = 8  # the template's Replicas AllowedValues
+MAX_CLIENTS = 32
 MIN_ON_DEMAND_SECONDS = 300  # the stack parameter for the drill (default 1800): the outage scenario stays short
 # A launch is ABANDONed at LaunchDeadlineSeconds (the template's default, 1800 s); the probe, which finishes a launch
 # whose event was lost, looks once a minute: a load time the drill plays must leave it that minute.
@@ -78,12 +88,16 @@ class DrillOptions:
     serial_delivery: bool = False
     chaos: int | None = None  # the seed of the event delivery's chaos; None: every event once, in order, at once
     load_source: str = "model"  # "model" or "--load-seconds"
+    replicas: int | None = None  # the template's Replicas (None: the scenario's own, 1 or 2)
+    clients: int = 1
+    hedged_load_seconds: float | None = None  # given with --load-seconds; else the launch-to-ready model's
 
 
 def _scenario_name(value: str) -> str:
     name = SCENARIO_NUMBERS.get(value, value)
-    if name not in SCENARIOS and name != "all":
-        raise argparse.ArgumentTypeError(f"unknown scenario {value!r}: choose from {', '.join(SCENARIOS)}, 1-4 or all")
+    if name not in SCENARIOS and name not in HEDGED_SCENARIOS and name != "all":
+        choices = ", ".join(SCENARIOS + HEDGED_SCENARIOS)
+        raise argparse.ArgumentTypeError(f"unknown scenario {value!r}: choose from {choices}, 1-4 or all")
     return name
 
 
@@ -110,6 +124,19 @@ def _seed(value: str) -> int:
     return seed
 
 
+def _count(low: int, high: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            count = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+        if not low <= count <= high:
+            raise argparse.ArgumentTypeError(f"{count} is outside {low}-{high}")
+        return count
+
+    return parse
+
+
 def _stack_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,127}", value):
         raise argparse.ArgumentTypeError(f"{value!r} is not a CloudFormation stack name")
@@ -134,6 +161,18 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="simulated seconds from an instance's launch until its TGI is ready (default: the launch-to-ready "
         f"model for the template's defaults, {_modelled_seconds():g} s; at most the launch deadline less a minute)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=_count(1, MAX_REPLICAS),
+        help="the template's Replicas parameter: serving replicas (the hedged scenarios: default 2, at least 2; "
+        "the single-instance scenarios: 1 only)",
+    )
+    p.add_argument(
+        "--clients",
+        type=_count(1, MAX_CLIENTS),
+        default=1,
+        help="concurrent clients through the gateway, and of the Elastic IP in the hedged scenarios (default 1)",
     )
     p.add_argument(
         "--request-interval",
@@ -177,11 +216,20 @@ def parser() -> argparse.ArgumentParser:
 
 def options_from(args: argparse.Namespace) -> DrillOptions:
     chosen = args.scenario or ["all"]
-    names = SCENARIOS if "all" in chosen else tuple(dict.fromkeys(chosen))
+    names = tuple(dict.fromkeys(n for c in chosen for n in (SCENARIOS if c == "all" else (c,))))
+    single = [n for n in names if n not in HEDGED_SCENARIOS]
+    if args.replicas is not None and args.replicas > 1 and single:
+        parser().error(f"--replicas {args.replicas}: {', '.join(single)} play(s) the single instance (N = 1)")
+    if args.replicas == 1 and len(single) < len(names):
+        parser().error("the hedged scenarios need --replicas 2 or more")
     modelled = args.load_seconds is None
+    load_seconds = _modelled_seconds() if modelled else args.load_seconds
     return DrillOptions(
         scenarios=tuple(names),
-        load_seconds=_modelled_seconds() if modelled else args.load_seconds,
+        load_seconds=load_seconds,
+        replicas=args.replicas,
+        clients=args.clients,
+        hedged_load_seconds=load_seconds,
         request_interval=args.request_interval,
         out_dir=args.out,
         as_json=args.json,
@@ -231,6 +279,7 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
         handler = getattr(logger, "registered_handler", None)
         if handler is not None and hasattr(handler, "setStream"):
             handler.setStream(log)
+        from spotkeeper_local import drill_hedged
         from spotkeeper_local.drill_scenarios import play
         from spotkeeper_local.embedded_aws import EmbeddedAws, load_sam_template, local_template
         from spotkeeper_local.report import DrillReport, write_chart
@@ -245,7 +294,10 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
             }
             for index, name in enumerate(options.scenarios, start=1):
                 progress(f"[{index}/{len(options.scenarios)}] {name} ...")
-                result = play(name, aws, template, parameters, options, options.load_seconds)
+                hedged = name in HEDGED_SCENARIOS
+                result = (drill_hedged.play if hedged else play)(
+                    name, aws, template, parameters, options, options.load_seconds
+                )
                 if options.charts:
                     result.chart = str(write_chart(result, options.out_dir))
                 results.append(result)
@@ -265,6 +317,13 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
             report.notes.append(
                 f"--chaos {options.chaos}: every event delivered one to three times, out of order, "
                 "up to two minutes late; lifecycle events lost now and then (see each scenario's deliveries)"
+            )
+        hedged_results = [r for r in results if r.key in HEDGED_SCENARIOS]
+        if hedged_results:
+            facts = hedged_results[0].facts
+            report.notes.append(
+                f"hedged replicas ({', '.join(r.key for r in hedged_results)}): Replicas={facts.get('replicas')}, "
+                f"{options.clients} client(s) through the gateway and as many of the Elastic IP"
             )
         report.notes.append(
             "from template.yaml, not deployed into moto but played locally: " + ", ".join(sorted(template.left_out))

@@ -68,6 +68,11 @@ def play(
         world.close()
 
 
+def _clients(options: Any) -> int:
+    """``--clients K``: concurrent clients (1 by default: the scenarios' own figures)."""
+    return int(getattr(options, "clients", 1) or 1)
+
+
 # -- shared steps -----------------------------------------------------------------------------------------
 def _serving_ready(world: DrillWorld) -> str | None:
     serving = world.endpoint().get("serving_instance_id")
@@ -258,7 +263,7 @@ def _mode_changes(world: DrillWorld) -> list[list[Any]]:
 # -- 1: interruption ---------------------------------------------------------------------------------------
 def interruption(world: DrillWorld, options: Any) -> ScenarioResult:
     doomed = _warm_up(world)
-    world.start_load(world.start_gateway(), options.request_interval, "gateway")
+    world.start_load(world.start_gateway(), options.request_interval, "gateway", clients=_clients(options))
     world.at(WARNING_AT, "warning", lambda: _warn(world, doomed))
     world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, doomed))
     chaos_room = MAX_DELAY + PROBE_PERIOD + MAX_DELAY if world.chaos is not None else 0.0
@@ -318,7 +323,7 @@ def _marks(world: DrillWorld, marks: dict[str, float], replacement: str | None) 
 # -- 2: rebalance ahead of the warning ----------------------------------------------------------------------
 def rebalance(world: DrillWorld, options: Any) -> ScenarioResult:
     at_risk = _warm_up(world)
-    world.start_load(world.start_gateway(), options.request_interval, "gateway")
+    world.start_load(world.start_gateway(), options.request_interval, "gateway", clients=_clients(options))
     # A rebalance recommendation can come well before the warning: here long enough that Spot reclaims
     # REBALANCE_MARGIN after the replacement is modelled ready (the warning a minute after it is ready).
     lead = max(30.0, options.load_seconds + REBALANCE_MARGIN - SPOT_NOTICE)
@@ -380,7 +385,7 @@ def rebalance(world: DrillWorld, options: Any) -> ScenarioResult:
 # -- 3: Spot capacity outage --------------------------------------------------------------------------------
 def capacity_outage(world: DrillWorld, options: Any) -> ScenarioResult:
     first = _warm_up(world)
-    world.start_load(world.start_gateway(), options.request_interval, "gateway")
+    world.start_load(world.start_gateway(), options.request_interval, "gateway", clients=_clients(options))
 
     def outage() -> None:
         world.note("EC2: Spot capacity runs out for the group's types", "placement score 1")
@@ -517,7 +522,9 @@ def baseline(world: DrillWorld, options: Any) -> ScenarioResult:
         raise ScenarioError("the first instance's TGI never became ready")
     world.clients.ec2.associate_address(AllocationId=world.stack.eip_allocation_id, InstanceId=first)
     world.note(f"ops: Elastic IP associated with {first} by hand")
-    world.start_load(world.start_eip_router(), options.request_interval, "elastic ip", keep_alive=False)
+    world.start_load(
+        world.start_eip_router(), options.request_interval, "elastic ip", keep_alive=False, clients=_clients(options)
+    )
     world.at(WARNING_AT, "warning", lambda: _warn(world, first))
     world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, first))
     # Long enough to see the group's replacement ready, and the EIP still not on it.

@@ -37,7 +37,7 @@ from spotkeeper_local.delivery_chaos import DeliveryChaos
 from spotkeeper_local.embedded_aws import DeployedStack, EmbeddedAws, LocalTemplate
 from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import failure_record, load_function, retry_delay
-from spotkeeper_local.load import ElasticIpRouter, LoadGenerator, RequestOutcome
+from spotkeeper_local.load import ClientPool, ElasticIpRouter, RequestOutcome
 from spotkeeper_local.report import TimelineEntry
 from spotkeeper_local.sim_clock import SimClock
 from spotkeeper_local.spot_market import SpotMarket
@@ -138,11 +138,15 @@ class DrillWorld:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     ready_at: dict[str, float] = field(default_factory=dict)
     origin: float = 0.0
-    load: LoadGenerator | None = None
+    load: ClientPool | None = None
+    eip_load: ClientPool | None = None  # clients of the Elastic IP beside the gateway's (hedged replicas)
     gateway: GatewayServer | None = None
     router: ElasticIpRouter | None = None
     serving_log: list[tuple[float, str | None, bool]] = field(default_factory=list)  # (t, serving, its TGI ready)
     mode_log: list[tuple[float, str]] = field(default_factory=list)
+    # Each replica's state every second: loading / ready / warned (the ready set's record, else its TGI) / gone,
+    # and which one holds the EIP (the primary). Only the instances the group launched.
+    replica_log: list[tuple[float, dict[str, str], str | None]] = field(default_factory=list)
     via: str = ""  # what the clients talk to: the gateway, or the elastic ip
     concurrency: int = MAX_CONCURRENT_INVOCATIONS
     eip_lost_from: str | None = None  # the instance the EIP was on when it last went to nothing
@@ -253,8 +257,10 @@ class DrillWorld:
         self.router = ElasticIpRouter(address, port, self._eip_target).start()
         return self.router.url
 
-    def start_load(self, base_url: str, interval: float, via: str, keep_alive: bool = True) -> None:
-        """t = 0 of the scenario: what happened before (the stack coming up) moves to negative times."""
+    def start_load(self, base_url: str, interval: float, via: str, keep_alive: bool = True, clients: int = 1) -> None:
+        """t = 0 of the scenario: what happened before (the stack coming up) moves to negative times.
+
+        ``clients`` concurrent clients each send one request every ``interval`` seconds (slots spread evenly)."""
         now = self.clock.now()
         shift = now - self.origin
         self.timeline = [TimelineEntry(round(e.t - shift, 1), e.event, e.action) for e in self.timeline]
@@ -262,16 +268,30 @@ class DrillWorld:
             alert["t"] = round(alert["t"] - shift, 1)
         self.serving_log = [(t - shift, s, r) for t, s, r in self.serving_log]
         self.mode_log = [(t - shift, m) for t, m in self.mode_log]
+        self.replica_log = [(t - shift, states, primary) for t, states, primary in self.replica_log]
         self.origin = now
-        self.load = LoadGenerator(base_url, self.clock, self.origin, interval=interval, keep_alive=keep_alive)
+        self.load = ClientPool(
+            base_url, self.clock, self.origin, count=clients, interval=interval, keep_alive=keep_alive
+        )
         self.load.start()
         self.via = via
-        self.note("clients start", f"one request every {interval:g} s via the {via}")
+        who = "one client" if clients == 1 else f"{clients} concurrent clients, each"
+        self.note("clients start", f"{who} one request every {interval:g} s via the {via}")
+
+    def start_eip_clients(self, interval: float, clients: int = 1) -> None:
+        """Clients of the Elastic IP beside the gateway's (after ``start_load``): a new connection a request."""
+        url = self.router.url if self.router is not None else self.start_eip_router()
+        self.eip_load = ClientPool(url, self.clock, self.origin, count=clients, interval=interval, keep_alive=False)
+        self.eip_load.start()
+        who = "one client" if clients == 1 else f"{clients} concurrent clients, each"
+        self.note("elastic ip clients start", f"{who} one request every {interval:g} s to the EIP's address")
 
     def close(self) -> None:
         self._closed = True
         if self.load is not None:
             self.load.stop()
+        if self.eip_load is not None:
+            self.eip_load.stop()
         if self.router is not None:
             self.router.stop()
         if self.gateway is not None:
@@ -356,6 +376,10 @@ class DrillWorld:
             before = len(self.load.outcomes)
             self.load.due(now)
             self._watch_clients(self.load.outcomes[before:])
+        if self.eip_load is not None:
+            before = len(self.eip_load.outcomes)
+            self.eip_load.due(now)
+            self._watch_clients(self.eip_load.outcomes[before:], "elastic ip clients")
         self._deliver()
 
     def _pump_group(self) -> None:
@@ -390,21 +414,62 @@ class DrillWorld:
             self._seen["mode"] = mode
             self.note(f"state table: capacity mode {mode}")
         self.mode_log.append((self.t(now), mode))
+        self._watch_replicas(now, holder)
         base = self.group.on_demand_base()
         if base != self._seen.get("base", base):
             self.note(f"group MixedInstancesPolicy: OnDemandBaseCapacity {self._seen.get('base')} -> {base}")
         self._seen["base"] = base
 
-    def _watch_clients(self, outcomes: list[RequestOutcome]) -> None:
+    def _watch_clients(self, outcomes: list[RequestOutcome], who: str = "clients") -> None:
         for outcome in outcomes:
-            last = self._seen.get("client_ok")
+            last = self._seen.get(f"{who}_ok")
             if outcome.ok != last:
-                self._seen["client_ok"] = outcome.ok
+                self._seen[f"{who}_ok"] = outcome.ok
                 if outcome.ok and last is not None:
-                    self.timeline.append(TimelineEntry(outcome.at, "clients: served again"))
+                    self.timeline.append(TimelineEntry(outcome.at, f"{who}: served again"))
                 elif not outcome.ok:
                     why = f"{outcome.status} {outcome.detail}" if outcome.status else outcome.detail
-                    self.timeline.append(TimelineEntry(outcome.at, f"clients: requests fail ({why.strip()[:60]})"))
+                    self.timeline.append(TimelineEntry(outcome.at, f"{who}: requests fail ({why.strip()[:60]})"))
+
+    def _watch_replicas(self, now: float, primary: str | None) -> None:
+        records = self.ready_set_records()
+        members = dict(self.group.members())
+        states: dict[str, str] = {}
+        for instance_id in self.launched_at:
+            server = self.fleet.servers.get(instance_id)
+            record = records.get(instance_id)
+            if instance_id not in members or server is None or server.state not in ("created", "loading", "ready"):
+                state = "gone"
+            elif record is not None:
+                state = record  # ready / warned / gone, as the gateway reads it
+            else:
+                state = "up, not in the ready set" if server.state == "ready" else "loading"
+            states[instance_id] = state
+        for instance_id, state in records.items():
+            if self._seen.get(f"replica {instance_id}") != state:
+                self._seen[f"replica {instance_id}"] = state
+                self.note(f"ready set: {instance_id} {state}")
+        self.replica_log.append((self.t(now), states, primary))
+
+    def ready_set_records(self) -> dict[str, str]:
+        """The state table's ready set (``replica#<id>`` records): instance -> ready / warned / gone. Empty where
+        the product keeps none (a single instance before hedged replicas)."""
+        from moto.dynamodb.models import dynamodb_backends
+
+        backend = dynamodb_backends[ACCOUNT_ID][REGION]
+        table = backend.tables.get(self.stack.table_name)
+        if table is None:
+            return {}
+        records: dict[str, str] = {}
+        for hash_key, items in list(table.items.items()):
+            if getattr(hash_key, "value", None) != f"group#{self.stack.group}" or not isinstance(items, dict):
+                continue
+            for range_key, item in list(items.items()):
+                sk = getattr(range_key, "value", "")
+                if isinstance(sk, str) and sk.startswith("replica#"):
+                    state = item.attrs.get("state")
+                    records[sk.removeprefix("replica#")] = getattr(state, "value", "?")
+        return records
 
     # delivering to the functions ---------------------------------------------------------------------------
     def _deliver(self) -> None:

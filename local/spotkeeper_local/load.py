@@ -158,3 +158,54 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     finally:
         writer.close()
+
+
+@dataclass
+class ClientPool:
+    """``count`` clients of one address, each a ``LoadGenerator`` sending every ``interval`` simulated seconds,
+    their slots spread evenly over the interval; requests due at the same simulated second go out concurrently
+    (one thread per client), so the gateway sees concurrent work. The same interface as one generator."""
+
+    base_url: str
+    clock: Any
+    origin: float
+    count: int = 1
+    interval: float = 2.0
+    keep_alive: bool = True
+    timeout: float = 10.0
+    clients: list[LoadGenerator] = field(default_factory=list)
+    _pool: Any = None
+
+    def start(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        now = self.clock.now()
+        self.clients = []
+        for index in range(self.count):
+            client = LoadGenerator(self.base_url, self.clock, self.origin, self.interval, self.keep_alive, self.timeout)
+            client.start()
+            client._next = now + self.interval * index / self.count
+            self.clients.append(client)
+        if self.count > 1:
+            self._pool = ThreadPoolExecutor(max_workers=self.count, thread_name_prefix="client")
+
+    def stop(self) -> None:
+        for client in self.clients:
+            client.stop()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def due(self, now: float) -> None:
+        if self._pool is None:
+            for client in self.clients:
+                client.due(now)
+            return
+        for future in [self._pool.submit(client.due, now) for client in self.clients]:
+            future.result()
+
+    @property
+    def outcomes(self) -> list[RequestOutcome]:
+        """Every client's outcomes, in time order."""
+        merged = [outcome for client in self.clients for outcome in client.outcomes]
+        return sorted(merged, key=lambda outcome: outcome.at)

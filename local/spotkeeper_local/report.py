@@ -233,9 +233,39 @@ def write_chart(scenario: ScenarioResult, directory: Path) -> Path:
 
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{scenario.key}.png"
-    fig, ax = plt.subplots(figsize=(10, 2.8), dpi=100)
+    lanes = scenario.facts.get("replica_states") or {}
+    if lanes:  # hedged replicas: a lane per replica under the requests
+        fig, (ax, lanes_ax) = plt.subplots(
+            2,
+            1,
+            figsize=(10, 2.8 + 0.35 * len(lanes)),
+            dpi=100,
+            sharex=True,
+            gridspec_kw={"height_ratios": [2.8, 0.35 * len(lanes) + 0.4]},
+        )
+        _replica_lanes(lanes_ax, lanes, scenario.facts.get("primary_changes", []), scenario.duration)
+    else:
+        fig, ax = plt.subplots(figsize=(10, 2.8), dpi=100)
     served = [o.at for o in scenario.samples if o.ok]
     failed = [o.at for o in scenario.samples if not o.ok]
+    eip_requests = scenario.facts.get("eip_requests") or []
+    if eip_requests:  # clients of the Elastic IP, beside the gateway's
+        ax.scatter(
+            [t for t, ok in eip_requests if ok],
+            [0.7] * sum(ok for _, ok in eip_requests),
+            s=6,
+            marker="|",
+            color="tab:olive",
+            label="EIP served",
+        )
+        ax.scatter(
+            [t for t, ok in eip_requests if not ok],
+            [0.3] * sum(not ok for _, ok in eip_requests),
+            s=6,
+            marker="|",
+            color="tab:orange",
+            label="EIP failed",
+        )
     ax.scatter(served, [1] * len(served), s=6, color="tab:green", label=f"served ({len(served)})")
     ax.scatter(failed, [0] * len(failed), s=6, color="tab:red", label=f"failed ({len(failed)})")
     c = scenario.clients
@@ -254,10 +284,61 @@ def write_chart(scenario: ScenarioResult, directory: Path) -> Path:
     ax.set_xlim(left=0, right=max(scenario.duration, 1))
     ax.set_ylim(-0.5, 1.7)
     ax.set_yticks([0, 1], ["failed", "served"])
-    ax.set_xlabel("simulated seconds")
+    if not lanes:
+        ax.set_xlabel("simulated seconds")
     ax.set_title(f"{scenario.key}: {scenario.title} (via {c.via})", fontsize=10)
     ax.legend(loc="lower right", fontsize=7, ncols=3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+REPLICA_COLOURS = {
+    "loading": "tab:grey",
+    "up, not in the ready set": "tab:cyan",
+    "ready": "tab:green",
+    "warned": "tab:orange",
+    "gone": "white",
+}
+
+
+def _replica_lanes(ax: Any, lanes: dict[str, list[list[Any]]], primary: list[list[Any]], duration: float) -> None:
+    """One bar per replica coloured by its state (loading / ready / warned / gone); a black line where it held
+    the Elastic IP (the primary)."""
+    names = sorted(lanes, key=lambda i: lanes[i][0][0])
+    for row, instance_id in enumerate(names):
+        changes = lanes[instance_id]
+        for index, (since, state) in enumerate(changes):
+            until = changes[index + 1][0] if index + 1 < len(changes) else duration
+            start = max(since, 0.0)
+            if until > start and state != "gone":
+                ax.broken_barh([(start, until - start)], (row - 0.35, 0.7), color=REPLICA_COLOURS.get(state, "k"))
+        for index, (since, holder) in enumerate(primary):
+            until = primary[index + 1][0] if index + 1 < len(primary) else duration
+            if holder == instance_id and until > max(since, 0.0):
+                ax.plot([max(since, 0.0), until], [row, row], color="black", linewidth=2)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_ylim(-0.6, len(names) - 0.4)
+    handles = [matplotlib_patch(colour, state) for state, colour in REPLICA_COLOURS.items() if state != "gone"]
+    ax.legend(
+        handles=[*handles, matplotlib_line("EIP (primary)")],
+        loc="lower right",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize=6,
+        ncols=5,
+        frameon=False,
+    )
+    ax.set_xlabel("simulated seconds")
+
+
+def matplotlib_patch(colour: str, label: str) -> Any:
+    from matplotlib.patches import Patch
+
+    return Patch(color=colour, label=label)
+
+
+def matplotlib_line(label: str) -> Any:
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], color="black", linewidth=2, label=label)
