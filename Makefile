@@ -82,7 +82,7 @@ pytest-all: $(VENV)/.stamp
 test: lint cfn-lint checkov sam-validate build pytest-all
 
 demo: $(VENV)/.stamp
-	PYTHONPATH=layers/spotkeeper:local $(PY) -m spotkeeper_local.drill
+	PYTHONPATH=layers/spotkeeper:local $(PY) -m spotkeeper_local.drill $(DEMO_ARGS)
 
 # Gateway overhead, cold starts, reactions, failover and cost; tables on stdout, build/bench/results.json.
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--quick" or "--only cold".

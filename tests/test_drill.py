@@ -175,6 +175,8 @@ def test_each_scenario_has_its_availability_chart(played):
         ["--yes-really-interrupt"],
         ["--region", "eu-west-1"],
         ["--stack", "not a stack!", "--yes-really-interrupt"],
+        ["--fast-start", "warp"],
+        ["--fast-start", "baked", "--load-seconds", "90"],  # the model's options or a fixed time, not both
         ["--replicas", "0"],
         ["--replicas", "9"],
         ["--clients", "0"],
@@ -208,6 +210,24 @@ def test_the_default_launch_to_ready_is_the_models_for_the_templates_defaults():
     given = drill.options_from(drill.parser().parse_args(["--load-seconds", "90", "--chaos", "3"]))
     assert (given.load_seconds, given.load_source, given.chaos) == (90.0, "--load-seconds", 3)
     assert drill.launch_to_ready_report(given)["source"] == "--load-seconds"
+
+
+def test_fast_start_plays_the_models_faster_options_and_is_reported():
+    from spotkeeper_local.launch_time import LaunchOptions, launch_to_ready
+
+    # Given --fast-start baked (S3 weights on NVMe, the image baked in the AMI)
+    options = drill.options_from(drill.parser().parse_args(["--fast-start", "baked"]))
+    baked = launch_to_ready(options=LaunchOptions(weights="s3", data_on_nvme=True, image="baked"))
+    # Then every instance takes that option's modelled launch-to-ready: well under the default's, under 150 s
+    default = drill.options_from(drill.parser().parse_args([]))
+    assert options.load_seconds == round(baked.total) < default.load_seconds
+    assert options.load_seconds <= 150
+    shown = drill.launch_to_ready_report(options)
+    assert shown["fast_start"] == "baked" and shown["options"]["image"] == "baked"
+    assert round(sum(p["seconds"] for p in shown["phases"])) == shown["seconds"]
+    # ...in between for s3-nvme
+    s3 = drill.options_from(drill.parser().parse_args(["--fast-start", "s3-nvme"]))
+    assert options.load_seconds <= s3.load_seconds < default.load_seconds
 
 
 def test_scenarios_are_chosen_by_name_or_number():

@@ -65,15 +65,30 @@ def max_load_seconds() -> float:
     return template_launch_deadline() - PROBE_PERIOD_SECONDS
 
 
-def modelled_launch() -> Any:
+# --fast-start: the user data's options (issue 13) the launch-to-ready model plays. "off" is the template's default
+# (weights from the Hub, the image from ghcr.io, /data on gp3 at its default throughput).
+FAST_START = ("off", "s3-nvme", "baked")
+
+
+def _fast_start_options(fast_start: str) -> Any:
+    from spotkeeper_local.launch_time import LaunchOptions
+
+    return {
+        "off": LaunchOptions(),
+        "s3-nvme": LaunchOptions(weights="s3", data_on_nvme=True, image="ecr"),  # ModelRevision + EcrCachePrefix
+        "baked": LaunchOptions(weights="s3", data_on_nvme=True, image="baked"),  # and a baked AmiSsmParameter
+    }[fast_start]
+
+
+def modelled_launch(fast_start: str = "off") -> Any:
     """The launch-to-ready breakdown of the template's default model on its default instance type."""
     from spotkeeper_local.launch_time import launch_to_ready
 
-    return launch_to_ready()
+    return launch_to_ready(options=_fast_start_options(fast_start))
 
 
-def _modelled_seconds() -> float:
-    return round(modelled_launch().total)
+def _modelled_seconds(fast_start: str = "off") -> float:
+    return round(modelled_launch(fast_start).total)
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,7 @@ class DrillOptions:
     charts: bool = True
     serial_delivery: bool = False
     chaos: int | None = None  # the seed of the event delivery's chaos; None: every event once, in order, at once
+    fast_start: str = "off"  # the launch-to-ready model's options: off, s3-nvme or baked
     load_source: str = "model"  # "model" or "--load-seconds"
     replicas: int | None = None  # the template's Replicas (None: the scenario's own, 1 or 2)
     clients: int = 1
@@ -163,6 +179,14 @@ def parser() -> argparse.ArgumentParser:
         f"model for the template's defaults, {_modelled_seconds():g} s; at most the launch deadline less a minute)",
     )
     p.add_argument(
+        "--fast-start",
+        choices=FAST_START,
+        default="off",
+        help="the fast-start options the launch-to-ready model plays (issue 13): off (default: Hub weights, ghcr "
+        "image, gp3 default), s3-nvme (weights from the stack's S3 copy onto local NVMe, image through ECR), "
+        "baked (that plus an AMI with the image baked in)",
+    )
+    p.add_argument(
         "--replicas",
         type=_count(1, MAX_REPLICAS),
         help="the template's Replicas parameter: serving replicas (the hedged scenarios: default 2, at least 2; "
@@ -223,7 +247,9 @@ def options_from(args: argparse.Namespace) -> DrillOptions:
     if args.replicas == 1 and len(single) < len(names):
         parser().error("the hedged scenarios need --replicas 2 or more")
     modelled = args.load_seconds is None
-    load_seconds = _modelled_seconds() if modelled else args.load_seconds
+    if not modelled and args.fast_start != "off":
+        parser().error("--fast-start picks the launch-to-ready model's options; --load-seconds replaces the model")
+    load_seconds = _modelled_seconds(args.fast_start) if modelled else args.load_seconds
     return DrillOptions(
         scenarios=tuple(names),
         load_seconds=load_seconds,
@@ -237,6 +263,7 @@ def options_from(args: argparse.Namespace) -> DrillOptions:
         serial_delivery=args.serial_delivery,
         chaos=args.chaos,
         load_source="model" if modelled else "--load-seconds",
+        fast_start=args.fast_start,
     )
 
 
@@ -336,10 +363,10 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
 
 def launch_to_ready_report(options: DrillOptions) -> dict[str, Any]:
     """What the drill's launch-to-ready is and where it comes from: the model's breakdown, or --load-seconds."""
-    breakdown = modelled_launch()
+    breakdown = modelled_launch(options.fast_start)
     modelled = breakdown.as_json()
     if options.load_source == "model":
-        return {"source": "model", "seconds": options.load_seconds, **modelled}
+        return {"source": "model", "fast_start": options.fast_start, "seconds": options.load_seconds, **modelled}
     return {
         "source": "--load-seconds",
         "seconds": options.load_seconds,
