@@ -265,10 +265,7 @@ def _interrupt(world: DrillWorld, name: str, replicas: int, load_seconds: float,
         capacity_mode=world.endpoint().get("mode", "spot"),
         purchase_options={i: world.group.purchase.get(i, "?") for i in members},
         alerts=list(world.alerts),
-        alarms=[
-            {"t": round(world.t(c.at), 1), "alarm": c.alarm, "from": c.previous, "to": c.state}
-            for c in (world.alarms.evaluator.transitions if world.alarms is not None else [])
-        ],
+        alarms=world.alarm_transitions(),
         timeline=list(world.timeline),
         facts=facts,
         checks=checks,

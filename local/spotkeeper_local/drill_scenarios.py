@@ -230,10 +230,7 @@ def _result(
         capacity_mode=mode,
         purchase_options=purchase,
         alerts=list(world.alerts),
-        alarms=[
-            {"t": round(world.t(c.at), 1), "alarm": c.alarm, "from": c.previous, "to": c.state}
-            for c in (world.alarms.evaluator.transitions if world.alarms is not None else [])
-        ],
+        alarms=world.alarm_transitions(),
         timeline=list(world.timeline),
         facts=facts,
         checks=checks,

@@ -611,6 +611,11 @@ class DrillWorld:
                 self.note(f"alert [{alert['severity']}] {alert['event']}", str(alert["summary"]))
 
     # what AWS looks like now (read from the embedded AWS's own models: no API call per second) ----------------
+    def alarm_transitions(self) -> list[dict[str, Any]]:
+        """The stack's alarm state changes so far, as the report lists them: t, alarm, from, to."""
+        changes = self.alarms.evaluator.transitions if self.alarms is not None else []
+        return [{"t": round(self.t(c.at), 1), "alarm": c.alarm, "from": c.previous, "to": c.state} for c in changes]
+
     def eip_holder(self) -> str | None:
         from moto.ec2.models import ec2_backends
 

@@ -36,18 +36,8 @@ class Fleet:
 
     def private_address(self, instance_id: str) -> str | None:
         """The instance's private IP, or None if EC2 no longer knows it (it vanished)."""
-        try:
-            reservations = self._ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-        except ClientError as error:
-            if error_code(error) in {"InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"}:
-                return None
-            raise
-        for reservation in reservations:
-            for instance in reservation["Instances"]:
-                if instance.get("State", {}).get("Name") in {"shutting-down", "terminated"}:
-                    return None
-                return instance.get("PrivateIpAddress")
-        return None
+        facts = self.replica_facts(instance_id)
+        return facts.address if facts is not None else None
 
     def replica_facts(self, instance_id: str) -> ReplicaFacts | None:
         """Address, zone, type and purchase option of a running instance, or None if it is gone."""
