@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from spotkeeper.aws import error_code
 from spotkeeper.market import FailedPool
 from spotkeeper.observability import logger
-from spotkeeper.state import conditional_write
+from spotkeeper.state import conditional_write, query_prefix
 
 LEASE_SECONDS = 60
 FAILED_POOL_PREFIX = "failed-pool#"
@@ -94,18 +94,7 @@ class CapacityJournal:
     def failed_pools(self) -> list[FailedPool]:
         """Every pool recorded as failed, expired or not (TTL deletion lags by up to two days: callers compare
         ``until`` with the time)."""
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": {":pk": f"group#{self._group}", ":prefix": FAILED_POOL_PREFIX},
-            "ConsistentRead": True,
-        }
-        while True:
-            response = self._table.query(**kwargs)
-            items.extend(response.get("Items", []))
-            if "LastEvaluatedKey" not in response:
-                break
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        items = query_prefix(self._table, f"group#{self._group}", FAILED_POOL_PREFIX)
         return [
             FailedPool(
                 zone=item["zone_name"],

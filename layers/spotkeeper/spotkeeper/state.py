@@ -56,6 +56,22 @@ def conditional_write(write: Callable[..., Any], **request: Any) -> bool:
     return True
 
 
+def query_prefix(table: Any, pk: str, prefix: str, consistent: bool = True) -> list[dict[str, Any]]:
+    """Every item of partition ``pk`` whose sort key starts with ``prefix``, across all result pages."""
+    items: list[dict[str, Any]] = []
+    kwargs: dict[str, Any] = {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
+        "ExpressionAttributeValues": {":pk": pk, ":prefix": prefix},
+        "ConsistentRead": consistent,
+    }
+    while True:
+        response = table.query(**kwargs)
+        items.extend(response.get("Items", []))
+        if "LastEvaluatedKey" not in response:
+            return items
+        kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+
 class StateStore:
     """DynamoDB access for endpoint state. Takes a boto3 DynamoDB Table resource."""
 
@@ -218,18 +234,7 @@ class StateStore:
 
     def instances(self, group: str) -> list[InstanceRecord]:
         """Every instance spotkeeper has a record of in this group."""
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": {":pk": _pk(group), ":prefix": "instance#"},
-            "ConsistentRead": True,
-        }
-        while True:
-            response = self._table.query(**kwargs)
-            items.extend(response.get("Items", []))
-            if "LastEvaluatedKey" not in response:
-                break
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        items = query_prefix(self._table, _pk(group), "instance#")
         return [InstanceRecord.from_item(item["sk"].removeprefix("instance#"), item) for item in items]
 
     def mark_draining(self, group: str, instance_id: str, at: float) -> bool:
@@ -433,18 +438,7 @@ class StateStore:
 
     def replicas(self, group: str, consistent: bool = True) -> list[Replica]:
         """Every replica record of the group, gone ones (tombstones) included: filter with ``Replica.in_set``."""
-        items: list[dict[str, Any]] = []
-        kwargs: dict[str, Any] = {
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :prefix)",
-            "ExpressionAttributeValues": {":pk": _pk(group), ":prefix": REPLICA_PREFIX},
-            "ConsistentRead": consistent,
-        }
-        while True:
-            response = self._table.query(**kwargs)
-            items.extend(response.get("Items", []))
-            if "LastEvaluatedKey" not in response:
-                break
-            kwargs["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        items = query_prefix(self._table, _pk(group), REPLICA_PREFIX, consistent)
         return [Replica.from_item(item["sk"].removeprefix(REPLICA_PREFIX), item) for item in items]
 
     def ready_set(self, group: str, consistent: bool = True) -> list[Replica]:
