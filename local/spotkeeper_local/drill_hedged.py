@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from spotkeeper_local.aws_events import spot_interruption
 from spotkeeper_local.drill_world import DrillWorld
 from spotkeeper_local.embedded_aws import EmbeddedAws, LocalTemplate
 from spotkeeper_local.report import Check, DrillError, ScenarioResult, client_stats
@@ -115,16 +114,6 @@ def _warm_up(world: DrillWorld, replicas: int) -> None:
         )
 
 
-def _warn(world: DrillWorld, instance_id: str) -> None:
-    world.note(f"EC2: Spot interruption warning for {instance_id}", "reclaim in 120 s, no rebalance lead")
-    world.put_event(spot_interruption(instance_id, at=world.clock.now()))
-
-
-def _reclaim(world: DrillWorld, instance_id: str) -> None:
-    world.note(f"EC2: Spot reclaims {instance_id}")
-    world.group.reclaim(instance_id)
-
-
 def replica_lanes(world: DrillWorld) -> dict[str, list[list[Any]]]:
     """Per replica, [t, state] each time its state changed; ``primary``: [t, holder] each time the EIP moved."""
     lanes: dict[str, list[list[Any]]] = {}
@@ -163,10 +152,10 @@ def _interrupt(world: DrillWorld, name: str, replicas: int, load_seconds: float,
     else:
         doomed = next(i for i in ready_replicas(world) if i != primary)
         role = "a replica that does not hold the EIP"
-    world.at(WARNING_AT, "warning", lambda: _warn(world, doomed))
+    world.at(WARNING_AT, "warning", lambda: world.spot_warning(doomed, "reclaim in 120 s, no rebalance lead"))
     counted: dict[str, int] = {}
     world.at(WARNING_AT + WARNED_QUIET_AFTER, "count", lambda: counted.update(_requests_received(world)))
-    world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, doomed))
+    world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: world.spot_reclaim(doomed))
     world.run_for(WARNING_AT + max(load_seconds, SPOT_NOTICE) + SETTLE)
 
     end = world.t()

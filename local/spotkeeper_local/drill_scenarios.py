@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from spotkeeper_local.aws_events import rebalance_recommendation, spot_interruption
+from spotkeeper_local.aws_events import rebalance_recommendation
 from spotkeeper_local.delivery_chaos import MAX_DELAY
 from spotkeeper_local.drill_world import DrillWorld
 from spotkeeper_local.embedded_aws import EmbeddedAws, LocalTemplate
@@ -89,16 +89,6 @@ def _warm_up(world: DrillWorld) -> str:
     serving = _serving_ready(world)
     assert serving is not None
     return serving
-
-
-def _warn(world: DrillWorld, instance_id: str) -> None:
-    world.note(f"EC2: Spot interruption warning for {instance_id}", "reclaim in 120 s")
-    world.put_event(spot_interruption(instance_id, at=world.clock.now()))
-
-
-def _reclaim(world: DrillWorld, instance_id: str) -> None:
-    world.note(f"EC2: Spot reclaims {instance_id}")
-    world.group.reclaim(instance_id)
 
 
 def _launched_after(world: DrillWorld, t: float) -> str | None:
@@ -261,8 +251,8 @@ def _mode_changes(world: DrillWorld) -> list[list[Any]]:
 def interruption(world: DrillWorld, options: Any) -> ScenarioResult:
     doomed = _warm_up(world)
     world.start_load(world.start_gateway(), options.request_interval, "gateway", clients=_clients(options))
-    world.at(WARNING_AT, "warning", lambda: _warn(world, doomed))
-    world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, doomed))
+    world.at(WARNING_AT, "warning", lambda: world.spot_warning(doomed))
+    world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: world.spot_reclaim(doomed))
     chaos_room = MAX_DELAY + PROBE_PERIOD + MAX_DELAY if world.chaos is not None else 0.0
     world.run_for(WARNING_AT + max(options.load_seconds, SPOT_NOTICE) + SETTLE + chaos_room)
 
@@ -331,8 +321,8 @@ def rebalance(world: DrillWorld, options: Any) -> ScenarioResult:
         world.put_event(rebalance_recommendation(at_risk, at=world.clock.now()))
 
     world.at(WARNING_AT, "rebalance", recommend)
-    world.at(WARNING_AT + lead, "warning", lambda: _warn(world, at_risk))
-    world.at(WARNING_AT + lead + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, at_risk))
+    world.at(WARNING_AT + lead, "warning", lambda: world.spot_warning(at_risk))
+    world.at(WARNING_AT + lead + SPOT_NOTICE, "reclaim", lambda: world.spot_reclaim(at_risk))
     chaos_room = MAX_DELAY if world.chaos is not None else 0.0
     world.run_for(max(WARNING_AT + lead + SPOT_NOTICE, WARNING_AT + options.load_seconds) + SETTLE + chaos_room)
 
@@ -388,10 +378,10 @@ def capacity_outage(world: DrillWorld, options: Any) -> ScenarioResult:
         world.note("EC2: Spot capacity runs out for the group's types", "placement score 1")
         world.market.capacity = False
         world.market.set_score(1)
-        _warn(world, first)
+        world.spot_warning(first)
 
     world.at(WARNING_AT, "outage", outage)
-    world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, first))
+    world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: world.spot_reclaim(first))
 
     def on_demand_serving() -> str | None:
         serving = _serving_ready(world)
@@ -522,8 +512,8 @@ def baseline(world: DrillWorld, options: Any) -> ScenarioResult:
     world.start_load(
         world.start_eip_router(), options.request_interval, "elastic ip", keep_alive=False, clients=_clients(options)
     )
-    world.at(WARNING_AT, "warning", lambda: _warn(world, first))
-    world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: _reclaim(world, first))
+    world.at(WARNING_AT, "warning", lambda: world.spot_warning(first))
+    world.at(WARNING_AT + SPOT_NOTICE, "reclaim", lambda: world.spot_reclaim(first))
     # Long enough to see the group's replacement ready, and the EIP still not on it.
     world.run_for(WARNING_AT + SPOT_NOTICE + options.load_seconds + SETTLE / 3)
 

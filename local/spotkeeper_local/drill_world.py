@@ -31,7 +31,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer
 
 from spotkeeper_local.auto_scaling_group import ACCOUNT_ID, REGION, GroupStandIn
-from spotkeeper_local.aws_events import aws_event
+from spotkeeper_local.aws_events import aws_event, spot_interruption
 from spotkeeper_local.cloudwatch_alarms import StackAlarms
 from spotkeeper_local.delivery_chaos import DeliveryChaos
 from spotkeeper_local.embedded_aws import DeployedStack, EmbeddedAws, LocalTemplate
@@ -611,6 +611,16 @@ class DrillWorld:
                 self.note(f"alert [{alert['severity']}] {alert['event']}", str(alert["summary"]))
 
     # what AWS looks like now (read from the embedded AWS's own models: no API call per second) ----------------
+    def spot_warning(self, instance_id: str, detail: str = "reclaim in 120 s") -> None:
+        """EC2's Spot interruption warning for the instance, put on the bus now."""
+        self.note(f"EC2: Spot interruption warning for {instance_id}", detail)
+        self.put_event(spot_interruption(instance_id, at=self.clock.now()))
+
+    def spot_reclaim(self, instance_id: str) -> None:
+        """Spot takes the instance back (two minutes after its warning, as a rule)."""
+        self.note(f"EC2: Spot reclaims {instance_id}")
+        self.group.reclaim(instance_id)
+
     def alarm_transitions(self) -> list[dict[str, Any]]:
         """The stack's alarm state changes so far, as the report lists them: t, alarm, from, to."""
         changes = self.alarms.evaluator.transitions if self.alarms is not None else []
