@@ -192,3 +192,31 @@ def test_concurrent_reactions(moto_server, round_):
     finally:
         world.close()
     COUNTS["orderings tried (concurrent threads)"] += 1
+
+
+def test_a_probe_that_hands_over_between_join_and_move_leaves_one_eip_alert(moto_server, monkeypatch):
+    """The interleaving CI once hit by chance: the launch reaction puts the replacement in the ready set, the
+    probe (seeing the doomed primary) hands the EIP over to it, then the launch reaction's own move finds it done.
+    One move, so one `eip-moved` alert."""
+    import spotkeeper.logic.lifecycle as lifecycle
+
+    world = World(moto_server)
+    try:
+        warning, launch_event, replacement = start(world)
+        join = lifecycle._join_ready_set
+        probes: list[dict] = []
+
+        def join_then_probe(instance_id: str, deps: ControlDeps) -> None:
+            join(instance_id, deps)
+            if not probes:
+                probes.append(probe_endpoint(world.deps()))
+
+        monkeypatch.setattr(lifecycle, "_join_ready_set", join_then_probe)
+        for _ in range(int(60 / 5)):  # the replacement's TGI loads in 30 s of simulated time
+            world.clock.advance(5)
+        reactions(world, warning, launch_event)["launch"](world.deps())
+        assert probes, "the racing probe never ran"
+        probe_endpoint(world.deps())
+        check_invariants(world, replacement)
+    finally:
+        world.close()

@@ -95,7 +95,7 @@ def promote(launch: PendingLaunch, address: str, deps: ControlDeps, owner: str) 
         return "duplicate"
     instance_id = launch.instance_id
     record = deps.state.get_instance(deps.group, instance_id)
-    moved = False
+    moved = ""
     if record.doomed or record.draining_since:
         # Interrupted before it was even ready: never give it the EIP; its own replacement will take over.
         logger.warning("ready instance is already doomed; not moving the EIP", extra={"instance_id": instance_id})
@@ -104,7 +104,7 @@ def promote(launch: PendingLaunch, address: str, deps: ControlDeps, owner: str) 
         moved = make_serving(instance_id, address, deps)
     deps.fleet.complete_lifecycle_action(launch.hook_name, launch.token, instance_id, CONTINUE)
     retired = retire_replaced(deps, keep=instance_id) if moved else []
-    if moved:
+    if moved == "moved":  # "already": a racing reaction (the probe's hand-over) moved it and said so
         deps.alerts.send(
             Alert(
                 "eip-moved",
