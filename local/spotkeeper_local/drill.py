@@ -1,11 +1,13 @@
 """The game day drill (`make demo`): spotkeeper's real handlers against an embedded AWS, on a simulated clock.
 
-    python -m spotkeeper_local.drill [--scenario NAME ...] [--load-seconds N] [--json]
+    python -m spotkeeper_local.drill [--scenario NAME ...] [--scenario-file FILE ...] [--load-seconds N] [--json]
     python -m spotkeeper_local.drill --stack NAME --yes-really-interrupt     # a real game day through AWS FIS
 
 Locally, every scenario deploys the stack from template.yaml into a moto server on loopback, starts one TGI
 emulator per instance (on the instance's own private IP), serves the gateway with uvicorn, sends a steady
-stream of real requests through it, and plays what AWS would do:
+stream of real requests through it, and plays what a scenario file says AWS (and ops) do: a timeline of
+actions at simulated times, then the file's expectations as checks (format: ``scenario_file``; the files in
+the top-level ``scenarios/`` folder by default, e.g.):
 
   interruption   a Spot interruption warning for the serving instance; Spot reclaims it two minutes later
   rebalance      a rebalance recommendation first, the warning later: the replacement is ready in time
@@ -13,6 +15,8 @@ stream of real requests through it, and plays what AWS would do:
                  On-Demand; Spot comes back: fall-forward through a launch-before-terminate instance refresh
   baseline       the interruption again with spotkeeper's reactions off (the plain group, the EIP set by hand),
                  measured by a client of the Elastic IP
+
+Every file is validated before anything plays: a malformed one is an error naming the file, line and field.
 
 It prints a timeline per scenario (simulated seconds, what happened, what spotkeeper did), checks, and a
 summary table; ``--json`` prints the same as one JSON object. Charts and logs go to build/drill/.
@@ -34,7 +38,8 @@ from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "build" / "drill"
-SCENARIOS = ("interruption", "rebalance", "capacity", "baseline")
+SCENARIOS_DIR = ROOT / "scenarios"
+SCENARIOS = ("interruption", "rebalance", "capacity", "baseline")  # the first four files, chosen by number too
 SCENARIO_NUMBERS = {str(index): name for index, name in enumerate(SCENARIOS, start=1)}
 FIRST_LOAD_SECONDS = 60.0  # the stack's first instance, before t = 0: not what any scenario is about
 MIN_ON_DEMAND_SECONDS = 300  # the stack parameter for the drill (default 1800): the outage scenario stays short
@@ -43,19 +48,25 @@ MAX_LOAD_SECONDS = 1500.0  # under the launch hook's deadline (LaunchDeadlineSec
 
 @dataclass(frozen=True)
 class DrillOptions:
-    scenarios: tuple[str, ...]
-    load_seconds: float = 180.0
-    request_interval: float = 2.0
+    scenarios: tuple[Path, ...]
+    load_seconds: float | None = None  # None: each file's setup says
+    request_interval: float | None = None  # None: each file's clients say
     out_dir: Path = OUT_DIR
     as_json: bool = False
     charts: bool = True
     serial_delivery: bool = False
 
 
+def _scenario_names() -> list[str]:
+    return sorted(p.stem for p in SCENARIOS_DIR.glob("*.yaml"))
+
+
 def _scenario_name(value: str) -> str:
     name = SCENARIO_NUMBERS.get(value, value)
-    if name not in SCENARIOS and name != "all":
-        raise argparse.ArgumentTypeError(f"unknown scenario {value!r}: choose from {', '.join(SCENARIOS)}, 1-4 or all")
+    if name != "all" and not (SCENARIOS_DIR / f"{name}.yaml").is_file():
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {value!r}: choose from {', '.join(_scenario_names())}, 1-4 or all"
+        )
     return name
 
 
@@ -88,19 +99,28 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         type=_scenario_name,
         metavar="NAME",
-        help=f"one of {', '.join(SCENARIOS)} (or 1-4, or all); repeat for several. Default: all",
+        help="a file of scenarios/ by name (e.g. interruption; 1-4 for the first four, or all); repeatable. "
+        "Default, without --scenario-file: every file of scenarios/",
+    )
+    p.add_argument(
+        "--scenario-file",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="a scenario file (YAML or JSON; see scenarios/schema.json); repeatable",
     )
     p.add_argument(
         "--load-seconds",
         type=_seconds(0, MAX_LOAD_SECONDS),
-        default=180.0,
-        help="simulated seconds a new instance's TGI takes to load the model (default 180)",
+        default=None,
+        help="simulated seconds a new instance takes from launch to TGI ready, for every scenario "
+        "(default: what each file's setup says)",
     )
     p.add_argument(
         "--request-interval",
         type=_seconds(0.5, 30),
-        default=2.0,
-        help="simulated seconds between two client requests (default 2)",
+        default=None,
+        help="simulated seconds between two client requests, for every scenario (default: each file's)",
     )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="where charts, the JSON report and logs go")
@@ -130,10 +150,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def options_from(args: argparse.Namespace) -> DrillOptions:
-    chosen = args.scenario or ["all"]
-    names = SCENARIOS if "all" in chosen else tuple(dict.fromkeys(chosen))
+    from spotkeeper_local.scenario_file import folder
+
+    files: list[Path] = list(args.scenario_file or [])
+    chosen = args.scenario or ([] if files else ["all"])
+    if "all" in chosen:
+        files = [*folder(SCENARIOS_DIR), *files]
+    else:
+        files = [SCENARIOS_DIR / f"{name}.yaml" for name in dict.fromkeys(chosen)] + files
     return DrillOptions(
-        scenarios=tuple(names),
+        scenarios=tuple(dict.fromkeys(files)),
         load_seconds=args.load_seconds,
         request_interval=args.request_interval,
         out_dir=args.out,
@@ -182,11 +208,27 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
         handler = getattr(logger, "registered_handler", None)
         if handler is not None and hasattr(handler, "setStream"):
             handler.setStream(log)
-        from spotkeeper_local.drill_scenarios import play
+        from spotkeeper_local.drill_scenarios import load_seconds_of, play
         from spotkeeper_local.embedded_aws import EmbeddedAws, load_sam_template, local_template
         from spotkeeper_local.report import DrillReport, write_chart
 
         template = local_template(load_sam_template())
+        from spotkeeper_local.scenario_file import load_all
+
+        scenarios = load_all(list(options.scenarios))  # every file valid before anything plays
+        if options.request_interval is not None:
+            scenarios = [
+                s.model_copy(
+                    update={
+                        "setup": s.setup.model_copy(
+                            update={
+                                "clients": s.setup.clients.model_copy(update={"interval": options.request_interval})
+                            }
+                        )
+                    }
+                )
+                for s in scenarios
+            ]
         results = []
         with EmbeddedAws() as aws:
             parameters = {
@@ -194,16 +236,18 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
                 "BackendCacheSeconds": "0",
                 "MinOnDemandSeconds": str(MIN_ON_DEMAND_SECONDS),
             }
-            for index, name in enumerate(options.scenarios, start=1):
-                progress(f"[{index}/{len(options.scenarios)}] {name} ...")
-                result = play(name, aws, template, parameters, options, FIRST_LOAD_SECONDS)
+            for index, scenario in enumerate(scenarios, start=1):
+                progress(f"[{index}/{len(scenarios)}] {scenario.name} ...")
+                result = play(scenario, aws, template, parameters, options, FIRST_LOAD_SECONDS)
                 if options.charts:
                     result.chart = str(write_chart(result, options.out_dir))
                 results.append(result)
-        report = DrillReport(options.load_seconds, options.request_interval, results)
+        loads = sorted({load_seconds_of(s.setup, options.load_seconds) for s in scenarios})
+        intervals = sorted({s.setup.clients.interval for s in scenarios})
+        report = DrillReport(_one_or_all(loads), _one_or_all(intervals), results)
         report.notes.append(
             f"the stack's first instance loads its model in {FIRST_LOAD_SECONDS:g} s (before t=0); every instance "
-            f"launched after it in {options.load_seconds:g} s"
+            f"launched after it in {' or '.join(f'{x:g}' for x in loads)} s (each scenario's setup)"
         )
         report.notes.append(
             "from template.yaml, not deployed into moto but played locally: " + ", ".join(sorted(template.left_out))
@@ -212,6 +256,10 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
     (options.out_dir / "report.json").write_text(report.to_json())
     log.close()
     return report
+
+
+def _one_or_all(values: list[float]) -> float | list[float]:
+    return values[0] if len(values) == 1 else values
 
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
@@ -230,7 +278,13 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         print(line, file=progress_stream, flush=True)
 
     from spotkeeper_local.report import DrillError
+    from spotkeeper_local.scenario_file import ScenarioFileError, load_all
 
+    try:
+        load_all(list(options.scenarios))
+    except ScenarioFileError as error:
+        print(f"drill: {error}", file=sys.stderr)
+        return 2
     try:
         report = run_local(options, progress)
     except DrillError as error:

@@ -99,8 +99,8 @@ class ScenarioResult:
 
 @dataclass
 class DrillReport:
-    load_seconds: float
-    request_interval: float
+    load_seconds: float | list[float]  # one per scenario setup when they differ
+    request_interval: float | list[float]
     scenarios: list[ScenarioResult]
     wall_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -130,6 +130,10 @@ def _fmt_t(t: float) -> str:
     return f"{t:+7.0f}s"
 
 
+def _seconds(value: float | list[float]) -> str:
+    return " or ".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
+
+
 def render_text(report: DrillReport) -> str:
     lines: list[str] = []
     for scenario in report.scenarios:
@@ -152,8 +156,8 @@ def render_text(report: DrillReport) -> str:
         lines.append(f"note: {note}")
     verdict = "every check passed" if report.passed else "SOME CHECKS FAILED"
     lines.append(
-        f"drill: {verdict}; replacement model load {report.load_seconds:g} s simulated, "
-        f"one request every {report.request_interval:g} s, {report.wall_seconds:.1f} s of wall time"
+        f"drill: {verdict}; replacement model load {_seconds(report.load_seconds)} s simulated, "
+        f"one request every {_seconds(report.request_interval)} s, {report.wall_seconds:.1f} s of wall time"
     )
     return "\n".join(lines)
 
