@@ -81,8 +81,9 @@ pytest-all: $(VENV)/.stamp
 
 test: lint cfn-lint checkov sam-validate build pytest-all
 
+# Plays every scenario file of scenarios/ (DEMO_ARGS adds options, e.g. DEMO_ARGS="--scenario-file my-game-day.yaml").
 demo: $(VENV)/.stamp
-	PYTHONPATH=layers/spotkeeper:local $(PY) -m spotkeeper_local.drill
+	PYTHONPATH=layers/spotkeeper:local $(PY) -m spotkeeper_local.drill --scenario all $(DEMO_ARGS)
 
 # Gateway overhead, cold starts, reactions, failover and cost; tables on stdout, build/bench/results.json.
 # BENCH_ARGS passes options through, e.g. make bench BENCH_ARGS="--quick" or "--only cold".

@@ -37,7 +37,10 @@ def played(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pa
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
         env.pop(name, None)
     finished = subprocess.run(  # noqa: S603 - the drill itself, as `make demo` runs it
-        [sys.executable, "-m", "spotkeeper_local.drill", "--json", "--out", str(out), "--load-seconds", "180"],
+        [
+            *(sys.executable, "-m", "spotkeeper_local.drill", "--json", "--out", str(out), "--load-seconds", "180"),
+            *(f"--scenario={name}" for name in drill.SCENARIOS),  # the four of scenarios/ that were code
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -182,9 +185,11 @@ def test_bad_arguments_are_refused_before_anything_runs(argv, capsys):
 
 def test_scenarios_are_chosen_by_name_or_number():
     args = drill.parser().parse_args(["--scenario", "2", "--scenario", "baseline", "--scenario", "2"])
-    assert drill.options_from(args).scenarios == ("rebalance", "baseline")
-    assert drill.options_from(drill.parser().parse_args([])).scenarios == drill.SCENARIOS
-    assert drill.options_from(drill.parser().parse_args(["--scenario", "all"])).scenarios == drill.SCENARIOS
+    files = drill.SCENARIOS_DIR / "rebalance.yaml", drill.SCENARIOS_DIR / "baseline.yaml"
+    assert drill.options_from(args).scenarios == files
+    every = tuple(sorted(drill.SCENARIOS_DIR.glob("*.yaml")))
+    assert drill.options_from(drill.parser().parse_args([])).scenarios == every
+    assert drill.options_from(drill.parser().parse_args(["--scenario", "all"])).scenarios == every
 
 
 class _NoAws:

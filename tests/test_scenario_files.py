@@ -18,8 +18,8 @@ import pytest
 
 from spotkeeper_local import drill
 from spotkeeper_local.scenario_file import (
-    SCHEMA_PATH,
     SCENARIOS_DIR,
+    SCHEMA_PATH,
     ScenarioFileError,
     folder,
     load,

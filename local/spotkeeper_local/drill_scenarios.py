@@ -121,6 +121,11 @@ class Engine:
             world.start_load(world.start_gateway(), setup.clients.interval, "gateway")
         else:
             world.start_load(world.start_eip_router(), setup.clients.interval, "elastic ip", keep_alive=False)
+        load = world.load
+        if load is not None and load.timeout != setup.clients.timeout:
+            load.stop()  # nothing sent yet: the same clients, waiting as long as the file says
+            load.timeout = setup.clients.timeout
+            load.start()
         for action in self.scenario.timeline:
             if action.when is None:
                 self._schedule(action.at, action)

@@ -56,6 +56,12 @@ class _Strict(BaseModel):
 class Clients(_Strict):
     via: Literal["gateway", "elastic-ip"] = Field("gateway", description="what the clients send their requests to")
     interval: float = Field(2.0, ge=0.5, le=30, description="simulated seconds between two requests")
+    timeout: float = Field(
+        10.0,
+        gt=0,
+        le=60,
+        description="wall seconds a client waits for an answer: a hung TGI costs this much real time a request",
+    )
 
 
 class CapacityRule(_Strict):
