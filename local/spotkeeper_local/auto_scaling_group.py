@@ -558,6 +558,12 @@ class GroupStandIn:
             ):
                 self._failed_launch_at = None
                 self.set_desired(group, group.desired_capacity)
+            # SetInstanceHealth Unhealthy (spotkeeper's health check): "Amazon EC2 Auto Scaling terminates and
+            # replaces the unhealthy instance" (API reference, SetInstanceHealth); moto only records the status.
+            # No instance maintenance policy: terminate first, then launch.
+            for state in list(group.instance_states):
+                if state.lifecycle_state == "InService" and getattr(state, "health_status", "") == "Unhealthy":
+                    self.begin_termination(group, state.instance.id, "marked Unhealthy")
             refresh = self._active_refresh()
             if refresh is not None:
                 self._advance_refresh(group, refresh)

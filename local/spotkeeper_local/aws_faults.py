@@ -103,6 +103,10 @@ class FaultWindows:
             self.injected[f"{service}.{parts[-1]}"] += 1
         return answer_instead(request, service, THROTTLE if kind == "throttling" else SERVER_ERROR)
 
+    @property
+    def total(self) -> int:
+        return sum(self.injected.values())
+
     def install(self, session: Any, clients: list[Any]) -> None:
         """On ``session`` (for the clients it builds from now on) and on each of ``clients`` built before."""
         session.events.register_first("before-send", self._before_send, unique_id="spotkeeper-drill-faults")

@@ -362,7 +362,7 @@ class Engine:
         if zone == group_zone:
             world.market.capacity = False
             world.market.set_score(1)
-        struck = [i for i, instance in self._running().items() if instance.placement == zone]
+        struck = [i for i, instance in self._running().items() if instance.placement.zone == zone]
         world.note(f"EC2: {zone} fails", f"Spot capacity gone there; {len(struck)} instances unreachable")
         for instance_id in struck:
             world.fleet.kill(instance_id)
@@ -497,6 +497,8 @@ class Engine:
                     f"EIP on {holder or 'nothing'}, {expect.eip_not_on} is {meant or 'nothing'}",
                 )
             )
+        if expect.aws_faults_injected is not None:
+            bound("AWS call attempts failed by the fault windows", self.faults.total, expect.aws_faults_injected)
         sent = [a["event"] for a in world.alerts]
         for name in expect.alerts.must:
             checks.append(Check(f"alert {name} sent", name in sent, f"{sent.count(name)} sent"))
