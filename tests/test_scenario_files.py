@@ -190,13 +190,17 @@ def test_the_four_code_scenarios_as_files_give_the_figures_the_code_gave(tmp_pat
         assert s["clients"]["recovered"] == was["recovered"], name
         assert s["capacity_mode"].split(" ")[0] == was["capacity_mode"], name
         assert ("(serving)" in s["eip_note"]) == was["eip_on_serving"], name
-        assert sorted({a["event"] for a in s["alerts"]}) == was["alerts"], name
+        # the drill has evaluated the stack's CloudWatch alarms since (alarm-raised / alarm-ok alerts): not compared
+        assert sorted({a["event"] for a in s["alerts"] if not a["event"].startswith("alarm-")}) == was["alerts"], name
 
 
 @pytest.mark.slow
 def test_the_new_scenarios_pass_their_own_expectations(tmp_path):
-    report = _play(tmp_path, *(f"--scenario={name}" for name in NEW))
-    assert set(report["scenarios"]) == set(NEW)
+    # Every file of scenarios/ beyond the four that were code: the six the issue asks for and any added since
+    new = sorted({p.stem for p in folder()} - set(CODE_FIGURES))
+    assert set(NEW) <= set(new)
+    report = _play(tmp_path, *(f"--scenario={name}" for name in new))
+    assert set(report["scenarios"]) == set(new)
     failed = {
         name: [f"{c['name']}: {c['detail']}" for c in s["checks"] if not c["passed"]]
         for name, s in report["scenarios"].items()

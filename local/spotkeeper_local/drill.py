@@ -236,6 +236,11 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
                 "BackendCacheSeconds": "0",
                 "MinOnDemandSeconds": str(MIN_ON_DEMAND_SECONDS),
             }
+            # moto splits a CommaDelimitedList only when it is passed, not its default: without this every
+            # "!Select [0, !Ref InstanceTypes]" is the default string's first letter ("g"), not an instance type.
+            instance_types = template.body.get("Parameters", {}).get("InstanceTypes", {}).get("Default")
+            if instance_types:
+                parameters["InstanceTypes"] = instance_types
             for index, scenario in enumerate(scenarios, start=1):
                 progress(f"[{index}/{len(scenarios)}] {scenario.name} ...")
                 result = play(scenario, aws, template, parameters, options, FIRST_LOAD_SECONDS)

@@ -504,6 +504,14 @@ class Engine:
             checks.append(Check(f"alert {name} sent", name in sent, f"{sent.count(name)} sent"))
         for name in expect.alerts.must_not:
             checks.append(Check(f"no {name} alert", name not in sent, f"{sent.count(name)} sent"))
+        transitions = world.alarms.evaluator.transitions if world.alarms is not None else []
+        alarmed = [c.alarm for c in transitions if c.state == "ALARM"]
+        for name in expect.alarms.must:
+            checks.append(Check(f"alarm {name} went to ALARM", name in alarmed, f"{alarmed.count(name)} times"))
+        for name in expect.alarms.must_not:
+            checks.append(
+                Check(f"alarm {name} stayed out of ALARM", name not in alarmed, f"{alarmed.count(name)} times")
+            )
         failed = _handler_problems(world)
         checks.append(
             Check(

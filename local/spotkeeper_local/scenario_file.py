@@ -219,6 +219,7 @@ class Expect(_Strict):
     eip_on: EipPlace | None = Field(None, description="the role the EIP ends on")
     eip_not_on: EipPlace | None = None
     alerts: Alerts = Alerts()
+    alarms: Alerts = Field(Alerts(), description="CloudWatch alarms (by name) that must / must not go to ALARM")
     aws_faults_injected: Bound | None = Field(None, description="AWS calls the scenario's fault windows failed")
     handlers_succeed: bool = Field(True, description="every handler invocation succeeded within its timeout")
     no_stray_instances: bool = Field(True, description="no running instance left outside the group")
