@@ -171,13 +171,14 @@ def _play(tmp_path: Path, *argv: str) -> dict[str, Any]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=900,
+        timeout=1200,
     )
     assert finished.returncode in (0, 1), f"drill failed:\n{finished.stderr[-4000:]}"
     return json.loads(finished.stdout)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)  # a drill subprocess of several scenarios, over the suite's 300 s per test
 def test_the_four_code_scenarios_as_files_give_the_figures_the_code_gave(tmp_path):
     report = _play(tmp_path, *(f"--scenario={name}" for name in CODE_FIGURES))
     for name, was in CODE_FIGURES.items():
@@ -195,6 +196,7 @@ def test_the_four_code_scenarios_as_files_give_the_figures_the_code_gave(tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)
 def test_the_new_scenarios_pass_their_own_expectations(tmp_path):
     # Every file of scenarios/ beyond the four that were code: the six the issue asks for and any added since
     new = sorted({p.stem for p in folder()} - set(CODE_FIGURES))
