@@ -81,6 +81,7 @@ pytest-all: $(VENV)/.stamp
 
 test: lint cfn-lint checkov sam-validate build pytest-all
 
+# Plays every scenario file of scenarios/ (DEMO_ARGS adds options, e.g. DEMO_ARGS="--scenario-file my-game-day.yaml").
 demo: $(VENV)/.stamp
 	PYTHONPATH=layers/spotkeeper:local $(PY) -m spotkeeper_local.drill $(DEMO_ARGS)
 

@@ -1,13 +1,12 @@
 """Fault injection for AWS calls: throttling and 5xx answers that go through botocore's real retry path.
 
 A ``before-send`` handler answers instead of moto with the error body each protocol uses (query XML for
-Auto Scaling and SNS, EC2's own XML, DynamoDB's JSON). botocore parses it, its retry handler sees a
-retryable error and sends again, as it would against AWS.
+Auto Scaling and SNS, EC2's own XML, DynamoDB's JSON: ``spotkeeper_local.aws_faults``, which the drill's
+scenario files use too). botocore parses it, its retry handler sees a retryable error and sends again.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,45 +14,7 @@ from typing import Any
 
 from botocore.awsrequest import AWSResponse
 
-THROTTLE = {
-    "autoscaling": (400, "Throttling", "Rate exceeded"),
-    "sns": (400, "Throttling", "Rate exceeded"),
-    "ec2": (503, "RequestLimitExceeded", "Request limit exceeded."),
-    "dynamodb": (400, "ThrottlingException", "Rate of requests exceeds the allowed throughput."),
-}
-SERVER_ERROR = {
-    "autoscaling": (500, "InternalFailure", "We encountered an internal error."),
-    "sns": (500, "InternalError", "Internal error"),
-    "ec2": (500, "InternalError", "An internal error has occurred"),
-    "dynamodb": (500, "InternalServerError", "Internal server error"),
-}
-
-
-class _Raw:
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-
-    def stream(self, **_: Any):
-        yield self._body
-
-
-def error_response(service: str, url: str, status: int, code: str, message: str) -> AWSResponse:
-    if service == "dynamodb":
-        body = json.dumps({"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": message}).encode()
-        headers = {"Content-Type": "application/x-amz-json-1.0", "x-amzn-ErrorType": code}
-    elif service == "ec2":
-        body = (
-            f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
-            "<RequestID>fault</RequestID></Response>"
-        ).encode()
-        headers = {"Content-Type": "text/xml"}
-    else:
-        body = (
-            f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error>"
-            "<RequestId>fault</RequestId></ErrorResponse>"
-        ).encode()
-        headers = {"Content-Type": "text/xml"}
-    return AWSResponse(url, status, headers, _Raw(body))
+from spotkeeper_local.aws_faults import SERVER_ERROR, THROTTLE, error_response
 
 
 @dataclass

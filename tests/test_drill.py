@@ -19,6 +19,8 @@ import pytest
 
 from spotkeeper_local import drill
 from spotkeeper_local.aws_game_day import GameDayError, run_game_day, stack_outputs
+from spotkeeper_local.drill_scenarios import load_seconds_of, replicas_of
+from spotkeeper_local.scenario_file import load_all
 
 ROOT = Path(__file__).resolve().parents[1]
 LOAD_SECONDS = 180.0
@@ -37,7 +39,10 @@ def played(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pa
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
         env.pop(name, None)
     finished = subprocess.run(  # noqa: S603 - the drill itself, as `make demo` runs it
-        [sys.executable, "-m", "spotkeeper_local.drill", "--json", "--out", str(out), "--load-seconds", "180"],
+        [
+            *(sys.executable, "-m", "spotkeeper_local.drill", "--json", "--out", str(out), "--load-seconds", "180"),
+            *(f"--scenario={name}" for name in drill.SCENARIOS),  # the four of scenarios/ that were code
+        ],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -232,9 +237,11 @@ def test_fast_start_plays_the_models_faster_options_and_is_reported():
 
 def test_scenarios_are_chosen_by_name_or_number():
     args = drill.parser().parse_args(["--scenario", "2", "--scenario", "baseline", "--scenario", "2"])
-    assert drill.options_from(args).scenarios == ("rebalance", "baseline")
-    assert drill.options_from(drill.parser().parse_args([])).scenarios == drill.SCENARIOS
-    assert drill.options_from(drill.parser().parse_args(["--scenario", "all"])).scenarios == drill.SCENARIOS
+    files = drill.SCENARIOS_DIR / "rebalance.yaml", drill.SCENARIOS_DIR / "baseline.yaml"
+    assert drill.options_from(args).scenarios == files
+    every = tuple(sorted(drill.SCENARIOS_DIR.glob("*.yaml")))
+    assert drill.options_from(drill.parser().parse_args([])).scenarios == every
+    assert drill.options_from(drill.parser().parse_args(["--scenario", "all"])).scenarios == every
 
 
 class _NoAws:
@@ -261,14 +268,23 @@ def test_hedged_scenarios_are_chosen_by_name_and_take_replicas_and_clients():
         ]
     )
     options = drill.options_from(args)
-    # Then both play, with the template's Replicas and the clients asked for, on the launch model's load
-    assert options.scenarios == ("replica-interruption", "primary-interruption")
-    assert (options.replicas, options.clients) == (3, 4)
-    assert options.hedged_load_seconds == options.load_seconds == drill._modelled_seconds()
-    # ...and "all" stays the single-instance product's four scenarios, one client, N = 1
-    everything = drill.options_from(drill.parser().parse_args([]))
-    assert not set(everything.scenarios) & set(drill.HEDGED_SCENARIOS)
-    assert (everything.replicas, everything.clients, everything.load_seconds) == (None, 1, drill._modelled_seconds())
+    # Then both files play, with the template's Replicas and the clients asked for, on the launch model's load
+    hedged = tuple(drill.SCENARIOS_DIR / f"{name}.yaml" for name in drill.HEDGED_SCENARIOS)
+    assert options.scenarios == hedged
+    scenarios = load_all(list(options.scenarios))
+    assert [replicas_of(s.setup, options) for s in scenarios] == [3, 3]
+    assert [load_seconds_of(s.setup, options) for s in scenarios] == [drill._modelled_seconds()] * 2
+    assert (options.clients, drill.replicas_refused(options, scenarios)) == (4, None)
+    # ...without --replicas each file's own (2), and every file's clients (1) unless --clients says
+    default = drill.options_from(drill.parser().parse_args(["--scenario", "primary-interruption"]))
+    [primary] = load_all(list(default.scenarios))
+    assert (replicas_of(primary.setup, default), default.clients, primary.setup.clients.count) == (2, None, 1)
+    # ...and --replicas N >= 2 is refused for the single-instance files, --replicas 1 for the hedged ones
+    single = load_all([drill.SCENARIOS_DIR / "interruption.yaml"])
+    assert "single instance" in drill.replicas_refused(options, scenarios + single)
+    one = drill.options_from(drill.parser().parse_args(["--replicas", "1"]))
+    assert "--replicas 2 or more" in drill.replicas_refused(one, scenarios)
+    assert drill.replicas_refused(one, single) is None
 
 
 def test_a_real_game_day_is_refused_without_confirmation(capsys):

@@ -508,6 +508,10 @@ class GroupStandIn:
     # what EC2 and the Spot service do ----------------------------------------------------------------
     def reclaim(self, instance_id: str) -> None:
         """Spot takes the instance back (two minutes after its warning): EC2 terminates it, the group notices."""
+        self.terminated_outside(instance_id, "by EC2 (Spot reclaim)", "Spot reclaimed it")
+
+    def terminated_outside(self, instance_id: str, by: str, reason: str) -> None:
+        """EC2 terminates the instance outside the group (Spot, or someone by hand); the group notices."""
         with self._lock:
             _, ec2 = _backends()
             instance = ec2.get_instance(instance_id)
@@ -515,10 +519,10 @@ class GroupStandIn:
                 ec2.terminate_instances([instance_id])
             _disassociate_addresses(ec2, instance_id)
             self.gone.append(instance_id)
-            self._say(f"{instance_id} terminated by EC2 (Spot reclaim)")
+            self._say(f"{instance_id} terminated {by}")
             group = self._group()
             if self._state(group, instance_id) is not None:
-                self.begin_termination(group, instance_id, "Spot reclaimed it")
+                self.begin_termination(group, instance_id, reason)
 
     def rebalance_recommendation(self, instance_id: str) -> None:
         """With Capacity Rebalancing on, the group launches a replacement for an instance at elevated risk."""
@@ -554,6 +558,12 @@ class GroupStandIn:
             ):
                 self._failed_launch_at = None
                 self.set_desired(group, group.desired_capacity)
+            # SetInstanceHealth Unhealthy (spotkeeper's health check): "Amazon EC2 Auto Scaling terminates and
+            # replaces the unhealthy instance" (API reference, SetInstanceHealth); moto only records the status.
+            # No instance maintenance policy: terminate first, then launch.
+            for state in list(group.instance_states):
+                if state.lifecycle_state == "InService" and getattr(state, "health_status", "") == "Unhealthy":
+                    self.begin_termination(group, state.instance.id, "marked Unhealthy")
             refresh = self._active_refresh()
             if refresh is not None:
                 self._advance_refresh(group, refresh)

@@ -1,11 +1,13 @@
 """The game day drill (`make demo`): spotkeeper's real handlers against an embedded AWS, on a simulated clock.
 
-    python -m spotkeeper_local.drill [--scenario NAME ...] [--load-seconds N] [--chaos SEED] [--json]
+    python -m spotkeeper_local.drill [--scenario NAME ...] [--scenario-file FILE ...] [--load-seconds N] [--chaos SEED]
     python -m spotkeeper_local.drill --stack NAME --yes-really-interrupt     # a real game day through AWS FIS
 
 Locally, every scenario deploys the stack from template.yaml into a moto server on loopback, starts one TGI
 emulator per instance (on the instance's own private IP), serves the gateway with uvicorn, sends a steady
-stream of real requests through it, and plays what AWS would do:
+stream of real requests through it, and plays what a scenario file says AWS (and ops) do: a timeline of
+actions at simulated times, then the file's expectations as checks (format: ``scenario_file``; engine:
+``drill_scenarios``). The files of the top-level ``scenarios/`` folder are chosen by name, e.g.:
 
   interruption   a Spot interruption warning for the serving instance; Spot reclaims it two minutes later
   rebalance      a rebalance recommendation first, the warning later: the replacement is ready in time
@@ -13,23 +15,23 @@ stream of real requests through it, and plays what AWS would do:
                  On-Demand; Spot comes back: fall-forward through a launch-before-terminate instance refresh
   baseline       the interruption again with spotkeeper's reactions off (the plain group, the EIP set by hand),
                  measured by a client of the Elastic IP
+  replica-interruption / primary-interruption
+                 hedged replicas (N = 2): a warning with no lead for a replica / for the one holding the EIP
+
+and any other file with ``--scenario-file``. Every file is validated before anything plays: a malformed one is an
+error naming the file, the line and the field.
 
 Every instance (the stack's first one too) takes the modelled launch-to-ready of the template's default model on
-its default instance type (``launch_time``: boot, image, weights, load and warm-up; about 7.7 minutes for the
-8B model on a g5.2xlarge at gp3's default throughput); ``--load-seconds`` overrides it. ``--chaos SEED`` delivers
-every event as EventBridge may: one to three times, out of order, late, and now and then not at all (lifecycle
-events, which Auto Scaling delivers best effort).
+its default instance type (``launch_time``: boot, image, weights, load and warm-up; about 7.5 minutes for the
+7B model on a g5.2xlarge at gp3's default throughput) unless the file's setup says otherwise; ``--load-seconds`` and
+``--fast-start`` override every file's. ``--chaos SEED`` delivers every event as EventBridge may: one to three
+times, out of order, late, and now and then not at all (lifecycle events, which Auto Scaling delivers best
+effort). ``--replicas N`` sets the replicas of the files about hedged replicas; ``--clients K`` every file's
+concurrent clients (per address).
 
 It prints the launch-to-ready breakdown, a timeline per scenario (simulated seconds, what happened, what
 spotkeeper did), checks, and a summary table; ``--json`` prints the same as one JSON object. Charts and logs go
 to build/drill/.
-
-Hedged replicas (``--replicas N``, default 2 for these; not part of ``all``, which stays the single instance):
-
-  replica-interruption   N replicas, a warning with no lead for one that does not hold the EIP
-  primary-interruption   the same for the one that holds the EIP
-
-``--clients K``: K concurrent clients through the gateway (and, in the hedged scenarios, K of the Elastic IP).
 """
 
 from __future__ import annotations
@@ -48,9 +50,10 @@ from typing import Any, TextIO
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT_DIR = ROOT / "build" / "drill"
-SCENARIOS = ("interruption", "rebalance", "capacity", "baseline")
+SCENARIOS_DIR = ROOT / "scenarios"
+SCENARIOS = ("interruption", "rebalance", "capacity", "baseline")  # the first four files, chosen by number too
 SCENARIO_NUMBERS = {str(index): name for index, name in enumerate(SCENARIOS, start=1)}
-HEDGED_SCENARIOS = ("replica-interruption", "primary-interruption")  # drill_hedged
+HEDGED_SCENARIOS = ("replica-interruption", "primary-interruption")  # files with setup.replicas: 2
 MAX_REPLICAS = 8  # the template's Replicas AllowedValues
 MAX_CLIENTS = 32
 MIN_ON_DEMAND_SECONDS = 300  # the stack parameter for the drill (default 1800): the outage scenario stays short
@@ -91,29 +94,41 @@ def _modelled_seconds(fast_start: str = "off") -> float:
     return round(modelled_launch(fast_start).total)
 
 
+def modelled_seconds(fast_start: str = "off") -> float:
+    """The launch-to-ready model's total for the template's defaults, in whole seconds (what the drill plays)."""
+    return _modelled_seconds(fast_start)
+
+
 @dataclass(frozen=True)
 class DrillOptions:
-    scenarios: tuple[str, ...]
-    # Every instance's launch-to-ready (the stack's first one too): the model's total unless --load-seconds.
+    scenarios: tuple[Path, ...]  # scenario files, played in this order
+    # The model's total unless --load-seconds; it replaces every file's setup only when given (load_source) or
+    # with --fast-start.
     load_seconds: float = field(default_factory=_modelled_seconds)
-    request_interval: float = 2.0
+    request_interval: float | None = None  # None: each file's clients say
     out_dir: Path = OUT_DIR
     as_json: bool = False
     charts: bool = True
     serial_delivery: bool = False
-    chaos: int | None = None  # the seed of the event delivery's chaos; None: every event once, in order, at once
+    chaos: int | None = None  # the seed of the event delivery's chaos; None: each file's setup (default: none)
     fast_start: str = "off"  # the launch-to-ready model's options: off, s3-nvme or baked
     load_source: str = "model"  # "model" or "--load-seconds"
-    replicas: int | None = None  # the template's Replicas (None: the scenario's own, 1 or 2)
-    clients: int = 1
-    hedged_load_seconds: float | None = None  # given with --load-seconds; else the launch-to-ready model's
+    replicas: int | None = None  # the template's Replicas for files of hedged replicas (None: each file's)
+    clients: int | None = None  # concurrent clients per address (None: each file's)
+
+
+def scenario_names() -> list[str]:
+    from spotkeeper_local.scenario_file import folder
+
+    return [p.stem for p in folder(SCENARIOS_DIR)]
 
 
 def _scenario_name(value: str) -> str:
     name = SCENARIO_NUMBERS.get(value, value)
-    if name not in SCENARIOS and name not in HEDGED_SCENARIOS and name != "all":
-        choices = ", ".join(SCENARIOS + HEDGED_SCENARIOS)
-        raise argparse.ArgumentTypeError(f"unknown scenario {value!r}: choose from {choices}, 1-4 or all")
+    if name != "all" and name not in scenario_names():
+        raise argparse.ArgumentTypeError(
+            f"unknown scenario {value!r}: choose from {', '.join(scenario_names())}, 1-4 or all"
+        )
     return name
 
 
@@ -169,47 +184,59 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         type=_scenario_name,
         metavar="NAME",
-        help=f"one of {', '.join(SCENARIOS)} (or 1-4, or all); repeat for several. Default: all",
+        help="a file of scenarios/ by name (e.g. interruption; 1-4 for the first four, all for every file); "
+        "repeatable. Default, without --scenario-file: all",
+    )
+    p.add_argument(
+        "--scenario-file",
+        action="append",
+        type=Path,
+        metavar="FILE",
+        help="a scenario file (YAML or JSON; see scenarios/schema.json and the README); repeatable",
     )
     p.add_argument(
         "--load-seconds",
         type=_seconds(0, max_load_seconds()),
         default=None,
-        help="simulated seconds from an instance's launch until its TGI is ready (default: the launch-to-ready "
-        f"model for the template's defaults, {_modelled_seconds():g} s; at most the launch deadline less a minute)",
+        help="simulated seconds from an instance's launch until its TGI is ready, for every scenario (default: each "
+        f"file's setup, by default the launch-to-ready model for the template's defaults, {_modelled_seconds():g} s; "
+        "at most the launch deadline less a minute)",
     )
     p.add_argument(
         "--fast-start",
         choices=FAST_START,
         default="off",
-        help="the fast-start options the launch-to-ready model plays (issue 13): off (default: Hub weights, ghcr "
+        help="the fast-start options the launch-to-ready model plays for every scenario (issue 13): off (default: "
+        "each file's; Hub weights, ghcr "
         "image, gp3 default), s3-nvme (weights from the stack's S3 copy onto local NVMe, image through ECR), "
         "baked (that plus an AMI with the image baked in)",
     )
     p.add_argument(
         "--replicas",
         type=_count(1, MAX_REPLICAS),
-        help="the template's Replicas parameter: serving replicas (the hedged scenarios: default 2, at least 2; "
-        "the single-instance scenarios: 1 only)",
+        help="the template's Replicas parameter for the files of hedged replicas (setup.replicas >= 2; default: "
+        "each file's); the single-instance files play N = 1 only",
     )
     p.add_argument(
         "--clients",
         type=_count(1, MAX_CLIENTS),
-        default=1,
-        help="concurrent clients through the gateway, and of the Elastic IP in the hedged scenarios (default 1)",
+        default=None,
+        help="concurrent clients per address (the gateway, and the Elastic IP where a file has both) for every "
+        "scenario (default: each file's, 1 unless it says)",
     )
     p.add_argument(
         "--request-interval",
         type=_seconds(0.5, 30),
-        default=2.0,
-        help="simulated seconds between two client requests (default 2)",
+        default=None,
+        help="simulated seconds between two requests of a client, for every scenario (default: each file's, 2)",
     )
     p.add_argument(
         "--chaos",
         type=_seed,
         metavar="SEED",
         help="deliver every event one to three times, out of order, up to two minutes late, and lose a lifecycle "
-        "event now and then (EventBridge's at-least-once, best-effort delivery), reproducibly from SEED",
+        "event now and then (EventBridge's at-least-once, best-effort delivery), reproducibly from SEED, in every "
+        "scenario (default: each file's setup.chaos, none unless it says)",
     )
     p.add_argument("--json", action="store_true", help="print the report as one JSON object")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="where charts, the JSON report and logs go")
@@ -239,23 +266,21 @@ def parser() -> argparse.ArgumentParser:
 
 
 def options_from(args: argparse.Namespace) -> DrillOptions:
-    chosen = args.scenario or ["all"]
-    names = tuple(dict.fromkeys(n for c in chosen for n in (SCENARIOS if c == "all" else (c,))))
-    single = [n for n in names if n not in HEDGED_SCENARIOS]
-    if args.replicas is not None and args.replicas > 1 and single:
-        parser().error(f"--replicas {args.replicas}: {', '.join(single)} play(s) the single instance (N = 1)")
-    if args.replicas == 1 and len(single) < len(names):
-        parser().error("the hedged scenarios need --replicas 2 or more")
+    from spotkeeper_local.scenario_file import folder
+
+    files: list[Path] = list(args.scenario_file or [])
+    chosen = args.scenario or ([] if files else ["all"])
+    named = [SCENARIOS_DIR / f"{name}.yaml" for name in dict.fromkeys(chosen) if name != "all"]
+    if "all" in chosen:
+        named = [*folder(SCENARIOS_DIR), *named]
     modelled = args.load_seconds is None
     if not modelled and args.fast_start != "off":
         parser().error("--fast-start picks the launch-to-ready model's options; --load-seconds replaces the model")
-    load_seconds = _modelled_seconds(args.fast_start) if modelled else args.load_seconds
     return DrillOptions(
-        scenarios=tuple(names),
-        load_seconds=load_seconds,
+        scenarios=tuple(dict.fromkeys([*named, *files])),
+        load_seconds=_modelled_seconds(args.fast_start) if modelled else args.load_seconds,
         replicas=args.replicas,
         clients=args.clients,
-        hedged_load_seconds=load_seconds,
         request_interval=args.request_interval,
         out_dir=args.out,
         as_json=args.json,
@@ -265,6 +290,18 @@ def options_from(args: argparse.Namespace) -> DrillOptions:
         load_source="model" if modelled else "--load-seconds",
         fast_start=args.fast_start,
     )
+
+
+def replicas_refused(options: DrillOptions, scenarios: list[Any]) -> str | None:
+    """Why --replicas does not fit the chosen files, if it does not: it sets the files about hedged replicas."""
+    if options.replicas is None:
+        return None
+    single = [s.name for s in scenarios if s.setup.replicas == 1]
+    if options.replicas > 1 and single:
+        return f"--replicas {options.replicas}: {', '.join(single)} play(s) the single instance (N = 1)"
+    if options.replicas == 1 and len(single) < len(scenarios):
+        return "the hedged scenarios need --replicas 2 or more"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -306,11 +343,12 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
         handler = getattr(logger, "registered_handler", None)
         if handler is not None and hasattr(handler, "setStream"):
             handler.setStream(log)
-        from spotkeeper_local import drill_hedged
-        from spotkeeper_local.drill_scenarios import play
+        from spotkeeper_local.drill_scenarios import chaos_of, load_seconds_of, play, replicas_of
         from spotkeeper_local.embedded_aws import EmbeddedAws, load_sam_template, local_template
         from spotkeeper_local.report import DrillReport, write_chart
+        from spotkeeper_local.scenario_file import load_all
 
+        scenarios = load_all(list(options.scenarios))  # every file valid before anything plays
         template = local_template(load_sam_template())
         results = []
         with EmbeddedAws() as aws:
@@ -319,38 +357,46 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
                 "BackendCacheSeconds": "0",
                 "MinOnDemandSeconds": str(MIN_ON_DEMAND_SECONDS),
             }
-            for index, name in enumerate(options.scenarios, start=1):
-                progress(f"[{index}/{len(options.scenarios)}] {name} ...")
-                hedged = name in HEDGED_SCENARIOS
-                result = (drill_hedged.play if hedged else play)(
-                    name, aws, template, parameters, options, options.load_seconds
-                )
+            # moto splits a CommaDelimitedList only when it is passed, not its default: without this every
+            # "!Select [0, !Ref InstanceTypes]" is the default string's first letter ("g"), not an instance type.
+            instance_types = template.body.get("Parameters", {}).get("InstanceTypes", {}).get("Default")
+            if instance_types:
+                parameters["InstanceTypes"] = instance_types
+            for index, scenario in enumerate(scenarios, start=1):
+                progress(f"[{index}/{len(scenarios)}] {scenario.name} ...")
+                result = play(scenario, aws, template, parameters, options)
                 if options.charts:
                     result.chart = str(write_chart(result, options.out_dir))
                 results.append(result)
-        report = DrillReport(options.load_seconds, options.request_interval, results)
+        loads = sorted({load_seconds_of(s.setup, options) for s in scenarios})
+        intervals = sorted({options.request_interval or s.setup.clients.interval for s in scenarios})
+        report = DrillReport(_one_or_all(loads), _one_or_all(intervals), results)
         report.launch_to_ready = launch_to_ready_report(options)
-        report.chaos = options.chaos
+        chaos = sorted({c for s in scenarios if (c := chaos_of(s.setup, options)) is not None})
+        report.chaos = options.chaos if options.chaos is not None else (chaos[0] if len(chaos) == 1 else None)
+        modelled = options.load_source == "model" and options.fast_start == "off"
         report.notes.append(
-            f"every instance takes {options.load_seconds:g} s from launch to TGI ready, the stack's first one (before "
-            "t=0, a first deploy) too: "
+            f"every instance takes {' or '.join(f'{x:g}' for x in loads)} s from launch to TGI ready, the stack's "
+            "first one (before t=0, a first deploy) too: "
             + (
-                "the launch-to-ready model's total (see the breakdown)"
-                if options.load_source == "model"
-                else "--load-seconds"
+                "the launch-to-ready model's total (see the breakdown) unless a file's setup says load_seconds"
+                if modelled
+                else ("--load-seconds" if options.load_source != "model" else f"--fast-start {options.fast_start}")
             )
         )
-        if options.chaos is not None:
+        if chaos:
             report.notes.append(
-                f"--chaos {options.chaos}: every event delivered one to three times, out of order, "
+                f"--chaos {' or '.join(map(str, chaos))}: every event delivered one to three times, out of order, "
                 "up to two minutes late; lifecycle events lost now and then (see each scenario's deliveries)"
             )
-        hedged_results = [r for r in results if r.key in HEDGED_SCENARIOS]
+        hedged_results = [(s, r) for s, r in zip(scenarios, results, strict=True) if s.setup.replicas > 1]
         if hedged_results:
-            facts = hedged_results[0].facts
+            names = ", ".join(r.key for _, r in hedged_results)
+            replicas = sorted({replicas_of(s.setup, options) for s, _ in hedged_results})
+            clients = sorted({r.facts.get("clients_per_address", 1) for _, r in hedged_results})
             report.notes.append(
-                f"hedged replicas ({', '.join(r.key for r in hedged_results)}): Replicas={facts.get('replicas')}, "
-                f"{options.clients} client(s) through the gateway and as many of the Elastic IP"
+                f"hedged replicas ({names}): Replicas={' or '.join(map(str, replicas))}, "
+                f"{' or '.join(map(str, clients))} client(s) through the gateway and as many of the Elastic IP"
             )
         report.notes.append(
             "from template.yaml, not deployed into moto but played locally: " + ", ".join(sorted(template.left_out))
@@ -359,6 +405,10 @@ def run_local(options: DrillOptions, progress: Callable[[str], None] = lambda _:
     (options.out_dir / "report.json").write_text(report.to_json())
     log.close()
     return report
+
+
+def _one_or_all(values: list[float]) -> float | list[float]:
+    return values[0] if len(values) == 1 else values
 
 
 def launch_to_ready_report(options: DrillOptions) -> dict[str, Any]:
@@ -392,7 +442,15 @@ def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
         print(line, file=progress_stream, flush=True)
 
     from spotkeeper_local.report import DrillError
+    from spotkeeper_local.scenario_file import ScenarioFileError, load_all
 
+    try:
+        refused = replicas_refused(options, load_all(list(options.scenarios)))
+    except ScenarioFileError as error:
+        print(f"drill: {error}", file=sys.stderr)
+        return 2
+    if refused:
+        parser().error(refused)
     try:
         report = run_local(options, progress)
     except DrillError as error:

@@ -433,7 +433,10 @@ class EmbeddedAws:
         }
         events = session.client("events")
         schedules, rules = [], []
-        for rule in events.list_rules()["Rules"]:
+        # Paginated: past a page of rules (several scenarios' stacks in one account), a schedule rule left unseen
+        # keeps its targets and moto routes every event to them.
+        every_rule = [r for page in events.get_paginator("list_rules").paginate() for r in page["Rules"]]
+        for rule in every_rule:
             rules.append(rule["Name"])
             if rule.get("ScheduleExpression"):
                 targets = events.list_targets_by_rule(Rule=rule["Name"])["Targets"]

@@ -99,8 +99,8 @@ class ScenarioResult:
 
 @dataclass
 class DrillReport:
-    load_seconds: float
-    request_interval: float
+    load_seconds: float | list[float]  # one per scenario setup when they differ
+    request_interval: float | list[float]
     scenarios: list[ScenarioResult]
     wall_seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -133,6 +133,10 @@ EVENT_WIDTH = 60
 
 def _fmt_t(t: float) -> str:
     return f"{t:+7.0f}s"
+
+
+def _seconds(value: float | list[float]) -> str:
+    return " or ".join(f"{v:g}" for v in value) if isinstance(value, list) else f"{value:g}"
 
 
 def render_launch_to_ready(launch: dict[str, Any]) -> list[str]:
@@ -176,9 +180,9 @@ def render_text(report: DrillReport) -> str:
         lines.append(f"note: {note}")
     verdict = "every check passed" if report.passed else "SOME CHECKS FAILED"
     lines.append(
-        f"drill: {verdict}; launch-to-ready {report.load_seconds:g} s simulated, "
+        f"drill: {verdict}; launch-to-ready {_seconds(report.load_seconds)} s simulated, "
         + (f"event delivery chaos seed {report.chaos}, " if report.chaos is not None else "")
-        + f"one request every {report.request_interval:g} s, {report.wall_seconds:.1f} s of wall time"
+        + f"one request every {_seconds(report.request_interval)} s, {report.wall_seconds:.1f} s of wall time"
     )
     return "\n".join(lines)
 

@@ -392,6 +392,7 @@ class TgiEmulator:
         self._metrics = _Metrics(max_total_tokens)
         self._in_flight = 0  # changed only on the server's event loop
         self._unhealthy = False
+        self._hung = False
         self._fault: tuple[int, str] | None = None  # (after how many tokens, message)
         self._control_lock = threading.Lock()
         self._state = CREATED
@@ -477,6 +478,10 @@ class TgiEmulator:
     def set_unhealthy(self, unhealthy: bool = True) -> None:
         """Make ``/health`` answer 503 and generations fail with 424, like a TGI whose shard broke."""
         self._unhealthy = bool(unhealthy)
+
+    def set_hung(self, hung: bool = True) -> None:
+        """The process hangs: the port still accepts connections, but no request gets an answer (until unhung)."""
+        self._hung = bool(hung)
 
     def fail_generation_after(self, n_tokens: int | None, message: str = "Server error: injected fault") -> None:
         """From now on every generation fails after ``n_tokens`` tokens (``None`` clears the fault): streams
@@ -746,7 +751,7 @@ class TgiEmulator:
 
     # ---------------------------------------------------------------- HTTP routes
 
-    def _build_app(self) -> Starlette:
+    def _build_app(self) -> Any:
         get, post = ["GET"], ["POST"]
         routes = [
             Route("/health", self._health, methods=get),
@@ -762,7 +767,13 @@ class TgiEmulator:
         # Starlette answers HTTPException in plain text, like axum's Json extractor rejections.
         app = Starlette(routes=routes)
         app.router.default = _not_found
-        return app
+
+        async def hanging(scope: Any, receive: Any, send: Any) -> None:
+            while scope["type"] == "http" and self._hung:
+                await asyncio.sleep(0.05)
+            await app(scope, receive, send)
+
+        return hanging
 
     async def _health(self, request: Request) -> Response:
         if self._unhealthy:
