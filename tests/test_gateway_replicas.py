@@ -13,16 +13,24 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from spotkeeper.gateway import upstream as upstream_module
 from spotkeeper.gateway.backend import Backend
 from spotkeeper.records import ReplicaFacts
 from spotkeeper.settings import GatewaySettings
 from spotkeeper.state import StateStore
-from spotkeeper_local.tgi_emulator import TgiEmulator, expected_tokens
+from spotkeeper_local.tgi_emulator import (
+    TgiEmulator,
+    count_tokens,
+    expected_chat_text,
+    expected_tokens,
+    render_chat_prompt,
+)
 from tests.gateway_harness import free_port, gateway_settings, running_emulator, served_gateway, without_delayed_acks
 
 BUDGET = 12
@@ -129,6 +137,20 @@ def emf_for(capsys: pytest.CaptureFixture[str], route: str) -> dict[str, Any]:
     raise AssertionError(f"no EMF record for {route}")
 
 
+class _FirstOfTies:
+    """Stands in for the gateway's random tie break: the first candidate the test lists goes first."""
+
+    def choice(self, options: list[Any]) -> Any:
+        return options[0]
+
+
+@pytest.fixture(autouse=True)
+def ordered_ties(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests say which replica takes the first request (the one a relay cuts); the spread of ties is
+    tested apart, with the gateway's own random start."""
+    monkeypatch.setattr(upstream_module, "random", SimpleNamespace(Random=_FirstOfTies))
+
+
 @pytest.fixture
 def two() -> Iterator[tuple[TgiEmulator, TgiEmulator]]:
     with running_emulator(token_delay=0.01) as first, running_emulator(token_delay=0.01) as second:
@@ -203,19 +225,106 @@ def test_an_openai_completion_stream_broken_mid_way_is_resumed(
     assert chunks[-1]["usage"]["completion_tokens"] == BUDGET
 
 
-def test_a_chat_stream_broken_mid_way_ends_with_an_error_event_as_with_one_replica(
+CHAT = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "What keeps Spot alive?"}]
+
+
+def chat_stream(url: str, **fields: Any) -> tuple[list[Any], str]:
+    body = {"model": "tgi", "messages": CHAT, "max_tokens": BUDGET, "stream": True, **fields}
+    response = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=10)
+    assert response.status_code == 200
+    return sse_payloads(response.text), response.text
+
+
+def chunk_texts(events: list[Any]) -> list[str]:
+    return [event["choices"][0]["delta"]["content"] for event in events if event != "[DONE]" and event["choices"]]
+
+
+@pytest.mark.parametrize("sampling", [{"temperature": 0}, {}], ids=["greedy", "sampled-without-seed"])
+def test_a_chat_stream_broken_mid_way_is_resumed_through_the_chat_template(
+    two: tuple[TgiEmulator, TgiEmulator],
+    relay: CuttingRelay,
+    capsys: pytest.CaptureFixture[str],
+    sampling: dict[str, Any],
+) -> None:
+    first, second = two
+    # What an unbroken stream gives (the emulator's decoding is greedy, sampled or not)
+    unbroken, _ = chat_stream(first.url, **sampling)
+    replicas = Replicas(Backend(relay.url, "i-first"), Backend(second.url, "i-second"))
+    with served_gateway(settings(), replicas) as gateway:
+        events, raw = chat_stream(gateway.url, **sampling)
+
+    # The stream did break on the first replica after CUT_AFTER chunks, and went on on the second: its chat
+    # template (/chat_tokenize), the tokenizer check (/tokenize), then one plain generation
+    assert relay.cuts == 1
+    assert second.requests_total == 2  # /chat_tokenize counts as a request in TGI, the generation is the other
+    # The client saw one stream: the unbroken stream's chunks, text and finish reason, one [DONE], no error
+    assert not [event for event in events if event != "[DONE]" and "error" in event]
+    assert events.count("[DONE]") == 1 and events[-1] == "[DONE]"
+    assert chunk_texts(events) == chunk_texts(unbroken) == expected_tokens(render_chat_prompt(CHAT), BUDGET)
+    assert [event["choices"][0]["finish_reason"] for event in events[:-1]] == [None] * (BUDGET - 1) + ["length"]
+    # every chunk with the first stream's id, model, created and object
+    envelopes = {(e["object"], e["id"], e["model"], e["created"], e["system_fingerprint"]) for e in events[:-1]}
+    assert len(envelopes) == 1
+    assert {key for event in events[:-1] for key in event} == {key for event in unbroken[:-1] for key in event}
+    assert "\n\n\n" not in raw  # events framed as TGI frames them
+    record = emf_for(capsys, "/v1/chat/completions")
+    assert record["GatewayResumes"] == [1.0] and record["GatewayErrors"] == [0.0]
+    assert record["TokensOut"] == [float(BUDGET)]
+
+
+def test_a_resumed_chat_stream_reports_the_usage_of_the_whole_generation(
     two: tuple[TgiEmulator, TgiEmulator], relay: CuttingRelay
 ) -> None:
     _, second = two
     replicas = Replicas(Backend(relay.url, "i-first"), Backend(second.url, "i-second"))
-    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": BUDGET, "stream": True}
     with served_gateway(settings(), replicas) as gateway:
-        response = httpx.post(f"{gateway.url}/v1/chat/completions", json=body, timeout=10)
+        events, _ = chat_stream(gateway.url, temperature=0, stream_options={"include_usage": True})
 
-    events = sse_payloads(response.text)
+    assert relay.cuts == 1
+    assert "".join(chunk_texts(events)) == expected_chat_text(CHAT, BUDGET)
+    # TGI's chat route sends the usage in its own chunk (no choices) before [DONE]
+    usage = events[-2]
+    assert usage["choices"] == [] and events[-1] == "[DONE]"
+    prompt_tokens = count_tokens(render_chat_prompt(CHAT))
+    assert usage["usage"] == {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": BUDGET,
+        "total_tokens": prompt_tokens + BUDGET,
+    }
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+        {"response_format": {"type": "json_object", "value": {"type": "object"}}},
+        {"logprobs": True},
+        {"seed": 7},
+        {"seed": 7, "temperature": 0.7},
+    ],
+    ids=["tools", "grammar", "logprobs", "seed-sampled", "seed-temperature"],
+)
+def test_a_chat_stream_that_cannot_be_continued_exactly_ends_with_an_error_event(
+    two: tuple[TgiEmulator, TgiEmulator], relay: CuttingRelay, fields: dict[str, Any]
+) -> None:
+    _, second = two
+    replicas = Replicas(Backend(relay.url, "i-first"), Backend(second.url, "i-second"))
+    with served_gateway(settings(), replicas) as gateway:
+        events, _ = chat_stream(gateway.url, **fields)
+
     assert relay.cuts == 1 and second.requests_total == 0
     assert len(events) == CUT_AFTER + 1
     assert events[-1]["error_type"] == "generation" and "retry" in events[-1]["error"]
+
+
+def test_a_greedy_seeded_chat_stream_is_resumed(two: tuple[TgiEmulator, TgiEmulator], relay: CuttingRelay) -> None:
+    _, second = two
+    replicas = Replicas(Backend(relay.url, "i-first"), Backend(second.url, "i-second"))
+    with served_gateway(settings(), replicas) as gateway:
+        events, _ = chat_stream(gateway.url, temperature=0, seed=7)
+
+    assert relay.cuts == 1
+    assert "".join(chunk_texts(events)) == expected_chat_text(CHAT, BUDGET, seed=7)
 
 
 def test_with_one_replica_a_broken_stream_ends_with_an_error_event(relay: CuttingRelay) -> None:

@@ -6,6 +6,9 @@ mid-generation, or killed (the instance reclaimed). Shapes follow TGI 2.x/3.x's 
 
 * ``GET /health`` (200 empty, or 503 ``{"error":"unhealthy","error_type":"healthcheck"}``), ``GET /info``,
   ``GET /v1/models``, ``GET /metrics`` (Prometheus text, TGI's names).
+* ``POST /tokenize`` (``[{id, text, start, stop}]``, byte offsets) and ``POST /chat_tokenize`` (TGI >= 2.3:
+  ``{tokenize_response, templated_text}``, the chat template's prompt; counted in ``tgi_request_count`` as TGI
+  does). The emulator's tokenizer adds no special tokens (ChatML, like Qwen's).
 * ``POST /generate``, ``POST /generate_stream`` (SSE, one ``data:`` JSON per token), ``POST /`` (what
   ``huggingface_hub.InferenceClient`` posts: a JSON *list* unless streaming, ``return_full_text`` defaulting to
   true), ``POST /v1/chat/completions`` and ``POST /v1/completions`` (streaming ones end with ``data: [DONE]``).
@@ -27,6 +30,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import re
 import signal
 import socket
 import threading
@@ -91,6 +95,22 @@ class Token:
 def count_tokens(text: str) -> int:
     """The emulator's tokenizer: one token per whitespace-separated word (whitespace alone is one token)."""
     return len(text.split()) or (1 if text else 0)
+
+
+def tokenize(text: str) -> list[dict[str, Any]]:
+    """``POST /tokenize``'s answer for ``text`` (TGI's SimpleToken: id, text, byte offsets start/stop), one per
+    :func:`count_tokens` token; a word of the vocabulary has the id generation gives it."""
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)] or ([(0, len(text))] if text else [])
+    tokens = []
+    for start, stop in spans:
+        word = text[start:stop]
+        if word in _VOCABULARY:
+            token_id = _FIRST_TOKEN_ID + _VOCABULARY.index(word)
+        else:
+            token_id = _FIRST_TOKEN_ID + len(_VOCABULARY) + int(hashlib.sha256(word.encode()).hexdigest()[:6], 16)
+        first, last = len(text[:start].encode()), len(text[:stop].encode())
+        tokens.append({"id": token_id, "text": word, "start": first, "stop": last})
+    return tokens
 
 
 def generate_tokens(
@@ -761,6 +781,8 @@ class TgiEmulator:
             Route("/", self._compat_generate, methods=post),
             Route("/generate", self._generate_route, methods=post),
             Route("/generate_stream", self._generate_route, methods=post),
+            Route("/tokenize", self._tokenize, methods=post),
+            Route("/chat_tokenize", self._chat_tokenize, methods=post),
             Route("/v1/chat/completions", self._chat_completions, methods=post),
             Route("/v1/completions", self._completions, methods=post),
         ]
@@ -796,6 +818,17 @@ class TgiEmulator:
         stream = request.url.path == "/generate_stream"
         job = _Job(body.inputs, body.parameters, stream, return_full_text=bool(body.parameters.return_full_text))
         return await self._respond([job], _Job.tgi_event, job.tgi_body)
+
+    async def _tokenize(self, request: Request) -> Response:
+        body = await _parse(request, _GenerateBody)
+        return JSONResponse(tokenize(body.inputs))
+
+    async def _chat_tokenize(self, request: Request) -> Response:
+        # TGI counts it as a request (get_chat_tokenize increments tgi_request_count) but generates nothing.
+        self._metrics.requests.inc()
+        body = await _parse(request, _ChatBody)
+        prompt = render_chat_prompt([message.model_dump() for message in body.messages])
+        return JSONResponse({"tokenize_response": tokenize(prompt), "templated_text": prompt})
 
     async def _compat_generate(self, request: Request) -> Response:
         body = await _parse(request, _GenerateBody)

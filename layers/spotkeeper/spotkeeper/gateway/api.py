@@ -22,6 +22,7 @@ from starlette.types import Scope
 
 from spotkeeper.gateway.backend import BackendResolver, resolver_for
 from spotkeeper.gateway.body_limit import BodySizeLimit
+from spotkeeper.gateway.chat_resume import plan_chat
 from spotkeeper.gateway.errors import (
     ERROR_RESPONSES,
     VALIDATION,
@@ -42,8 +43,8 @@ from spotkeeper.gateway.models import (
     GenerateResponse,
     Ping,
 )
-from spotkeeper.gateway.resume import ResumePlan, plan_completion, plan_generate
-from spotkeeper.gateway.streaming import Resumption, relay_events
+from spotkeeper.gateway.resume import Plan, plan_completion, plan_generate
+from spotkeeper.gateway.streaming import OverloadRetry, Resumption, relay_events
 from spotkeeper.gateway.telemetry import RequestRecord, RequestTelemetry, request_record
 from spotkeeper.gateway.upstream import PROBE_READ_TIMEOUT_SECONDS, TgiUpstream, Upstream, new_client
 from spotkeeper.observability import logger
@@ -145,17 +146,28 @@ async def _open(
     return upstream
 
 
-def _resumption(runtime: GatewayRuntime, record: RequestRecord | None, plan: ResumePlan | None) -> Resumption | None:
+def _resumption(runtime: GatewayRuntime, record: RequestRecord | None, plan: Plan | None) -> Resumption | None:
     """How a broken stream of this request continues on another replica (None: it ends with an error event)."""
     if plan is None:
         return None
+    request_id = record.request_id if record else None
 
-    async def reopen(body: dict[str, Any], exclude: frozenset[str]) -> Upstream:
+    async def open_(path: str, body: dict[str, Any], read_timeout: float | None, exclude: frozenset[str]) -> Upstream:
         return await runtime.upstream.open(
-            "POST", plan.path, body, request_id=record.request_id if record else None, exclude=exclude
+            "POST", path, body, request_id=request_id, read_timeout=read_timeout, exclude=exclude
         )
 
-    return Resumption(plan, reopen)
+    return Resumption(plan, open_)
+
+
+def _overload_retry(
+    runtime: GatewayRuntime, record: RequestRecord | None, path: str, payload: dict[str, Any]
+) -> OverloadRetry:
+    async def retry(exclude: frozenset[str]) -> Upstream | None:
+        request_id = record.request_id if record else None
+        return await runtime.upstream.open_elsewhere("POST", path, payload, exclude=exclude, request_id=request_id)
+
+    return retry
 
 
 async def _finish_json(
@@ -202,7 +214,7 @@ async def _relay(
     *,
     stream: bool,
     count_tokens: TokenCounter,
-    resume: ResumePlan | None = None,
+    resume: Plan | None = None,
 ) -> Response:
     record = request_record(request.scope)
     upstream = await _open(runtime, record, "POST", path, payload)
@@ -211,7 +223,12 @@ async def _relay(
         # Errors before the first token come as plain JSON, with TGI's status (422, 424, 429, ...).
         return await _finish_json(runtime, upstream, record, count_tokens)
     return StreamingResponse(
-        relay_events(upstream, record, _resumption(runtime, record, resume)),
+        relay_events(
+            upstream,
+            record,
+            _resumption(runtime, record, resume),
+            _overload_retry(runtime, record, path, payload),
+        ),
         # Given as a header so Starlette does not add a charset TGI never sends.
         headers={
             **upstream.relay_headers(),
@@ -372,6 +389,7 @@ def create_app(
             payload,
             stream=body.stream,
             count_tokens=_openai_completion_tokens,
+            resume=plan_chat(payload, runtime.settings.max_new_tokens),
         )
 
     @app.post(

@@ -19,6 +19,9 @@ PAYLOAD_TOO_LARGE = "payload_too_large"
 TIMEOUT = "timeout"
 BACKEND = "backend"
 
+# TGI's InferError::Overloaded (429), also the message of its chat route's error event.
+OVERLOADED_MESSAGE = "Model is overloaded"
+
 
 class ErrorBody(BaseModel):
     """TGI's error body."""

@@ -8,10 +8,8 @@ continuation of what the client has. Its events are rewritten to continue the fi
 totals, so the client sees no repeated and no missing text.
 
 Resumable: TGI's ``/generate_stream`` and ``/`` (stream), and ``/v1/completions`` with one prompt. Not:
-a request with a grammar (the grammar would restart from the middle of its output), several prompts, and
-``/v1/chat/completions``: TGI's chat route cannot continue a partial assistant message (its chat template
-closes the message and opens a new turn) and the gateway does not know the model's template, so a broken
-chat stream ends with the SSE error event, as with one replica.
+a request with a grammar (the grammar would restart from the middle of its output) or several prompts.
+``/v1/chat/completions`` streams are resumed through the model's chat template (``chat_resume.py``).
 
 A request without max_new_tokens / max_tokens is resumed with the gateway's MAX_NEW_TOKENS as its budget
 (TGI's own default depends on its version and launch options).
@@ -24,11 +22,37 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from spotkeeper.gateway.upstream import Upstream
 
 TGI = "tgi"
 COMPLETIONS = "completions"
+
+Rewrite = Callable[[bytes], bytes]
+"""Turns complete SSE lines of the continuation into the lines the client gets."""
+
+Opener = Callable[[str, dict[str, Any], float | None], Awaitable[Upstream]]
+"""POSTs ``(path, body, read_timeout)`` to a replica other than those the stream broke on."""
+
+
+@dataclass(frozen=True)
+class Seam:
+    """Where the client's stream broke: what it has received."""
+
+    text: str  # the generated text, token by token
+    tokens: int
+    events: int = 0  # data events that reached the client (tokens or not)
+    envelope: dict[str, Any] = field(default_factory=dict)  # an OpenAI chunk's fields other than choices/usage
+
+
+class Plan(Protocol):
+    async def reopen(self, seam: Seam, open_: Opener) -> tuple[Upstream, Rewrite] | None:
+        """The continuation's stream and how to rewrite its lines; None when nothing is left or it cannot be
+        exact. Raises GatewayError when no replica can take it."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +78,13 @@ class ResumePlan:
             body["prompt"] = self.prompt + text
             body["max_tokens"] = remaining
         return body
+
+    async def reopen(self, seam: Seam, open_: Opener) -> tuple[Upstream, Rewrite] | None:
+        body = self.continuation(seam.text, seam.tokens)
+        if body is None:
+            return None
+        upstream = await open_(self.path, body, None)
+        return upstream, lambda lines: rewrite_lines(lines, self, seam.text, seam.tokens)
 
     def rewrite(self, event: dict[str, Any], text: str, tokens: int) -> dict[str, Any]:
         """An event of the continuation, as the first stream would have numbered and summed it."""

@@ -21,8 +21,8 @@ from typing import Any
 import anyio
 import httpx
 
-from spotkeeper.gateway.errors import GENERATION, GatewayError, sse_error_event
-from spotkeeper.gateway.resume import ResumePlan, rewrite_lines
+from spotkeeper.gateway.errors import GENERATION, OVERLOADED_MESSAGE, GatewayError, sse_error_event
+from spotkeeper.gateway.resume import Plan, Rewrite, Seam
 from spotkeeper.gateway.telemetry import RequestRecord
 from spotkeeper.gateway.upstream import Upstream
 from spotkeeper.observability import logger
@@ -37,6 +37,11 @@ class StreamProgress:
         self.text = ""  # the generated text the client has received, token by token
         self.finished = False
         self.upstream_error: str | None = None
+        self.events = 0  # data events other than errors and [DONE]
+        self.envelope: dict[str, Any] = {}  # the last OpenAI chunk's fields but its choices and usage
+
+    def seam(self) -> Seam:
+        return Seam(self.text, self.tokens, self.events, dict(self.envelope))
 
     def observe(self, lines: bytes) -> None:
         for line in lines.split(b"\n"):
@@ -57,6 +62,9 @@ class StreamProgress:
             self.upstream_error = str(event.get("error"))
             self.finished = True
             return
+        self.events += 1
+        if "choices" in event:
+            self.envelope = {key: value for key, value in event.items() if key not in ("choices", "usage")}
         if _carries_token(event):
             self.tokens += 1
             self.text += _token_text(event)
@@ -99,24 +107,37 @@ def _has_finish_reason(event: dict[str, Any]) -> bool:
 
 @dataclass(frozen=True)
 class Resumption:
-    """How to continue a broken stream: the plan, and a way to open it on a replica not in ``exclude``."""
+    """How to continue a broken stream: the plan, and a way to POST to a replica not in ``exclude``."""
 
-    plan: ResumePlan
-    reopen: Callable[[dict[str, Any], frozenset[str]], Awaitable[Upstream]]
+    plan: Plan
+    open: Callable[[str, dict[str, Any], float | None, frozenset[str]], Awaitable[Upstream]]
+
+
+OverloadRetry = Callable[[frozenset[str]], Awaitable[Upstream | None]]
+"""The request again on another ready replica not in ``exclude``; None when there is none."""
 
 
 async def relay_events(
-    upstream: Upstream, record: RequestRecord | None, resumption: Resumption | None = None
+    upstream: Upstream,
+    record: RequestRecord | None,
+    resumption: Resumption | None = None,
+    retry_overloaded: OverloadRetry | None = None,
 ) -> AsyncIterator[bytes]:
+    """The client's stream. ``retry_overloaded``: TGI answers an overloaded stream with 200 and an error event
+    (``Model is overloaded``, its 429) as the first event; before anything reached the client that request
+    is sent once to another ready replica, unless it was already retried."""
     progress = StreamProgress(record)
     current = upstream
-    seam: tuple[str, int] | None = None  # text and tokens the client had when the stream was resumed
+    rewrite: Rewrite | None = None  # the continuation's lines as the client gets them, once resumed
+    resumed = False
     broken_on: set[str] = set()
     tail = b"\n\n"  # the last bytes the client got: whether it is at an event boundary
+    sent = False
     broken: str | None = None
     try:
         while True:
             broken = None
+            switched: Upstream | None = None
             pending = b""
             try:
                 async for chunk in current.response.aiter_bytes():
@@ -125,24 +146,38 @@ async def relay_events(
                     if end < 0:
                         continue
                     complete, pending = pending[: end + 1], pending[end + 1 :]
-                    if seam is not None:
-                        complete = rewrite_lines(complete, resumption.plan, *seam)  # type: ignore[union-attr]
+                    if rewrite is not None:
+                        complete = rewrite(complete)
+                    if not sent and retry_overloaded is not None and not current.retried and _overloaded(complete):
+                        switched = await _elsewhere(retry_overloaded, current)
+                        retry_overloaded = None
+                        if switched is not None:
+                            break
                     progress.observe(complete)
                     tail = (tail + complete)[-2:]
+                    sent = True
                     yield complete
-                if pending:
-                    if seam is not None:
-                        pending = rewrite_lines(pending, resumption.plan, *seam)  # type: ignore[union-attr]
-                    progress.observe(pending)
-                    tail = b"\n\n"
-                    yield pending + b"\n\n"
-                if not progress.finished:
-                    broken = "the backend closed the stream before the generation finished"
+                if switched is None:
+                    if pending:
+                        if rewrite is not None:
+                            pending = rewrite(pending)
+                        progress.observe(pending)
+                        tail = b"\n\n"
+                        sent = True
+                        yield pending + b"\n\n"
+                    if not progress.finished:
+                        broken = "the backend closed the stream before the generation finished"
             except httpx.HTTPError as error:
                 broken = f"the backend failed during the generation ({type(error).__name__})"
             finally:
                 with anyio.CancelScope(shield=True):
                     await current.close()
+            if switched is not None:
+                current = switched
+                if record is not None:
+                    record.retries += 1
+                    record.serving_instance_id = current.backend.instance_id
+                continue
             if broken is None:
                 break
             logger.warning(
@@ -150,12 +185,12 @@ async def relay_events(
                 extra={"reason": broken, "serving_instance_id": current.backend.instance_id, "tokens": progress.tokens},
             )
             broken_on.add(current.backend.url)
-            resumed = await _resume(resumption, progress, broken_on, seam is not None)
-            if resumed is None:
+            reopened = None if resumed else await _resume(resumption, progress.seam(), broken_on)
+            if reopened is None:
                 break
             if record is not None:
                 record.resumes += 1
-            current, seam = resumed, (progress.text, progress.tokens)
+            (current, rewrite), resumed = reopened, True
             if not tail.endswith(b"\n\n"):
                 tail = b"\n\n"
                 yield b"\n"  # close the event the broken stream left open before the continuation's first
@@ -168,20 +203,56 @@ async def relay_events(
         yield boundary + sse_error_event(broken + "; retry the request", GENERATION)
 
 
-async def _resume(
-    resumption: Resumption | None, progress: StreamProgress, broken_on: set[str], resumed_before: bool
-) -> Upstream | None:
-    """The continuation's stream on another replica, or None: not resumable, or nobody can take it."""
-    if resumption is None or resumed_before:  # once, like the retry before the first byte
-        return None
-    body = resumption.plan.continuation(progress.text, progress.tokens)
-    if body is None:
-        return None
+def _overloaded(lines: bytes) -> bool:
+    """Whether the first event of these lines is TGI's "Model is overloaded" (native or chat shape)."""
+    for line in lines.split(b"\n"):
+        if not line.startswith(b"data:"):
+            continue
+        try:
+            event = json.loads(line[5:].strip())
+        except ValueError:
+            return False
+        if not isinstance(event, dict):
+            return False
+        error = event.get("error")
+        if isinstance(error, dict):  # TGI's chat route: {"error": {"message": ..., "http_status_code": ...}}
+            return error.get("message") == OVERLOADED_MESSAGE
+        return event.get("error_type") == "overloaded"
+    return False
+
+
+async def _elsewhere(retry: OverloadRetry, current: Upstream) -> Upstream | None:
     try:
-        upstream = await resumption.reopen(body, frozenset(broken_on))
+        upstream = await retry(frozenset({current.backend.url}))
+    except GatewayError as error:
+        logger.warning("could not retry an overloaded stream on another replica", extra={"reason": error.message})
+        return None
+    if upstream is not None:
+        upstream.retried = True
+        logger.info(
+            "overloaded stream sent to another replica",
+            extra={"from": current.backend.instance_id, "to": upstream.backend.instance_id},
+        )
+    return upstream
+
+
+async def _resume(resumption: Resumption | None, seam: Seam, broken_on: set[str]) -> tuple[Upstream, Rewrite] | None:
+    """The continuation's stream on another replica, or None: not resumable, or nobody can take it."""
+    if resumption is None:
+        return None
+    exclude = frozenset(broken_on)
+
+    async def open_(path: str, body: dict[str, Any], read_timeout: float | None) -> Upstream:
+        return await resumption.open(path, body, read_timeout, exclude)
+
+    try:
+        reopened = await resumption.plan.reopen(seam, open_)
     except GatewayError as error:
         logger.warning("could not resume the stream on another replica", extra={"reason": error.message})
         return None
+    if reopened is None:
+        return None
+    upstream, rewrite = reopened
     content_type = upstream.response.headers.get("content-type", "")
     if upstream.response.status_code != 200 or "text/event-stream" not in content_type:
         logger.warning("the replica refused the continuation", extra={"status": upstream.response.status_code})
@@ -190,6 +261,6 @@ async def _resume(
         return None
     logger.info(
         "stream resumed on another replica",
-        extra={"instance_id": upstream.backend.instance_id, "tokens_sent": progress.tokens},
+        extra={"instance_id": upstream.backend.instance_id, "tokens_sent": seam.tokens},
     )
-    return upstream
+    return upstream, rewrite

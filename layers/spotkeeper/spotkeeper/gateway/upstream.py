@@ -1,23 +1,37 @@
 """Talking to TGI on the replicas: one keep-alive client per process, least outstanding work, bounded failover.
 
 Each request goes to the candidate replica with the fewest requests in flight from this process (a warned
-replica only when no other is there; ties go to the one picked longest ago). A request that could not reach
-TGI at all (connection refused or reset, connect timeout, TGI answering 503) is retried once, on another
-replica if the table names one, against a resolution made after the failure; if that fails too the client
-gets 503 with Retry-After. The bound on that path is about two connect timeouts plus one state-table read,
-never the generation's read timeout.
+replica only when no other is there). Ties, the rule at light load and always under Lambda (one request at a
+time per execution environment), go round robin from a random start: a replica this process never picked
+is drawn at random, then the one picked longest ago goes first. Without the random start every new process
+(every new Lambda environment) would send its first request to the same replica.
+
+A request that could not reach TGI at all (connection refused or reset, connect timeout, TGI answering 503)
+is retried once, on another replica if the table names one, against a resolution made after the failure; if
+that fails too the client gets 503 with Retry-After. The bound on that path is about two connect timeouts
+plus one state-table read, never the generation's read timeout. The replica that failed is then avoided by
+this process for RETRY_AFTER_SECONDS (used only if no other is left): an instance reclaimed without warning
+stays in the ready set until the health checks notice, and without this every other request would pay a
+connect timeout on it first.
+
+A replica answering 429 (TGI's "Model is overloaded", before the first byte) is retried once on another ready,
+un-warned replica within the same one-retry budget; with no other, or if that one fails too, the client gets
+TGI's 429 as it came.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
 
 from spotkeeper.gateway.backend import Backend, BackendResolver
-from spotkeeper.gateway.errors import BackendProtocolError, BackendTimeout, BackendUnavailable
+from spotkeeper.gateway.errors import BackendProtocolError, BackendTimeout, BackendUnavailable, GatewayError
 from spotkeeper.observability import logger
 from spotkeeper.settings import GatewaySettings
 
@@ -74,13 +88,24 @@ def new_client(settings: GatewaySettings, transport: httpx.AsyncBaseTransport | 
 
 
 class TgiUpstream:
-    def __init__(self, client: httpx.AsyncClient, resolver: BackendResolver, settings: GatewaySettings) -> None:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        resolver: BackendResolver,
+        settings: GatewaySettings,
+        *,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
         self._resolver = resolver
         self._settings = settings
         self._outstanding: dict[str, int] = {}  # requests in flight from this process, per backend URL
         self._last_pick: dict[str, int] = {}
         self._picks = itertools.count()
+        self._rng = rng or random.Random()
+        self._clock = clock
+        self._avoid_until: dict[str, float] = {}  # replicas that could not be reached, avoided until then
 
     def outstanding(self, url: str) -> int:
         return self._outstanding.get(url, 0)
@@ -91,15 +116,35 @@ class TgiUpstream:
             return (await self._resolver.resolve(fresher_than=fresher_than),)
         return await candidates(fresher_than=fresher_than)
 
-    def pick(self, candidates: tuple[Backend, ...], exclude: frozenset[str] = frozenset()) -> Backend | None:
-        """The un-warned candidate with the least outstanding work (a warned one if no other is left)."""
+    def avoided(self, url: str) -> bool:
+        """Whether the replica could not be reached lately (RETRY_AFTER_SECONDS)."""
+        until = self._avoid_until.get(url)
+        if until is not None and self._clock() >= until:
+            del self._avoid_until[url]
+            return False
+        return until is not None
+
+    def pick(
+        self, candidates: tuple[Backend, ...], exclude: frozenset[str] = frozenset(), *, ready_only: bool = False
+    ) -> Backend | None:
+        """The un-warned candidate with the least outstanding work (a warned one, then one that was unreachable
+        lately, if no other is left; never those with ``ready_only``); ties round robin from a random start."""
         pool = [backend for backend in candidates if backend.url not in exclude]
-        pool = [backend for backend in pool if not backend.warned] or pool
+        if ready_only:
+            pool = [backend for backend in pool if not backend.warned and not self.avoided(backend.url)]
         if not pool:
             return None
-        chosen = min(pool, key=lambda b: (self.outstanding(b.url), self._last_pick.get(b.url, -1)))
+        best = min((self.avoided(b.url), b.warned) for b in pool)
+        pool = [backend for backend in pool if (self.avoided(backend.url), backend.warned) == best]
+        least = min(self.outstanding(backend.url) for backend in pool)
+        tied = [backend for backend in pool if self.outstanding(backend.url) == least]
+        never = [backend for backend in tied if backend.url not in self._last_pick]
+        chosen = self._rng.choice(never) if never else min(tied, key=lambda b: self._last_pick[b.url])
         self._last_pick[chosen.url] = next(self._picks)
         return chosen
+
+    def _unreachable(self, backend: Backend) -> None:
+        self._avoid_until[backend.url] = self._clock() + self._settings.retry_after_seconds
 
     async def open(
         self,
@@ -119,13 +164,18 @@ class TgiUpstream:
         failure: Exception
         tried: frozenset[str] = exclude
         try:
-            backend = self.pick(await self._candidates(None), exclude)
+            candidates = await self._candidates(None)
+            backend = self.pick(candidates, exclude)
             if backend is None:
                 raise BackendUnavailable("no other replica is ready", self._settings.retry_after_seconds)
             tried = tried | {backend.url}
-            return await self._send(backend, method, path, json_body, request_id, read_timeout)
+            upstream = await self._send(backend, method, path, json_body, request_id, read_timeout)
         except (_Unreachable, BackendUnavailable) as error:
             failure = error
+        else:
+            if upstream.response.status_code == 429:
+                return await self._overloaded(upstream, candidates, tried, method, path, json_body, request_id)
+            return upstream
         failed_at = self._resolver.now()
         logger.warning("TGI unreachable, retrying with a fresh resolution", extra={"reason": str(failure)})
         candidates = await self._candidates(failed_at)
@@ -145,6 +195,54 @@ class TgiUpstream:
             ) from error
         upstream.retried = True
         return upstream
+
+    async def _overloaded(
+        self,
+        overloaded: Upstream,
+        candidates: tuple[Backend, ...],
+        tried: frozenset[str],
+        method: str,
+        path: str,
+        json_body: object | None,
+        request_id: str | None,
+    ) -> Upstream:
+        """A 429: the request once more on another ready replica, else the 429 as it came."""
+        other = self.pick(candidates, tried, ready_only=True)
+        if other is None:
+            return overloaded
+        with contextlib.suppress(httpx.HTTPError):
+            await overloaded.response.aread()  # kept, in case the other replica cannot take it either
+        try:
+            upstream = await self._send(other, method, path, json_body, request_id, None)
+        except (_Unreachable, GatewayError) as error:
+            logger.warning("could not retry an overloaded request on another replica", extra={"reason": str(error)})
+            return overloaded
+        await overloaded.close()
+        logger.info(
+            "overloaded request sent to another replica",
+            extra={"from": overloaded.backend.instance_id, "to": other.instance_id},
+        )
+        upstream.retried = True
+        return upstream
+
+    async def open_elsewhere(
+        self,
+        method: str,
+        path: str,
+        json_body: object | None,
+        *,
+        exclude: frozenset[str],
+        request_id: str | None = None,
+    ) -> Upstream | None:
+        """One attempt on a ready, un-warned replica not in ``exclude`` (the cached ready set); None if there is
+        none. For a request whose first replica answered it is overloaded: no fresh table read."""
+        backend = self.pick(await self._candidates(None), exclude, ready_only=True)
+        if backend is None:
+            return None
+        try:
+            return await self._send(backend, method, path, json_body, request_id, None)
+        except _Unreachable as error:
+            raise BackendUnavailable(f"TGI unreachable ({error})", self._settings.retry_after_seconds) from error
 
     def _acquire(self, url: str) -> Callable[[], None]:
         self._outstanding[url] = self.outstanding(url) + 1
@@ -183,9 +281,14 @@ class TgiUpstream:
                 # TGI still loading or going away: as unreachable as a closed port.
                 body = await _read_quietly(response)
                 raise _Unreachable(f"TGI answered 503 {body[:200]!r}")
+        except _Unreachable:
+            release()
+            self._unreachable(backend)
+            raise
         except BaseException:
             release()
             raise
+        self._avoid_until.pop(backend.url, None)
         return Upstream(response=response, backend=backend, _release=release)
 
     async def _request(self, request: httpx.Request, timeout: httpx.Timeout) -> httpx.Response:
