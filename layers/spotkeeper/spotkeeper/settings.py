@@ -100,6 +100,9 @@ class GatewaySettings(_Env):
     state_table_name: str | None = Field(default=None, min_length=1)
     tgi_port: int = Field(default=8080, ge=1, le=65535)
     backend_cache_seconds: float = Field(default=5.0, ge=0, le=300)
+    # Between full reads, how often the ready set's records are read again (a warned replica stops getting
+    # requests within this time; gateway/backend.py says what it costs).
+    ready_set_check_seconds: float = Field(default=1.0, ge=0, le=300)
 
     # Failover behaviour: how long a client waits before being told to come back, and when.
     connect_timeout_seconds: float = Field(default=2.0, gt=0, le=30)

@@ -4,6 +4,17 @@ The state table is read at most once per BACKEND_CACHE_SECONDS per process; a re
 a cached replica asks for a resolution made after its failure (``fresher_than``), so during a failover the
 gateway follows the table within one retry, while concurrent failing requests share a single table read.
 
+A warned replica must stop getting requests at once, but it still answers (the Spot warning comes two minutes
+before the reclaim), so no failure tells the gateway: only the table does. Between full reads, when the cached
+set has two or more candidates, the ready set's records alone (one strongly consistent Query, ~1 read unit)
+are read again at most once per READY_SET_CHECK_SECONDS (default 1 s); only if they changed (a replica warned,
+gone or joined) is the whole resolution read again. The trade-off, per gateway process and only while requests
+come: a warned replica gets requests for at most READY_SET_CHECK_SECONDS plus one Query's latency after the
+table says so (instead of BACKEND_CACHE_SECONDS), for at most one Query per READY_SET_CHECK_SECONDS (86,400
+a day at 1 s, about $0.01 at on-demand's $0.125 per million read units). A read per request would cost a
+DynamoDB round trip (several ms) on every request; a push to the gateway has no channel to Lambda's
+execution environments. With one replica (Replicas = 1) there is nothing to choose from, and nothing is read.
+
 A resolution lists the candidates, the primary (the instance holding the Elastic IP) first: the ready set's
 replicas, each flagged ``warned`` once a Spot warning or rebalance recommendation named it. The upstream
 picks among them; a warned replica only gets requests when no other is there (one replica: it keeps serving
@@ -24,7 +35,7 @@ import anyio.to_thread
 
 from spotkeeper.gateway.errors import BackendUnavailable
 from spotkeeper.observability import logger
-from spotkeeper.records import READY, WARNED
+from spotkeeper.records import READY, WARNED, Replica
 from spotkeeper.settings import GatewaySettings
 from spotkeeper.state import StateStore
 
@@ -38,11 +49,20 @@ class Backend:
     warned: bool = False  # a Spot warning or rebalance recommendation named it: a last resort only
 
 
+ReadySetFingerprint = tuple[tuple[str, str, str | None], ...]
+
+
+def ready_set_fingerprint(replicas: list[Replica]) -> ReadySetFingerprint:
+    """What of the replica records decides routing: each one's state and address."""
+    return tuple(sorted((replica.instance_id, replica.state, replica.address) for replica in replicas))
+
+
 @dataclass(frozen=True)
 class Resolution:
     backend: Backend | None  # the primary, when it can serve
     reason: str = ""
     replicas: tuple[Backend, ...] = ()  # the other replicas of the ready set
+    fingerprint: ReadySetFingerprint | None = None  # the replica records it was made from
 
     @property
     def candidates(self) -> tuple[Backend, ...]:
@@ -97,7 +117,8 @@ def read_serving_instance(store: StateStore, group: str, port: int) -> Resolutio
     gone it is flagged warned, a last resort.
     """
     endpoint = store.get_endpoint(group)
-    replicas = {replica.instance_id: replica for replica in store.replicas(group)}
+    records = store.replicas(group)
+    replicas = {replica.instance_id: replica for replica in records}
     primary: Backend | None = None
     reason = ""
     if not endpoint.serving_instance_id or not endpoint.serving_address:
@@ -122,7 +143,7 @@ def read_serving_instance(store: StateStore, group: str, port: int) -> Resolutio
             others.append(Backend(backend_url(replica.address, port), replica.instance_id, replica.state == WARNED))
         except ValueError:
             logger.warning("ready set names an unusable address", extra={"instance_id": replica.instance_id})
-    return Resolution(primary, reason, tuple(others))
+    return Resolution(primary, reason, tuple(others), ready_set_fingerprint(records))
 
 
 class ServingInstanceBackend:
@@ -134,14 +155,20 @@ class ServingInstanceBackend:
         cache_seconds: float,
         retry_after_seconds: int,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        check: Callable[[], ReadySetFingerprint] | None = None,
+        check_seconds: float = 1.0,
     ) -> None:
         self._read = read
         self._cache_seconds = cache_seconds
         self._retry_after_seconds = retry_after_seconds
         self._clock = clock
+        self._check = check
+        self._check_seconds = check_seconds
         self._lock = asyncio.Lock()
         self._cached: Resolution | None = None
         self._cached_at = float("-inf")
+        self._checked_at = float("-inf")
 
     def now(self) -> float:
         return self._clock()
@@ -152,17 +179,37 @@ class ServingInstanceBackend:
     async def candidates(self, *, fresher_than: float | None = None) -> tuple[Backend, ...]:
         """The backends a request may go to, the primary first; BackendUnavailable when there is none."""
         async with self._lock:
-            threshold = self._clock() - self._cache_seconds if fresher_than is None else fresher_than
+            now = self._clock()
+            threshold = now - self._cache_seconds if fresher_than is None else fresher_than
             if self._cached is None or self._cached_at < threshold:
                 await self._refresh()
+            elif self._checked_at < now - self._check_seconds and len(self._cached.candidates) > 1:
+                await self._check_ready_set()
             resolution = self._cached
         if resolution is None or not resolution.candidates:
             reason = resolution.reason if resolution else "serving instance unknown"
             raise BackendUnavailable(reason, self._retry_after_seconds)
         return resolution.candidates
 
+    async def _check_ready_set(self) -> None:
+        """The whole resolution again if the ready set's records changed since it was read."""
+        started = self._clock()
+        if self._check is None or self._cached is None or self._cached.fingerprint is None:
+            return
+        try:
+            fingerprint = await anyio.to_thread.run_sync(self._check)
+        except Exception:
+            logger.exception("checking the ready set in the state table failed")
+            self._checked_at = started
+            return
+        if fingerprint != self._cached.fingerprint:
+            await self._refresh()
+        else:
+            self._checked_at = started
+
     async def _refresh(self) -> None:
         started = self._clock()
+        self._checked_at = started
         try:
             resolution = await anyio.to_thread.run_sync(self._read)
         except Exception:
@@ -195,14 +242,26 @@ def state_table_backend(
     group, table_name, port = settings.group_name, settings.state_table_name, settings.tgi_port
     store: StateStore | None = None
 
-    def read() -> Resolution:
+    def store_() -> StateStore:
         nonlocal store
         if store is None:
             table = table_factory() if table_factory is not None else _dynamodb_table(table_name)
             store = StateStore(table)
-        return read_serving_instance(store, group, port)
+        return store
 
-    return ServingInstanceBackend(read, settings.backend_cache_seconds, settings.retry_after_seconds)
+    def read() -> Resolution:
+        return read_serving_instance(store_(), group, port)
+
+    def check() -> ReadySetFingerprint:
+        return ready_set_fingerprint(store_().replicas(group))
+
+    return ServingInstanceBackend(
+        read,
+        settings.backend_cache_seconds,
+        settings.retry_after_seconds,
+        check=check,
+        check_seconds=settings.ready_set_check_seconds,
+    )
 
 
 def _dynamodb_table(name: str) -> Any:
