@@ -220,3 +220,100 @@ def test_a_second_failure_is_503_not_a_third_attempt() -> None:
 
     assert attempts == ["10.0.0.1", "10.0.0.2"]
     assert raised.value.headers() == {"Retry-After": "9"}
+
+
+# a warned replica stops getting requests within READY_SET_CHECK_SECONDS --------------------------------------
+
+
+class DynamoCalls:
+    """Counts the DynamoDB calls a table's client makes (botocore's before-call event)."""
+
+    def __init__(self, table: Any) -> None:
+        self.calls: list[str] = []
+        table.meta.client.meta.events.register("before-call.dynamodb", self._count)
+
+    def _count(self, model: Any, **_: Any) -> None:
+        self.calls.append(model.name)
+
+
+def play_traffic(
+    aws: Any, replicas: int, *, seconds: float = 60.0, every: float = 0.1, warn_at: float = 30.05
+) -> tuple[list[str], float | None]:
+    """A request every ``every`` simulated seconds for ``seconds``, against the resolver over a real (moto)
+    table with the default BACKEND_CACHE_SECONDS and READY_SET_CHECK_SECONDS; the primary is warned at
+    ``warn_at``. Returns the DynamoDB calls made and how long after the warning a request first saw it."""
+    from conftest import create_state_table
+
+    from spotkeeper.records import ReplicaFacts
+
+    table = create_state_table(aws, "state")
+    store = StateStore(table)
+    store.set_serving(GROUP, "i-a", "10.0.1.1", 1.0, expected_version=0)
+    for n in range(replicas):
+        store.join_ready_set(GROUP, ReplicaFacts(f"i-{'ab'[n]}", f"10.0.1.{n + 1}", "us-east-1a"), 1.0)
+    clock = ManualClock()
+    settings = GatewaySettings.model_validate({"GROUP_NAME": GROUP, "STATE_TABLE_NAME": "state"})
+    assert (settings.backend_cache_seconds, settings.ready_set_check_seconds) == (5.0, 1.0)
+    resolver = state_table_backend(settings, lambda: table, clock=clock)
+    calls = DynamoCalls(table)
+    start, seen_after = clock.now, None
+
+    async def traffic() -> None:
+        nonlocal seen_after
+        warned = False
+        for step in range(int(seconds / every)):
+            clock.now = start + step * every
+            if not warned and clock.now - start >= warn_at:
+                store.mark_warned(GROUP, "i-a", clock.now)
+                warned, warned_at = True, clock.now
+            candidates = await resolver.candidates()
+            primary = next(backend for backend in candidates if backend.instance_id == "i-a")
+            if warned and primary.warned and seen_after is None:
+                seen_after = clock.now - warned_at
+
+    calls.calls.clear()
+    run(traffic())
+    return [call for call in calls.calls if call in ("GetItem", "Query")], seen_after
+
+
+def test_a_warned_replica_is_seen_within_the_check_period_for_one_query_per_period(aws: Any) -> None:
+    calls, seen_after = play_traffic(aws, replicas=2)
+
+    # The warning is seen within READY_SET_CHECK_SECONDS (1 s), not BACKEND_CACHE_SECONDS (5 s)
+    assert seen_after is not None and seen_after <= 1.0
+    # What it costs over 60 s of traffic (600 requests): a full read (endpoint, ready set, serving instance:
+    # 2 GetItem + 1 Query) every 5 s and once on the change; between them one Query per second at most.
+    # (Measured: 12 full reads and 47 checks, 83 calls; a read per request would be 1,800, the cache alone 36
+    # with the warning seen up to 5 s late.)
+    full_reads = calls.count("GetItem") // 2
+    checks = calls.count("Query") - full_reads
+    assert full_reads <= 60 // 5 + 1
+    assert checks > 0 and full_reads + checks <= 60
+
+
+def test_with_one_replica_nothing_more_is_read_than_the_cache_reads(aws: Any) -> None:
+    calls, _ = play_traffic(aws, replicas=1)
+    assert calls.count("Query") == calls.count("GetItem") // 2 == 60 // 5
+
+
+def test_a_check_that_fails_keeps_the_cached_set_until_the_next_period() -> None:
+    clock = ManualClock()
+    table = ScriptedTable(Resolution(OLD, replicas=(NEW,), fingerprint=(("i-new", "ready", None),)))
+    checks: list[float] = []
+
+    def check() -> Any:
+        checks.append(clock.now)
+        raise RuntimeError("throttled")
+
+    resolver = ServingInstanceBackend(table, 60, 3, clock, check=check, check_seconds=1)
+
+    async def scenario() -> tuple[Backend, ...]:
+        await resolver.candidates()
+        for _ in range(4):
+            clock.now += 0.6
+            candidates = await resolver.candidates()
+        return candidates
+
+    assert run(scenario()) == (OLD, NEW)
+    assert table.reads == 1
+    assert checks == pytest.approx([101.2, 102.4])  # once per period, failed or not

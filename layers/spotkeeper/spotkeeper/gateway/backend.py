@@ -234,7 +234,9 @@ class ServingInstanceBackend:
 
 
 def state_table_backend(
-    settings: GatewaySettings, table_factory: Callable[[], Any] | None = None
+    settings: GatewaySettings,
+    table_factory: Callable[[], Any] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> ServingInstanceBackend:
     """A resolver over the state table, whose DynamoDB resource is built on first use."""
     if not settings.group_name or not settings.state_table_name:
@@ -259,6 +261,7 @@ def state_table_backend(
         read,
         settings.backend_cache_seconds,
         settings.retry_after_seconds,
+        clock,
         check=check,
         check_seconds=settings.ready_set_check_seconds,
     )
