@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
 import json
+import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -21,6 +25,7 @@ import pytest
 
 from spotkeeper.gateway import upstream as upstream_module
 from spotkeeper.gateway.backend import Backend
+from spotkeeper.gateway.upstream import TgiUpstream
 from spotkeeper.records import ReplicaFacts
 from spotkeeper.settings import GatewaySettings
 from spotkeeper.state import StateStore
@@ -28,6 +33,7 @@ from spotkeeper_local.tgi_emulator import (
     TgiEmulator,
     count_tokens,
     expected_chat_text,
+    expected_text,
     expected_tokens,
     render_chat_prompt,
 )
@@ -461,3 +467,183 @@ def test_a_generation_cut_by_a_dying_replica_is_answered_by_another(capsys: pyte
     assert answer["ok"].json() == {"generated_text": expected_text("long answer", 20)}
     assert other.requests_total == 1
     assert emf_for(capsys, "/generate")["GatewayRetries"] == [1.0]
+
+
+# overloaded replicas (TGI's 429) -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def overloaded(emulator: TgiEmulator) -> Iterator[None]:
+    """The replica's only permit (max_concurrent_requests=1) held by a client that is not the gateway's, so the
+    gateway, which sees nothing outstanding there, still gets "Model is overloaded"."""
+    long = {"inputs": "busy", "parameters": {"max_new_tokens": 200}}
+    with httpx.Client(timeout=10) as direct, direct.stream("POST", f"{emulator.url}/generate_stream", json=long):
+        deadline = time.monotonic() + 5
+        while emulator.in_flight < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert emulator.in_flight == 1
+        yield
+
+
+@pytest.fixture
+def busy_and_free() -> Iterator[tuple[TgiEmulator, TgiEmulator]]:
+    with (
+        running_emulator(max_concurrent_requests=1, token_delay=0.05) as busy,
+        running_emulator() as free,
+    ):
+        yield busy, free
+
+
+ROUTES = {
+    "/generate": ({"inputs": "q", "parameters": {"max_new_tokens": 3}}, False),
+    "/generate_stream": ({"inputs": "q", "parameters": {"max_new_tokens": 3}}, True),
+    "/v1/chat/completions": ({"messages": CHAT, "max_tokens": 3, "stream": True}, True),
+}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+def test_a_request_an_overloaded_replica_refuses_is_retried_once_on_another(
+    busy_and_free: tuple[TgiEmulator, TgiEmulator], route: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    busy, free = busy_and_free
+    body, stream = ROUTES[route]
+    replicas = Replicas(Backend(busy.url, "i-busy"), Backend(free.url, "i-free"))
+    with served_gateway(settings(), replicas) as gateway, overloaded(busy):
+        response = httpx.post(f"{gateway.url}{route}", json=body, timeout=10)
+        refused = busy.requests_total - 1
+
+    # The busy replica refused it (its 429: a JSON answer, or a stream's first event), the free one answered
+    assert refused == 1 and free.requests_total == 1
+    assert response.status_code == 200
+    if stream:
+        events = sse_payloads(response.text)
+        assert not [event for event in events if event != "[DONE]" and "error" in event]
+        assert len([event for event in events if event != "[DONE]"]) == 3
+    else:
+        assert response.json() == {"generated_text": expected_text("q", 3)}
+    record = emf_for(capsys, route)
+    assert record["GatewayRetries"] == [1.0] and record["GatewayErrors"] == [0.0]
+    assert replicas.fresh_reads == 0  # an overloaded replica is alive: no table read
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("other", ["none", "warned"])
+def test_an_overloaded_replica_with_no_other_ready_one_answers_tgis_429(
+    busy_and_free: tuple[TgiEmulator, TgiEmulator], route: str, other: str
+) -> None:
+    busy, free = busy_and_free
+    body, stream = ROUTES[route]
+    backends = [Backend(busy.url, "i-busy")] + ([Backend(free.url, "i-free", warned=True)] if other == "warned" else [])
+    with served_gateway(settings(), Replicas(*backends)) as gateway, overloaded(busy):
+        response = httpx.post(f"{gateway.url}{route}", json=body, timeout=10)
+
+    assert free.requests_total == 0
+    overload = {"error": "Model is overloaded", "error_type": "overloaded"}
+    if stream:  # TGI streams answer 200 and send the error as their first event
+        assert response.status_code == 200
+        assert sse_payloads(response.text)[0] == overload
+    else:
+        assert response.status_code == 429 and response.json() == overload
+
+
+# light load: ties --------------------------------------------------------------------------------------------
+
+
+REPLICAS = (Backend("http://10.0.0.1:8080", "i-a"), Backend("http://10.0.0.2:8080", "i-b"))
+
+
+@functools.cache
+def unused_client() -> httpx.AsyncClient:
+    return httpx.AsyncClient()  # picking a replica sends nothing (and a client per process costs ~0.1 s)
+
+
+def fresh_upstream(rng: random.Random, clock: Any = time.monotonic) -> TgiUpstream:
+    """The upstream of a new gateway process."""
+    return TgiUpstream(unused_client(), Replicas(*REPLICAS), settings(), rng=rng, clock=clock)
+
+
+def test_at_light_load_new_processes_spread_their_first_requests_over_the_replicas() -> None:
+    # Each Lambda execution environment serves one request at a time: nothing is ever outstanding there, and
+    # many environments serve only a few requests. 1,000 of them, one request each:
+    rng = random.Random(12)
+    firsts = Counter(fresh_upstream(rng).pick(REPLICAS).instance_id for _ in range(1000))  # type: ignore[union-attr]
+    assert 400 <= firsts["i-a"] <= 600 and firsts["i-a"] + firsts["i-b"] == 1000
+
+
+def test_within_a_process_ties_go_round_robin() -> None:
+    upstream = fresh_upstream(random.Random(3))
+    picks = [upstream.pick(REPLICAS).instance_id for _ in range(10)]  # type: ignore[union-attr]
+    assert Counter(picks) == {"i-a": 5, "i-b": 5}
+    assert all(first != second for first, second in itertools.pairwise(picks))
+
+
+def test_ties_are_broken_among_the_least_loaded_only() -> None:
+    third = Backend("http://10.0.0.3:8080", "i-c")
+    upstream = fresh_upstream(random.Random(5))
+    upstream._acquire(REPLICAS[0].url)  # one request in flight on i-a
+    picks = Counter(upstream.pick((*REPLICAS, third)).instance_id for _ in range(20))  # type: ignore[union-attr]
+    assert picks == {"i-b": 10, "i-c": 10}
+
+
+# a replica that cannot be reached ------------------------------------------------------------------------------
+
+
+def test_a_replica_that_could_not_be_reached_is_avoided_for_retry_after_seconds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    gone = f"http://127.0.0.1:{free_port()}"
+    with running_emulator() as ready:
+        # The table still lists the replica (reclaimed without warning; the health checks have not noticed)
+        replicas = Replicas(Backend(gone, "i-gone"), Backend(ready.url, "i-ready"))
+        with served_gateway(settings(), replicas) as gateway, httpx.Client(base_url=gateway.url, timeout=10) as c:
+            statuses = [c.post("/generate", json={"inputs": f"q{n}"}).status_code for n in range(6)]
+    assert statuses == [200] * 6 and ready.requests_total == 6
+    # Only the first request tried it (and read the table again); the five after went straight to the other
+    assert replicas.fresh_reads == 1
+
+
+def test_an_avoided_replica_is_picked_again_after_retry_after_seconds() -> None:
+    now = [100.0]
+    upstream = fresh_upstream(random.Random(1), clock=lambda: now[0])
+    upstream._unreachable(REPLICAS[0])
+    during = Counter(upstream.pick(REPLICAS).instance_id for _ in range(4))  # type: ignore[union-attr]
+    alone = upstream.pick(REPLICAS[:1])  # the last resort when nothing else is left
+    now[0] += settings().retry_after_seconds
+    after = Counter(upstream.pick(REPLICAS).instance_id for _ in range(4))  # type: ignore[union-attr]
+    assert during == {"i-b": 4} and alone == REPLICAS[0]
+    assert after == {"i-a": 2, "i-b": 2}
+
+
+# a warned replica, with a long cache ---------------------------------------------------------------------------
+
+
+def test_a_warned_replica_gets_no_request_once_the_ready_set_says_so_whatever_the_cache(aws: Any) -> None:
+    from conftest import create_state_table
+
+    store = StateStore(create_state_table(aws, "state"))
+    port = free_port(A)
+    first = without_delayed_acks(TgiEmulator(host=A, port=port)).boot()
+    second = without_delayed_acks(TgiEmulator(host=B, port=port)).boot()
+    try:
+        assert first.wait_ready(5) and second.wait_ready(5)
+        store.set_serving("g", "i-a", A, 1.0, expected_version=0)
+        store.join_ready_set("g", ReplicaFacts("i-a", A, "us-east-1a"), 1.0)
+        store.join_ready_set("g", ReplicaFacts("i-b", B, "us-east-1b"), 1.0)
+        values = {"GROUP_NAME": "g", "STATE_TABLE_NAME": "state", "TGI_PORT": str(port)}
+        # The whole resolution cached for 5 minutes; the ready set checked on every request
+        cached = GatewaySettings.model_validate(
+            {**values, "BACKEND_CACHE_SECONDS": "300", "READY_SET_CHECK_SECONDS": "0"}
+        )
+        with served_gateway(cached) as gateway, httpx.Client(base_url=gateway.url, timeout=10) as client:
+            for n in range(4):
+                assert client.post("/generate", json={"inputs": f"q{n}"}).status_code == 200
+            both = (first.requests_total, second.requests_total)
+            store.mark_warned("g", "i-a", 2.0)
+            for n in range(4):
+                assert client.post("/generate", json={"inputs": f"w{n}"}).status_code == 200
+            warned = (first.requests_total, second.requests_total)
+    finally:
+        first.stop()
+        second.stop()
+    assert both == (2, 2)
+    assert warned == (2, 6)
