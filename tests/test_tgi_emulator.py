@@ -319,6 +319,35 @@ def test_generation_resumed_from_prompt_plus_streamed_text_continues_identically
     assert expected_tokens(prompt + "".join(seeded[:2]), 4, model_id=MODEL_ID, seed=3) == seeded[2:]
 
 
+def test_tokenize_and_chat_tokenize_answer_in_tgis_shapes(make_tgi):
+    tgi = make_tgi()
+    messages = [{"role": "user", "content": "Où est le GPU ?"}]
+
+    tokens = httpx.post(f"{tgi.url}/tokenize", json={"inputs": "Où est  spot"}).json()
+    templated = httpx.post(f"{tgi.url}/chat_tokenize", json={"model": "tgi", "messages": messages}).json()
+
+    # TGI's SimpleToken: id, the text, its byte offsets in the input ("Où" is 3 bytes)
+    assert tokens == [
+        {"id": tokens[0]["id"], "text": "Où", "start": 0, "stop": 3},
+        {"id": tokens[1]["id"], "text": "est", "start": 4, "stop": 7},
+        {"id": tokens[2]["id"], "text": "spot", "start": 9, "stop": 13},
+    ]
+    # generated text tokenizes back to the ids generation gave it
+    generated = list(generate_tokens("x", 5, model_id=MODEL_ID))
+    ids = [
+        token["id"]
+        for token in httpx.post(f"{tgi.url}/tokenize", json={"inputs": "x" + "".join(t.text for t in generated)}).json()
+    ]
+    assert ids[1:] == [token.id for token in generated]
+    # ChatTokenizeResponse: the chat template's prompt, tokenized (no special tokens added: ChatML)
+    assert templated["templated_text"] == render_chat_prompt(messages)
+    again = httpx.post(f"{tgi.url}/tokenize", json={"inputs": templated["templated_text"]}).json()
+    assert templated["tokenize_response"] == again
+    assert len(again) == len(templated["templated_text"].split())
+    # TGI counts /chat_tokenize as a request (get_chat_tokenize), not /tokenize
+    assert tgi.requests_total == 1
+
+
 def test_compat_route_returns_a_list_and_the_full_text_by_default(make_tgi):
     tgi = make_tgi()
 

@@ -6,8 +6,12 @@ instead of half a JSON line. A stream is finished when TGI said so: ``data: [DON
 ``generated_text``, or an OpenAI chunk with a ``finish_reason``; anything else ending it is an error.
 
 A stream that breaks (the connection drops, or it ends unfinished) is resumed once on another replica when
-the route allows it (``resume.py``): the client's stream goes on with the continuation's events. Otherwise,
-or if no other replica can take it, the client gets TGI's error event.
+the route allows it (``resume.py``, ``chat_resume.py``): the client's stream goes on with the continuation's
+events. Otherwise, or if no other replica can take it, the client gets TGI's error event.
+
+TGI answers a stream it has no room for with 200 and "Model is overloaded" (its 429) as the first event; that
+stream is sent once to another ready replica before anything reached the client (the one-retry budget of
+``upstream.py``), else the client gets the error event as TGI sent it.
 """
 
 from __future__ import annotations
