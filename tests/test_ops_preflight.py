@@ -1,12 +1,14 @@
 """``spotkeeper preflight`` against moto: an account a deploy works in, and one it would not.
 
-moto's Service Quotas knows only VPC quotas and moto's Lambda holds no public layers of other accounts: those two
-clients are stand-ins answering in AWS's documented shapes. The Hugging Face Hub is a function the test passes.
+moto's Service Quotas knows only VPC quotas, moto's Lambda holds no public layers of other accounts and has no
+GetAccountSettings: those are stand-ins answering in AWS's documented shapes. The Hugging Face Hub is a function the
+test passes.
 """
 
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from botocore.stub import Stubber
 
 from spotkeeper_ops.cli import ROOT
 from spotkeeper_ops.params import parse_overrides, resolve_deploy
-from spotkeeper_ops.preflight import FAIL, OK, Clients, report, run_preflight
+from spotkeeper_ops.preflight import FAIL, OK, Clients, check_lambda_concurrency, report, run_preflight
 
 REGION = "us-east-1"
 GATED = "meta-llama/Llama-3.1-8B-Instruct"
@@ -36,6 +38,29 @@ class ServiceQuotas:
         raise ClientError({"Error": {"Code": "NoSuchResourceException"}}, "GetServiceQuota")
 
     get_aws_default_service_quota = get_service_quota
+
+
+class LambdaAccount:
+    """Lambda's GetAccountSettings, which moto 5.2 lacks: AWS answers the account's concurrency quota
+    (ConcurrentExecutions) and that quota less every function's reserved concurrency (UnreservedConcurrentExecutions,
+    https://docs.aws.amazon.com/lambda/latest/api/API_AccountLimit.html); the reservations are read from moto's
+    functions. Every other call goes to the client it wraps (which a test may stub)."""
+
+    def __init__(self, client: Any, functions: Any, concurrency: int) -> None:
+        self.client, self.functions, self.concurrency = client, functions, concurrency
+
+    def get_account_settings(self) -> dict[str, Any]:
+        reserved = 0
+        for page in self.functions.get_paginator("list_functions").paginate():
+            for function in page["Functions"]:
+                answer = self.functions.get_function_concurrency(FunctionName=function["FunctionName"])
+                reserved += int(answer.get("ReservedConcurrentExecutions") or 0)
+        total = self.concurrency
+        limit = {"ConcurrentExecutions": total, "UnreservedConcurrentExecutions": total - reserved}
+        return {"AccountLimit": limit, "AccountUsage": {"FunctionCount": 0, "TotalCodeSize": 0}}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
 
 
 class Hub:
@@ -93,11 +118,13 @@ def account(aws):
     return aws, net, secret["ARN"], key, lambda_
 
 
-def _run(aws, lambda_: Any, quotas: dict[str, float], hub: Hub, **parameters: str) -> tuple[list, str, int]:
+def _run(
+    aws, lambda_: Any, quotas: dict[str, float], hub: Hub, concurrency: int = 1000, **parameters: str
+) -> tuple[list, str, int]:
     deploy = resolve_deploy(ROOT / "template.yaml", overrides=parameters, region=REGION)
     clients = Clients.from_session(aws)
     clients.service_quotas = ServiceQuotas(quotas)
-    clients.lambda_ = lambda_
+    clients.lambda_ = LambdaAccount(lambda_, aws.client("lambda"), concurrency)
     checks = run_preflight(deploy, clients, REGION, hub=hub)
     text, code = report(checks)
     return checks, text, code
@@ -131,6 +158,8 @@ def test_preflight_passes_where_a_deploy_works(account):
     names = " / ".join(c.name for c in checks)
     for what in ("spot vCPU quota", "on-demand vCPU quota", "offered", "internet", "AMI", "token", "model", "Adapter"):
         assert what in names
+    [concurrency] = [c for c in checks if c.name == "Lambda concurrency for GatewayReservedConcurrency"]
+    assert concurrency.detail.startswith("reserving 100 leaves 900 unreserved")  # the template's default, 1000
     assert sum("function subnet" in c.name for c in checks) == 2
     # the model was asked for with the token read from the secret
     assert hub.calls == [(f"https://huggingface.co/{GATED}/resolve/main/config.json", TOKEN)]
@@ -147,6 +176,7 @@ def test_preflight_fails_where_a_deploy_could_not_work_and_says_what_to_do(accou
             lambda_,
             {"L-3819A6DF": 0, "L-DB2E81BA": 32},  # a new account: no Spot GPU quota
             hub,
+            concurrency=10,  # and a new account's Lambda concurrency: the default reservation of 100 is refused
             VpcId=net["vpc"],
             FleetSubnetIds=net["private-a"],  # no internet gateway for the image and weights
             FunctionSubnetIds=f"{net['public-a']},{net['isolated']}",  # public, and isolated without endpoints
@@ -168,7 +198,85 @@ def test_preflight_fails_where_a_deploy_could_not_work_and_says_what_to_do(accou
     model = failed[f"model {GATED} downloadable from the Hugging Face Hub"]
     assert "HfTokenSecretArn" in model.fix
     assert "LambdaAdapterLayerVersion" in failed["Lambda Web Adapter layer"].fix
+    concurrency = failed["Lambda concurrency for GatewayReservedConcurrency"]
+    assert "reserving 100 would leave -90 unreserved" in concurrency.detail
+    assert concurrency.fix.startswith("pass GatewayReservedConcurrency=0 (no reservation")
+    assert "--quota-code L-B99A9384 --desired-value 200" in concurrency.fix
     assert "a deploy would not work yet" in text
+
+
+def _role(aws, name: str) -> str:
+    document = json.dumps({"Version": "2012-10-17", "Statement": []})
+    return aws.client("iam").create_role(RoleName=name, AssumeRolePolicyDocument=document)["Role"]["Arn"]
+
+
+def _function(aws, name: str) -> str:
+    role = _role(aws, f"{name}-role")
+    aws.client("lambda").create_function(
+        FunctionName=name, Role=role, Runtime="python3.13", Handler="app.handler", Code={"ZipFile": b"stand-in"}
+    )
+    return name
+
+
+def test_a_gateway_reservation_lambda_would_refuse_fails_naming_the_value_that_works(aws, monkeypatch):
+    # moto enforces AWS's rule on PutFunctionConcurrency when given the account quota: the same verdict, both ways
+    monkeypatch.setenv("MOTO_LAMBDA_CONCURRENCY_QUOTA", "250")
+    lambda_ = aws.client("lambda")
+    other = _function(aws, "someone-elses")
+    lambda_.put_function_concurrency(FunctionName=other, ReservedConcurrentExecutions=100)
+    clients = Clients.from_session(aws)
+    clients.lambda_ = LambdaAccount(lambda_, lambda_, concurrency=250)
+
+    def verdict(value: str):
+        deploy = resolve_deploy(ROOT / "template.yaml", overrides={"GatewayReservedConcurrency": value}, region=REGION)
+        [check] = check_lambda_concurrency(deploy, clients)
+        return check
+
+    default = verdict("100")  # 250 - 100 elsewhere - 100 = 50 < 100
+    assert default.verdict == FAIL
+    assert "would leave 50 unreserved" in default.detail and "fewer than 100" in default.detail
+    assert default.fix.startswith("pass GatewayReservedConcurrency=50 (or less; 0 = no reservation)")
+    assert "--desired-value 300" in default.fix
+    assert verdict("50").verdict == OK and verdict("0").verdict == OK
+
+    gateway = _function(aws, "gateway")
+    with pytest.raises(ClientError, match="below its minimum value of \\[100\\]"):
+        lambda_.put_function_concurrency(FunctionName=gateway, ReservedConcurrentExecutions=51)
+    lambda_.put_function_concurrency(FunctionName=gateway, ReservedConcurrentExecutions=50)
+
+
+def test_a_redeploy_counts_the_reservation_its_gateway_already_holds(aws):
+    template = {
+        "Resources": {
+            "GatewayFunction": {
+                "Type": "AWS::Lambda::Function",
+                "Properties": {
+                    "Role": _role(aws, "gateway-role"),
+                    "Runtime": "python3.13",
+                    "Handler": "app.handler",
+                    "Code": {"ZipFile": "def handler(event, context): pass"},
+                },
+            }
+        }
+    }
+    aws.client("cloudformation").create_stack(StackName="sk", TemplateBody=json.dumps(template))
+    physical = aws.client("cloudformation").describe_stack_resource(StackName="sk", LogicalResourceId="GatewayFunction")
+    lambda_ = aws.client("lambda")
+    lambda_.put_function_concurrency(
+        FunctionName=physical["StackResourceDetail"]["PhysicalResourceId"], ReservedConcurrentExecutions=100
+    )
+    clients = Clients.from_session(aws)
+    clients.lambda_ = LambdaAccount(lambda_, lambda_, concurrency=200)  # 100 unreserved: all taken but the minimum
+    deploy = resolve_deploy(ROOT / "template.yaml", overrides={"GatewayReservedConcurrency": "100"}, region=REGION)
+    # Given the stack's name, its gateway's 100 go back into the pool the deploy draws from
+    deploy.stack_name = "sk"
+    [check] = check_lambda_concurrency(deploy, clients)
+    assert check.verdict == OK, check
+    assert "100 reserved by this stack's gateway now" in check.detail
+    # A first deploy under another name would take 100 more: refused
+    deploy.stack_name = "sk-other"
+    [check] = check_lambda_concurrency(deploy, clients)
+    assert check.verdict == FAIL and "would leave 0 unreserved" in check.detail
 
 
 def test_vpc_endpoints_stand_in_for_a_nat_route(account):

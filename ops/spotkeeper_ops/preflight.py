@@ -31,6 +31,13 @@ QUOTAS = {
 FUNCTION_SERVICES = ("autoscaling", "ec2", "dynamodb", "sns", "cloudformation", "xray")
 LWA_ACCOUNT = "753240598075"
 HUB = "https://huggingface.co"
+# Lambda keeps at least this many of the account's concurrent executions unreserved: PutFunctionConcurrency (what
+# CloudFormation calls for ReservedConcurrentExecutions) is refused with InvalidParameterValueException when a
+# reservation would leave fewer ("... decreases account's UnreservedConcurrentExecution below its minimum value of
+# [100]"). https://docs.aws.amazon.com/lambda/latest/api/API_PutFunctionConcurrency.html
+MIN_UNRESERVED_CONCURRENCY = 100
+LAMBDA_CONCURRENCY_QUOTA = "L-B99A9384"  # Service Quotas, service code "lambda": Concurrent executions
+GATEWAY_FUNCTION = "GatewayFunction"  # the template's logical id of the one function that reserves concurrency
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,7 @@ class Clients:
     lambda_: Any
     kms: Any
     autoscaling: Any
+    cloudformation: Any
 
     @classmethod
     def from_session(cls, session: Any) -> Clients:
@@ -61,6 +69,7 @@ class Clients:
             lambda_=session.client("lambda"),
             kms=session.client("kms"),
             autoscaling=session.client("autoscaling"),
+            cloudformation=session.client("cloudformation"),
         )
 
 
@@ -413,6 +422,67 @@ def check_attach_targets(deploy: Deploy, clients: Clients) -> list[Check]:
     return checks
 
 
+def check_lambda_concurrency(deploy: Deploy, clients: Clients) -> list[Check]:
+    """The gateway's reservation must leave the account MIN_UNRESERVED_CONCURRENCY unreserved, or the deploy fails.
+
+    UnreservedConcurrentExecutions already excludes what the stack's gateway reserves today (a redeploy), so that
+    reservation is counted back in: the deploy replaces it.
+    """
+    name = "Lambda concurrency for GatewayReservedConcurrency"
+    raw = deploy.parameters.get("GatewayReservedConcurrency", "0") or "0"
+    try:
+        requested = int(raw)
+    except ValueError:
+        return [Check(name, FAIL, f"GatewayReservedConcurrency={raw!r} is not a number", "pass a whole number")]
+    limit = clients.lambda_.get_account_settings()["AccountLimit"]
+    total, unreserved = int(limit["ConcurrentExecutions"]), int(limit["UnreservedConcurrentExecutions"])
+    current = _current_gateway_reservation(deploy, clients)
+    available = unreserved + current
+    account = f"account concurrency {total}, {unreserved} unreserved"
+    if current:
+        account += f" ({current} reserved by this stack's gateway now, which the deploy replaces)"
+    if requested == 0:
+        return [Check(name, OK, f"0: the gateway reserves nothing and shares the account pool ({account})")]
+    left = available - requested
+    if left >= MIN_UNRESERVED_CONCURRENCY:
+        return [Check(name, OK, f"reserving {requested} leaves {left} unreserved ({account})")]
+    most = available - MIN_UNRESERVED_CONCURRENCY
+    needed = total + MIN_UNRESERVED_CONCURRENCY - left
+    increase = (
+        f"request Lambda concurrent executions of at least {needed} (aws service-quotas request-service-quota-increase "
+        f"--service-code lambda --quota-code {LAMBDA_CONCURRENCY_QUOTA} --desired-value {needed})"
+    )
+    if most >= 1:
+        fix = f"pass GatewayReservedConcurrency={most} (or less; 0 = no reservation), or {increase}"
+    else:
+        fix = f"pass GatewayReservedConcurrency=0 (no reservation: the gateway shares the account pool), or {increase}"
+    detail = (
+        f"reserving {requested} would leave {left} unreserved; Lambda refuses a reservation that leaves fewer than "
+        f"{MIN_UNRESERVED_CONCURRENCY} ({account}): the deploy would fail on {GATEWAY_FUNCTION} and roll back"
+    )
+    return [Check(name, FAIL, detail, fix)]
+
+
+def _current_gateway_reservation(deploy: Deploy, clients: Clients) -> int:
+    if not deploy.stack_name:
+        return 0
+    try:
+        resource = clients.cloudformation.describe_stack_resource(
+            StackName=deploy.stack_name, LogicalResourceId=GATEWAY_FUNCTION
+        )["StackResourceDetail"]
+    except ClientError as error:
+        if _code(error) == "ValidationError":  # no such stack (a first deploy) or no such resource
+            return 0
+        raise
+    try:
+        concurrency = clients.lambda_.get_function_concurrency(FunctionName=resource["PhysicalResourceId"])
+    except ClientError as error:
+        if _code(error) == "ResourceNotFoundException":
+            return 0
+        raise
+    return int(concurrency.get("ReservedConcurrentExecutions") or 0)
+
+
 def run_preflight(deploy: Deploy, clients: Clients, region: str, hub: HubProbe = hub_probe) -> list[Check]:
     checks: list[Check] = []
     if deploy.create_mode:
@@ -425,6 +495,7 @@ def run_preflight(deploy: Deploy, clients: Clients, region: str, hub: HubProbe =
         checks += check_attach_targets(deploy, clients)
     checks += check_function_routes(deploy, clients, region)
     checks += check_lambda_adapter(deploy, clients, region)
+    checks += check_lambda_concurrency(deploy, clients)
     return checks
 
 
