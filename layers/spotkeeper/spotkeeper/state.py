@@ -330,12 +330,8 @@ class StateStore:
         return PendingLaunch.from_item(item) if item else None
 
     def waiting_launches(self, group: str) -> list[PendingLaunch]:
-        response = self._table.query(
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
-            ExpressionAttributeValues={":pk": _pk(group), ":prefix": "launch#"},
-            ConsistentRead=True,
-        )
-        launches = [PendingLaunch.from_item(item) for item in response.get("Items", [])]
+        # Completed launches stay recorded, so the partition's launch# items can outgrow one result page (1 MB).
+        launches = [PendingLaunch.from_item(item) for item in query_prefix(self._table, _pk(group), "launch#")]
         # Claimed but not completed: a reaction failed half-way; whoever looks next carries it through.
         return [launch for launch in launches if not launch.completed]
 
