@@ -17,7 +17,7 @@ from botocore.stub import Stubber
 
 from spotkeeper_ops.cli import ROOT
 from spotkeeper_ops.params import parse_overrides, resolve_deploy
-from spotkeeper_ops.preflight import FAIL, OK, Clients, check_lambda_concurrency, report, run_preflight
+from spotkeeper_ops.preflight import FAIL, OK, WARN, Clients, check_lambda_concurrency, report, run_preflight
 
 REGION = "us-east-1"
 GATED = "meta-llama/Llama-3.1-8B-Instruct"
@@ -237,7 +237,10 @@ def test_a_gateway_reservation_lambda_would_refuse_fails_naming_the_value_that_w
     assert "would leave 50 unreserved" in default.detail and "fewer than 100" in default.detail
     assert default.fix.startswith("pass GatewayReservedConcurrency=50 (or less; 0 = no reservation)")
     assert "--desired-value 300" in default.fix
-    assert verdict("50").verdict == OK and verdict("0").verdict == OK
+    assert verdict("50").verdict == OK
+    # 0 deploys, and leaves the control functions unprotected from the gateway's traffic: said, with the ceiling
+    unreserved = verdict("0")
+    assert unreserved.verdict == WARN and unreserved.fix.endswith("GatewayReservedConcurrency=50 or less")
 
     gateway = _function(aws, "gateway")
     with pytest.raises(ClientError, match="below its minimum value of \\[100\\]"):

@@ -438,24 +438,34 @@ def check_lambda_concurrency(deploy: Deploy, clients: Clients) -> list[Check]:
     total, unreserved = int(limit["ConcurrentExecutions"]), int(limit["UnreservedConcurrentExecutions"])
     current = _current_gateway_reservation(deploy, clients)
     available = unreserved + current
+    most = available - MIN_UNRESERVED_CONCURRENCY  # the largest reservation Lambda accepts
     account = f"account concurrency {total}, {unreserved} unreserved"
     if current:
         account += f" ({current} reserved by this stack's gateway now, which the deploy replaces)"
-    if requested == 0:
-        return [Check(name, OK, f"0: the gateway reserves nothing and shares the account pool ({account})")]
     left = available - requested
+
+    def increase(reserve: int) -> str:
+        needed = total + MIN_UNRESERVED_CONCURRENCY - (available - reserve)
+        return (
+            f"request Lambda concurrent executions of at least {needed} (aws service-quotas "
+            f"request-service-quota-increase --service-code lambda --quota-code {LAMBDA_CONCURRENCY_QUOTA} "
+            f"--desired-value {needed})"
+        )
+
+    if requested == 0:
+        detail = f"0: the gateway has no ceiling and shares the account pool with the control functions ({account})"
+        ceiling = f"GatewayReservedConcurrency={most} or less" if most >= 1 else f"a ceiling: {increase(1)}"
+        fix = f"long generations can take that pool and throttle the control functions; {ceiling}"
+        return [Check(name, WARN, detail, fix)]
     if left >= MIN_UNRESERVED_CONCURRENCY:
         return [Check(name, OK, f"reserving {requested} leaves {left} unreserved ({account})")]
-    most = available - MIN_UNRESERVED_CONCURRENCY
-    needed = total + MIN_UNRESERVED_CONCURRENCY - left
-    increase = (
-        f"request Lambda concurrent executions of at least {needed} (aws service-quotas request-service-quota-increase "
-        f"--service-code lambda --quota-code {LAMBDA_CONCURRENCY_QUOTA} --desired-value {needed})"
-    )
     if most >= 1:
-        fix = f"pass GatewayReservedConcurrency={most} (or less; 0 = no reservation), or {increase}"
+        fix = f"pass GatewayReservedConcurrency={most} (or less; 0 = no reservation), or {increase(requested)}"
     else:
-        fix = f"pass GatewayReservedConcurrency=0 (no reservation: the gateway shares the account pool), or {increase}"
+        fix = (
+            "pass GatewayReservedConcurrency=0 (no reservation: the gateway shares the account pool), "
+            f"or {increase(requested)}"
+        )
     detail = (
         f"reserving {requested} would leave {left} unreserved; Lambda refuses a reservation that leaves fewer than "
         f"{MIN_UNRESERVED_CONCURRENCY} ({account}): the deploy would fail on {GATEWAY_FUNCTION} and roll back"
