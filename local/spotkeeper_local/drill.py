@@ -244,7 +244,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--serial-delivery",
         action="store_true",
-        help="invoke one handler at a time (events wait while a hook handler waits): Lambda throttled to one",
+        help="one execution per function (a reserved concurrency of 1): an event for a busy function is throttled "
+        "and retried as Lambda's asynchronous queue does",
     )
     aws = p.add_argument_group("against a deployed stack (a real game day)")
     aws.add_argument(

@@ -9,7 +9,11 @@ by invoking their real handlers in-process.
 
 Handlers sleep on the same clock (a launch hook polling TGI, a terminate hook draining), so the world keeps
 turning while one of them waits: events that arrive meanwhile are delivered to concurrent invocations, as
-Lambda runs them, at most ``MAX_CONCURRENT_INVOCATIONS`` deep.
+Lambda runs them, at most ``MAX_CONCURRENT_INVOCATIONS`` deep. With ``concurrency`` (``--serial-delivery``: 1)
+each function has that many executions (a reserved concurrency, which Lambda applies per function): an event for
+a function whose executions are all busy is throttled as Lambda's asynchronous queue throttles it
+(``lambda_runtime.AsyncQueues``: tried again after 1 s, doubling to 5 minutes, dropped to the DLQ past the
+function's MaximumEventAgeInSeconds).
 
 With ``chaos`` (``delivery_chaos.DeliveryChaos``, the drill's ``--chaos SEED``) every event taken off a function's
 queue is handed on as EventBridge may: one to three copies, each late, out of order; a lifecycle event now and
@@ -36,7 +40,7 @@ from spotkeeper_local.cloudwatch_alarms import StackAlarms
 from spotkeeper_local.delivery_chaos import DeliveryChaos
 from spotkeeper_local.embedded_aws import DeployedStack, EmbeddedAws, LocalTemplate
 from spotkeeper_local.emulated_fleet import EmulatedInstances
-from spotkeeper_local.lambda_runtime import failure_record, load_function, retry_delay
+from spotkeeper_local.lambda_runtime import AsyncQueues, expiry_record, failure_record, load_function, retry_delay
 from spotkeeper_local.load import ClientPool, ElasticIpRouter, RequestOutcome
 from spotkeeper_local.report import TimelineEntry
 from spotkeeper_local.sim_clock import SimClock
@@ -148,14 +152,14 @@ class DrillWorld:
     # and which one holds the EIP (the primary). Only the instances the group launched.
     replica_log: list[tuple[float, dict[str, str], str | None]] = field(default_factory=list)
     via: str = ""  # what the clients talk to: the gateway, or the elastic ip
-    concurrency: int = MAX_CONCURRENT_INVOCATIONS
+    concurrency: int | None = None  # executions per function (None: Lambda's unreserved scaling)
     eip_lost_from: str | None = None  # the instance the EIP was on when it last went to nothing
     alarms: StackAlarms | None = None  # the stack's CloudWatch alarms, evaluated every minute
     chaos: DeliveryChaos | None = None  # event delivery as EventBridge may do it (None: once, in order, at once)
     _actions: list[tuple[float, int, str, Callable[[], None]]] = field(default_factory=list)
     _next_fire: dict[str, float] = field(default_factory=dict)
     _dirty: bool = False
-    _pending: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _queues: AsyncQueues = field(default_factory=AsyncQueues)
     _depth: int = 0
     _seen: dict[str, Any] = field(default_factory=dict)
     _tgi_states: dict[str, str] = field(default_factory=dict)
@@ -476,21 +480,30 @@ class DrillWorld:
         """Invoke the handler of every event that reached a function's queue, oldest first.
 
         An invocation that sleeps lets the clock run; the ticks meanwhile deliver the next events to concurrent
-        invocations, as Lambda would, up to ``concurrency`` deep (1: one invocation at a time, events wait).
+        invocations, as Lambda would, up to ``MAX_CONCURRENT_INVOCATIONS`` deep and ``concurrency`` per function.
         """
-        while self._depth < self.concurrency:
+        while self._depth < MAX_CONCURRENT_INVOCATIONS:
+            now = self.clock.now()
             if self._dirty:
                 self._dirty = False
                 self._collect()
             if self.chaos is not None:
-                self._pending.extend(self.chaos.due(self.clock.now()))
-            if not self._pending:
+                for function, event in self.chaos.due(now):
+                    self._queues.put(function, event, now)
+            self._queues.maximum_age = self.stack.function_event_age
+            queued, expired = self._queues.next(now, self.concurrency)
+            for old in expired:
+                record = expiry_record(old.function, old.event, old.throttles + 1, now)
+                self.sqs.send_message(QueueUrl=self.stack.dlq_url, MessageBody=json.dumps(record))
+                self.note(f"{old.function}: event expired unrun after {old.throttles} throttles", "sent to the DLQ")
+            if queued is None:
                 return
-            function, event = self._pending.pop(0)
             self._depth += 1
+            self._queues.started(queued.function)
             try:
-                self.invoke(function, event)
+                self.invoke(queued.function, queued.event)
             finally:
+                self._queues.ended(queued.function)
                 self._depth -= 1
 
     def _collect(self) -> None:
@@ -511,7 +524,8 @@ class DrillWorld:
                     arrived.append((sent, function, _as_delivered(json.loads(message["Body"]))))
         arrived.sort(key=lambda item: item[0])
         if self.chaos is None:
-            self._pending.extend((function, event) for _, function, event in arrived)
+            for _, function, event in arrived:
+                self._queues.put(function, event, self.clock.now())
             return
         for _, function, event in arrived:
             delivery = self.chaos.arrive(self.clock.now(), function, event)

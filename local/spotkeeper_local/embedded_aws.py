@@ -101,6 +101,7 @@ class FunctionSpec:
     name: str  # the folder under functions/
     timeout: float
     environment: dict[str, Any]  # unresolved, as the translated template has it
+    maximum_event_age: float = 21600.0  # its EventInvokeConfig's MaximumEventAgeInSeconds (Lambda's default: 6 h)
 
 
 @dataclass
@@ -136,6 +137,7 @@ class DeployedStack:
     schedules: list[ScheduleRule]
     rules: list[str]
     alert_inbox_url: str
+    function_event_age: dict[str, float] = field(default_factory=dict)  # folder name -> MaximumEventAgeInSeconds
 
     @property
     def group(self) -> str:
@@ -219,12 +221,20 @@ def local_template(sam_template: dict[str, Any]) -> LocalTemplate:
     folders = _function_folders(sam_template)
     translated = translate(sam_template)
     resources: dict[str, Any] = translated["Resources"]
+    event_age = {
+        resource["Properties"]["FunctionName"].get("Ref"): float(resource["Properties"]["MaximumEventAgeInSeconds"])
+        for resource in resources.values()
+        if resource["Type"] == "AWS::Lambda::EventInvokeConfig"
+        and isinstance(resource["Properties"].get("FunctionName"), dict)
+        and "MaximumEventAgeInSeconds" in resource["Properties"]
+    }
     functions = {
         logical_id: FunctionSpec(
             logical_id=logical_id,
             name=folders.get(logical_id, logical_id),
             timeout=float(resource["Properties"].get("Timeout", 3)),
             environment=dict(resource["Properties"].get("Environment", {}).get("Variables", {})),
+            maximum_event_age=event_age.get(logical_id, 21600.0),
         )
         for logical_id, resource in resources.items()
         if resource["Type"] == "AWS::Lambda::Function"
@@ -458,6 +468,7 @@ class EmbeddedAws:
             outputs={k: v for k, v in outputs.items() if not k.startswith("Drill")},
             function_env=function_env,
             function_timeout={spec.name: spec.timeout for spec in template.functions.values()},
+            function_event_age={spec.name: spec.maximum_event_age for spec in template.functions.values()},
             inboxes=inboxes,
             schedules=schedules,
             rules=rules,

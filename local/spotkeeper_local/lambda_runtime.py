@@ -87,6 +87,20 @@ def failure_record(name: str, event: dict[str, Any], error: BaseException | str,
         error_type, message = type(error).__name__, str(error)
     else:
         error_type, _, message = error.partition(": ")
+    return {
+        **_record_head(name, event, "RetriesExhausted", tries, at),
+        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+        "responsePayload": {"errorMessage": message, "errorType": error_type},
+    }
+
+
+def expiry_record(name: str, event: dict[str, Any], tries: int, at: float) -> dict:
+    """What Lambda sends the OnFailure destination for an event that grew older than MaximumEventAgeInSeconds
+    in its queue (throttled all that time): never run, so no response."""
+    return _record_head(name, event, "EventAgeExceeded", tries, at)
+
+
+def _record_head(name: str, event: dict[str, Any], condition: str, tries: int, at: float) -> dict:
     stamp = datetime.datetime.fromtimestamp(at, datetime.UTC).isoformat(timespec="milliseconds")
     return {
         "version": "1.0",
@@ -94,13 +108,77 @@ def failure_record(name: str, event: dict[str, Any], error: BaseException | str,
         "requestContext": {
             "requestId": str(uuid.uuid4()),
             "functionArn": f"arn:aws:lambda:us-east-1:123456789012:function:spotkeeper-{name}:$LATEST",
-            "condition": "RetriesExhausted",
+            "condition": condition,
             "approximateInvokeCount": tries,
         },
         "requestPayload": event,
-        "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
-        "responsePayload": {"errorMessage": message, "errorType": error_type},
     }
+
+
+# Lambda's asynchronous invocation when the function has no concurrency free (a function's reserved concurrency
+# is its ceiling, per function): the throttled event goes back to the function's queue and is tried again, "1
+# second after the first attempt" and exponentially longer "to a maximum of 5 minutes", until it is older than
+# the function's MaximumEventAgeInSeconds (6 hours by default); then it is dropped to the OnFailure destination.
+# https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-error-handling.html
+THROTTLE_FIRST_RETRY = 1.0
+THROTTLE_MAX_RETRY = 300.0
+DEFAULT_MAXIMUM_EVENT_AGE = 21600.0
+
+
+@dataclass(eq=False)
+class QueuedEvent:
+    """An event in a function's asynchronous queue: when it arrived, when it is tried next, how often it was
+    throttled."""
+
+    function: str
+    event: dict[str, Any]
+    arrived: float
+    next_try: float
+    throttles: int = 0
+
+    def throttled(self, now: float) -> None:
+        """No concurrency was free at ``now``: tried again later, the interval doubling from 1 s to 5 minutes."""
+        self.throttles += 1
+        self.next_try = now + min(THROTTLE_MAX_RETRY, THROTTLE_FIRST_RETRY * 2 ** (self.throttles - 1))
+
+    def expired(self, now: float, maximum_age: float = DEFAULT_MAXIMUM_EVENT_AGE) -> bool:
+        return now - self.arrived > maximum_age
+
+
+class AsyncQueues:
+    """Lambda's asynchronous queues of the functions: which queued event runs next, which wait throttled (a
+    function at its concurrency ceiling), which expire (``maximum_age``: function -> MaximumEventAgeInSeconds)."""
+
+    def __init__(self, maximum_age: dict[str, float] | None = None) -> None:
+        self.maximum_age = maximum_age or {}
+        self.queued: list[QueuedEvent] = []
+        self.running: dict[str, int] = {}
+
+    def put(self, function: str, event: dict[str, Any], now: float) -> None:
+        self.queued.append(QueuedEvent(function, event, now, now))
+
+    def next(self, now: float, limit: int | None = None) -> tuple[QueuedEvent | None, list[QueuedEvent]]:
+        """The oldest event due whose function has an execution free (``limit`` per function, None: no ceiling;
+        None: nothing can run now), and the events that expired meanwhile (removed: the caller sends them to the
+        OnFailure destination). An event due whose function has none free is throttled: tried again later."""
+        age = self.maximum_age
+        expired = [q for q in self.queued if q.expired(now, age.get(q.function, DEFAULT_MAXIMUM_EVENT_AGE))]
+        self.queued = [q for q in self.queued if q not in expired]
+        for queued in sorted(self.queued, key=lambda q: (q.next_try, q.arrived)):
+            if queued.next_try > now:
+                break
+            if limit is not None and self.running.get(queued.function, 0) >= limit:
+                queued.throttled(now)
+                continue
+            self.queued.remove(queued)
+            return queued, expired
+        return None, expired
+
+    def started(self, function: str) -> None:
+        self.running[function] = self.running.get(function, 0) + 1
+
+    def ended(self, function: str) -> None:
+        self.running[function] -= 1
 
 
 def invoke_async(
