@@ -236,6 +236,7 @@ class DrillWorld:
             tgi_port=int(env["lifecycle"]["TGI_PORT"]),
         )
         world = cls(aws, stack, clock, local, load_seconds)
+        world._queues = AsyncQueues(stack.function_event_age)
         if chaos is not None:
             world.chaos = DeliveryChaos(chaos, stream=stack_name)
         world.origin = clock.now()
@@ -490,7 +491,6 @@ class DrillWorld:
             if self.chaos is not None:
                 for function, event in self.chaos.due(now):
                     self._queues.put(function, event, now)
-            self._queues.maximum_age = self.stack.function_event_age
             queued, expired = self._queues.next(now, self.concurrency)
             for old in expired:
                 record = expiry_record(old.function, old.event, old.throttles + 1, now)
