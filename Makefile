@@ -81,7 +81,8 @@ pytest-all: $(VENV)/.stamp
 
 test: lint cfn-lint checkov sam-validate build pytest-all
 
-# Plays every scenario file of scenarios/ (DEMO_ARGS adds options, e.g. DEMO_ARGS="--scenario-file my-game-day.yaml").
+# The drill's four scenario files; DEMO_ARGS="--scenario all" plays every file of scenarios/, DEMO_ARGS="--scenario-file
+# my-game-day.yaml" your own (any drill option passes through).
 demo: $(VENV)/.stamp
 	PYTHONPATH=layers/spotkeeper:local $(PY) -m spotkeeper_local.drill $(DEMO_ARGS)
 

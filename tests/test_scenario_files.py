@@ -196,8 +196,10 @@ def test_the_committed_schema_is_the_one_the_model_generates():
 def test_the_cli_chooses_files_by_name_number_or_path(tmp_path):
     options = drill.options_from(drill.parser().parse_args(["--scenario", "1", "--scenario-file", "x.yaml"]))
     assert options.scenarios == (SCENARIOS_DIR / "interruption.yaml", Path("x.yaml"))
-    every = drill.options_from(drill.parser().parse_args([]))
-    assert every.scenarios == tuple(folder())
+    every = drill.options_from(drill.parser().parse_args(["--scenario", "all", "--scenario-file", "x.yaml"]))
+    assert every.scenarios == (*folder(), Path("x.yaml"))
+    only_file = drill.options_from(drill.parser().parse_args(["--scenario-file", "x.yaml"]))
+    assert only_file.scenarios == (Path("x.yaml"),)  # a file alone: not the default set besides
 
 
 # -- played -------------------------------------------------------------------------------------------------
