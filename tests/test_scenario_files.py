@@ -213,7 +213,7 @@ def _play(tmp_path: Path, *argv: str) -> dict[str, Any]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=2300,
     )
     assert finished.returncode in (0, 1), f"drill failed:\n{finished.stderr[-4000:]}"
     return json.loads(finished.stdout)
@@ -270,3 +270,22 @@ def test_every_other_scenario_file_passes_its_own_expectations(tmp_path):
         for name, s in report["scenarios"].items()
     }
     assert not any(failed.values()), failed
+
+
+def test_the_drills_options_override_each_files_setup_only_when_given():
+    from spotkeeper_local.drill_scenarios import chaos_of, load_seconds_of, replicas_of
+
+    fixed = parse(GOOD.replace("load_seconds: 180", "load_seconds: 180\n  chaos: 5"), "game.yaml").setup
+    modelled = parse(GOOD.replace("load_seconds: 180", "replicas: 2"), "game.yaml").setup
+    default = drill.options_from(drill.parser().parse_args([]))
+    # Given no option: each file's own (a fixed time, or the launch-to-ready model's), its own chaos and replicas
+    assert load_seconds_of(fixed, default) == 180 and load_seconds_of(modelled, default) == drill._modelled_seconds()
+    assert (chaos_of(fixed, default), chaos_of(modelled, default)) == (5, None)
+    assert replicas_of(modelled, default) == 2
+    # --load-seconds, --fast-start, --chaos and --replicas replace them
+    given = drill.options_from(drill.parser().parse_args(["--load-seconds", "90", "--chaos", "3", "--replicas", "4"]))
+    assert load_seconds_of(fixed, given) == load_seconds_of(modelled, given) == 90
+    assert chaos_of(fixed, given) == chaos_of(modelled, given) == 3
+    assert (replicas_of(modelled, given), replicas_of(fixed, given)) == (4, 1)  # a single-instance file stays N = 1
+    baked = drill.options_from(drill.parser().parse_args(["--fast-start", "baked"]))
+    assert load_seconds_of(fixed, baked) == drill._modelled_seconds("baked") < drill._modelled_seconds()
