@@ -793,11 +793,13 @@ class Engine:
         name = f"never without a serving instance after {condition}"
         if since is None:
             return Check(name, False, f"{condition} never held")
+        # The world logs a second (and sends its requests) before it delivers that second's events; the condition is
+        # seen after them: from the next second on.
         if self.replicas > 1:
-            gaps = [t for t, states, _ in world.replica_log if t >= since and "ready" not in states.values()]
+            gaps = [t for t, states, _ in world.replica_log if t > since and "ready" not in states.values()]
         else:
-            gaps = [t for t, s, ready in world.serving_log if t >= since and not (s and ready)]
-        failures = [o for o in world.load.outcomes if o.at >= since and not o.ok]
+            gaps = [t for t, s, ready in world.serving_log if t > since and not (s and ready)]
+        failures = [o for o in world.load.outcomes if o.at > since and not o.ok]
         return Check(
             name,
             not gaps and not failures,
