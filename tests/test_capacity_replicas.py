@@ -242,7 +242,7 @@ def test_a_failure_older_than_the_last_change_is_stale(stack):
     # The fallback's replica goes back to Spot ...
     clock.advance(MIN_ON_DEMAND)
     market.set_score(9)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     assert base(stack) == 0
     # ... and a late redelivery of the old failure does not undo that, even with a replica missing again
     lose(capacity, second)
@@ -263,21 +263,21 @@ def test_back_to_spot_per_replica_as_the_scores_allow(stack):
     market.set_score(9)
     market.ceilings = {2: 4}
     # Then one replica goes back to Spot, launch-before-terminate
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     asked = [call["TargetCapacity"] for call in market.score_calls()]
     assert asked == [2, 1]
     assert base(stack) == 1
     endpoint = capacity.endpoint()
     assert endpoint.on_demand_replicas == 1 and endpoint.mode == ON_DEMAND
     assert endpoint.mode_reason == "spot-back: placement score 9 >= 7"
-    [refresh] = capacity.group.refresh_calls
-    assert refresh["Preferences"]["MinHealthyPercentage"] == 100
+    # (no instance refresh: the lowered base makes Auto Scaling replace one On-Demand instance, none of the others)
+    assert capacity.group.refresh_calls == []
     # And the second waits the minimum time between changes (anti-flap), then goes back when Spot holds two
     clock.advance(MIN_ON_DEMAND - 300)
     market.ceilings = {}
     assert capacity.invoke(schedule(clock.now())) == "too-soon"
     clock.advance(300)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     assert base(stack) == 0 and capacity.endpoint().mode == SPOT
     assert [call["TargetCapacity"] for call in market.score_calls()][2:] == [2]
     forward = [a for a in stack.alerts() if a["attributes"]["event"] == "fall-forward-spot"]
@@ -309,7 +309,7 @@ def test_pools_that_just_failed_are_left_out_of_the_return(stack):
     # When the fall-forward looks, Spot scoring 9
     clock.advance(MIN_ON_DEMAND / 2)
     market.set_score(9)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     # Then the type that just failed was not asked about (the zone-wide failure of the fallback itself has aged out)
     [asked] = market.score_calls()
     assert asked["InstanceTypes"] == ["g6.2xlarge"]
@@ -332,7 +332,7 @@ def test_a_zone_that_just_failed_for_every_type_is_not_scored(stack):
     assert capacity.invoke(schedule(clock.now())) == "spot-unlikely"
     # Once the cache runs out, us-east-1a's score counts again
     clock.advance(MIN_ON_DEMAND / 2)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     # (the one On-Demand replica returning makes two Spot replicas: the score asked is for two)
     assert capacity.endpoint().mode_reason == "spot-back: placement score 10 >= 7 for 2 Spot replicas"
 
@@ -345,7 +345,7 @@ def test_the_cache_never_outlives_the_minimum_time_on_on_demand(stack):
     assert capacity.invoke(launch_failure(stack, ZONE_SHORT_G5, clock.now())) == "fell-back"
     clock.advance(MIN_ON_DEMAND)
     market.set_score(9)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     [asked] = market.score_calls()
     assert asked["InstanceTypes"] == ["g5.2xlarge", "g6.2xlarge"]
 
@@ -385,7 +385,7 @@ def test_a_failure_reported_while_every_replica_is_on_demand_is_not_cached(stack
     assert capacity.invoke(launch_failure(stack, ZONE_SHORT_G5, clock.now())) == "already-on-demand"
     clock.advance(MIN_ON_DEMAND - 60)
     market.set_score(9)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     assert market.score_calls()[0]["InstanceTypes"] == ["g5.2xlarge", "g6.2xlarge"]
 
 
