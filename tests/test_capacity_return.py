@@ -37,6 +37,7 @@ class Run:
     capacity: Capacity
     copies: int = 1
     seed: int = 0
+    lifecycle_timeout: float = 900.0  # a shorter one hands a launch over to the health probe while it loads
     launched: list[str] = field(default_factory=list)
     before: set[str] = field(default_factory=set)  # launched before the part looked at
     looks: list[dict[str, Any]] = field(default_factory=list)
@@ -69,7 +70,8 @@ class Run:
         self.look()
         kind = event["detail-type"]
         function = "lifecycle" if kind in LIFECYCLE else "capacity"
-        result = self.world.invoke(function, event, timeout=900)
+        timeout = self.lifecycle_timeout if function == "lifecycle" else 900
+        result = self.world.invoke(function, event, timeout=timeout)
         self.outcomes.append((kind, result.get("outcome") if isinstance(result, dict) else result))
         self.look()
 
@@ -231,5 +233,36 @@ def test_a_replayed_old_launch_failure_does_not_undo_the_return(stack):
         assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
         assert all(run.purchase(i) == SPOT for i in run.members()) and len(run.members()) == 2
         assert kept in run.members()
+    finally:
+        run.world.close()
+
+
+def test_a_spot_replacement_reclaimed_while_it_loads_leaves_the_on_demand_replica_serving(stack):
+    # Given two replicas, one on On-Demand, Spot back, and the launch reaction handing over to the probe while TGI
+    # loads (so Spot can take the replacement back before it is ready)
+    run = hedged_world(stack)
+    try:
+        kept, on_demand = fall_back_for_one_replica(run)
+        run.forget_launches()
+        run.lifecycle_timeout = 60
+        start = len(run.looks)
+        spot_back(run)
+        assert run.until(lambda: bool(run.launched), 120)
+        [doomed] = run.launched
+        assert run.members()[doomed] == "Pending:Wait"
+        # When Spot reclaims the replacement before its TGI is ready
+        run.capacity.group.reclaim(doomed)
+        assert run.until(lambda: on_demand not in run.members(), 2400)
+        run.until(lambda: False, 120)
+        # Then the On-Demand replica kept serving until a second Spot replacement was in service, the Spot replica
+        # was never touched, and no more than those two were launched
+        doomed_gone, new = run.launched
+        assert doomed_gone == doomed and run.purchase(new) == SPOT
+        assert run.members() == {kept: "InService", new: "InService"}
+        assert all(look["members"].get(kept) == "InService" for look in run.looks[start:])
+        until_new = [look for look in run.looks[start:] if look["members"].get(new) != "InService"]
+        assert all(look["members"].get(on_demand) == "InService" for look in until_new)
+        assert min(len(look["ready"]) for look in run.looks[start:]) >= 2
+        assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
     finally:
         run.world.close()
