@@ -26,6 +26,10 @@ spotkeeper terminates nothing, so no duplicated or reordered event can retire an
 on top (what this did before) replaced every instance, the healthy Spot replicas too: a full launch-to-ready each,
 for nothing. A Spot launch that fails meanwhile is a Spot shortage like any other: the fallback raises the base
 again, Auto Scaling then has no On-Demand instance too many and keeps it, and the pool goes in the failed-pool cache.
+A Spot replacement reclaimed (or abandoned) before it serves only costs a second launch: the On-Demand instance
+serves until a replacement is InService. One thing Auto Scaling may still do on its own: when the Spot replacement
+landed in another zone than the On-Demand instance it replaced, the zones are unbalanced and AZ rebalancing (launch
+before terminate too) replaces one instance of the fuller zone.
 
 A trigger older than the last mode switch is stale and changes nothing, so a late launch failure from the
 Spot era cannot undo a fall-forward that came after it.
