@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from capacity_harness import MIN_ON_DEMAND, NO_SPOT_CAPACITY, Capacity, launch_failure, policy_of, schedule
+from capacity_harness import (
+    MIN_ON_DEMAND,
+    NO_SPOT_CAPACITY,
+    Capacity,
+    launch_failure,
+    policy_of,
+    schedule,
+    with_replicas,
+)
 
 from spotkeeper.records import ON_DEMAND, READY, SPOT
 from spotkeeper_local.aws_events import scheduled
@@ -109,8 +117,6 @@ class Run:
 
 def hedged_world(stack: Any, copies: int = 1, seed: int = 0) -> Run:
     """Two Spot replicas in service and ready, behind the Elastic IP."""
-    from capacity_harness import with_replicas
-
     capacity = Capacity(stack, SimClock(), control=True, load_seconds=LOAD_SECONDS, REPLICAS="2")
     run = Run(capacity, copies=copies, seed=seed)
     [first] = [i["InstanceId"] for i in stack.group_description()["Instances"]]
