@@ -402,3 +402,28 @@ def test_a_fallback_recorded_before_there_was_a_count_reads_as_one_replica(stack
     assert capacity.endpoint().on_demand_replicas == 2
     with pytest.raises(ValueError):
         state.set_mode(stack.group, SPOT, "r", now, ON_DEMAND, on_demand_replicas=1, expected_replicas=2)
+
+
+def test_racing_returns_from_one_mode_carry_out_the_first_decision(stack):
+    # Given both replicas on On-Demand, and a racing fall-forward that has begun a return of one of them (recorded,
+    # base not lowered yet)
+    capacity, instances, market = hedged(stack)
+    clock = capacity.clock
+    for instance in instances:
+        lose(capacity, instance)
+    assert capacity.invoke(launch_failure(stack, NO_SPOT_CAPACITY, clock.now())) == "fell-back"
+    clock.advance(MIN_ON_DEMAND)
+    since = capacity.endpoint().mode_since
+    journal = capacity.deps.journal
+    assert journal.begin_return(since, 1, "spot-back: placement score 8 >= 7") == (
+        1,
+        "spot-back: placement score 8 >= 7",
+    )
+    # When this run finds Spot holding both
+    market.set_score(10)
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
+    # Then it carries out what was recorded first: one replica returns, not two; a later begin gets the same answer
+    assert base(stack) == 1 and capacity.endpoint().on_demand_replicas == 1
+    assert capacity.endpoint().mode_reason == "spot-back: placement score 8 >= 7"
+    assert journal.begin_return(since, 0, "other") == (1, "spot-back: placement score 8 >= 7")
+    assert market.score_calls() == []  # nothing left to decide
