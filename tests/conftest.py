@@ -177,7 +177,7 @@ def deps(stack: Stack) -> Any:
 
 @pytest.fixture
 def capacity(stack: Stack) -> Any:
-    """The capacity function wired to the stack, with the Spot market and instance refresh stand-ins."""
+    """The capacity function wired to the stack, with the Spot market and Auto Scaling group stand-ins."""
     # Imported here, not at the top: spotkeeper reads the Powertools settings above when it is first imported.
     from capacity_harness import Capacity
 

@@ -1,6 +1,6 @@
 """Capacity: fallback to On-Demand, fall-forward to Spot, alarm alerts, against moto.
 
-The wiring (moto with the Spot market and instance refresh stand-ins) lives in ``capacity_harness``.
+The wiring (moto with the Spot market and Auto Scaling group stand-ins) lives in ``capacity_harness``.
 """
 
 from __future__ import annotations
@@ -475,10 +475,10 @@ def test_a_high_score_in_a_zone_the_group_does_not_use_does_not_count(stack, cap
     capacity.market.set_score(10, others)
     assert capacity.invoke(schedule(clock.now())) == "spot-unlikely"
     capacity.market.set_score(7, [capacity.zone_id()])
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
 
 
-def test_fall_forward_starts_exactly_one_refresh_when_spot_is_back(stack, capacity):
+def test_fall_forward_lowers_the_base_once_and_starts_no_refresh_when_spot_is_back(stack, capacity):
     # Given a group on On-Demand for longer than the minimum, and Spot scoring 8 in its zone again
     clock = capacity.clock
     before = policy_of(stack)
@@ -492,14 +492,11 @@ def test_fall_forward_starts_exactly_one_refresh_when_spot_is_back(stack, capaci
     outcomes = [capacity.invoke(tick), capacity.invoke(tick)]
     clock.advance(300)
     outcomes.append(capacity.invoke(schedule(clock.now())))
-    # Then one launch-before-terminate refresh was started, and the policy is back to Spot only
-    assert outcomes == ["refresh-started", "on-spot", "on-spot"]
-    [started] = capacity.group.refresh_calls
-    assert started["Preferences"]["MinHealthyPercentage"] == 100
-    assert started["Preferences"]["MaxHealthyPercentage"] == 200
-    # With an explicit warm-up: without it AWS waits the health check grace period (the launch deadline, 30 min)
-    # before it terminates the On-Demand instance, although the launch hook only let the Spot one in once it served
-    assert started["Preferences"]["InstanceWarmup"] == 60
+    # Then the policy is back to Spot only, once, and that is all spotkeeper does: lowering OnDemandBaseCapacity
+    # makes Auto Scaling replace the On-Demand instance, launch before terminate (API_InstancesDistribution); an
+    # instance refresh on top would replace every instance of the group
+    assert outcomes == ["returning-to-spot", "on-spot", "on-spot"]
+    assert capacity.group.refresh_calls == []
     assert policy_of(stack) == before
     endpoint = capacity.endpoint()
     assert endpoint.mode == SPOT and endpoint.mode_reason.startswith("spot-back: placement score 8")
@@ -510,7 +507,7 @@ def test_fall_forward_starts_exactly_one_refresh_when_spot_is_back(stack, capaci
     assert saving["on_demand_instance_type"] == "g5.2xlarge" and saving["spot_usd_per_hour"] == 0.45
     assert saving["usd_per_hour"] == pytest.approx(1.212 - 0.45)
     assert "saving about $0.76/h" in alert["subject"]
-    assert alert["body"]["instance_refresh_id"] == capacity.group.refreshes[0].refresh_id
+    assert alert["body"]["replacing_on_demand"] == 1 and alert["body"]["on_demand_base_capacity"] == 0
 
 
 def test_price_history_is_the_second_signal_when_scores_are_unavailable(stack, capacity):
@@ -526,19 +523,14 @@ def test_price_history_is_the_second_signal_when_scores_are_unavailable(stack, c
     assert capacity.group.refresh_calls == []
     # A Spot price well under On-Demand is the signal
     capacity.market.set_price("g6.2xlarge", 0.40, zones=["us-east-1a"])
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     [alert] = stack.alerts()
     assert alert["body"]["signal"] == "spot-price"
     assert alert["body"]["saving"]["spot_instance_type"] == "g6.2xlarge"
 
 
-def test_interrupted_fall_forward_never_starts_a_second_refresh(stack, capacity, monkeypatch):
-    clock = capacity.clock
-    fall_back(capacity)
-    clock.advance(MIN_ON_DEMAND)
-    capacity.market.set_score(9)
-    capacity.market.set_price("g5.2xlarge", 0.5)
-    # Given the reaction dies after starting the refresh, before recording the switch
+def die_after_lowering_the_base(capacity, monkeypatch) -> dict:
+    """A fall-forward that dies after it lowered the base, before it recorded the switch. Returns its event."""
     real_set_mode = capacity.deps.state.set_mode
 
     def dying_once(*args, **kwargs):
@@ -546,14 +538,31 @@ def test_interrupted_fall_forward_never_starts_a_second_refresh(stack, capacity,
         raise RuntimeError("Lambda timed out")
 
     monkeypatch.setattr(capacity.deps.state, "set_mode", dying_once)
-    tick = schedule(clock.now())
+    tick = schedule(capacity.clock.now())
     with pytest.raises(RuntimeError):
         capacity.invoke(tick)
-    assert len(capacity.group.refresh_calls) == 1
-    # When Lambda retries it
-    assert capacity.invoke(tick) == "refresh-started"
-    # Then the running refresh is kept: still one, and one alert
-    assert len(capacity.group.refresh_calls) == 1
+    return tick
+
+
+def test_interrupted_fall_forward_is_finished_as_it_was_decided(stack, capacity, monkeypatch):
+    clock = capacity.clock
+    fall_back(capacity)
+    clock.advance(MIN_ON_DEMAND)
+    capacity.market.set_score(9)
+    capacity.market.set_price("g5.2xlarge", 0.5)
+    # Given the reaction dies after lowering the base (Auto Scaling is replacing the On-Demand instance), before
+    # recording the switch
+    tick = die_after_lowering_the_base(capacity, monkeypatch)
+    assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
+    assert capacity.endpoint().mode == ON_DEMAND
+    # When Lambda retries it, Spot scoring low by then
+    capacity.market.set_score(2)
+    assert capacity.invoke(tick) == "returning-to-spot"
+    # Then the switch the group already got is recorded (not undone: that would replace the Spot instance again), and
+    # alerted once
+    assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
+    endpoint = capacity.endpoint()
+    assert endpoint.mode == SPOT and endpoint.mode_reason.startswith("spot-back: placement score 9")
     assert kinds(stack.alerts()) == ["fall-forward-spot"]
 
 
@@ -575,7 +584,7 @@ def test_fall_forward_alert_that_failed_is_sent_by_the_next_run(stack, capacity,
     clock.advance(300)
     assert [capacity.invoke(schedule(clock.now())) for _ in range(2)] == ["on-spot", "on-spot"]
     assert kinds(stack.alerts()) == ["fall-forward-spot"]
-    assert len(capacity.group.refresh_calls) == 1
+    assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
 
 
 def test_late_spot_failure_after_fall_forward_changes_nothing(stack, capacity):
@@ -584,7 +593,7 @@ def test_late_spot_failure_after_fall_forward_changes_nothing(stack, capacity):
     assert capacity.invoke(old_failure) == "fell-back"
     clock.advance(MIN_ON_DEMAND)
     capacity.market.set_score(9)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     # A redelivery of the failure from before the fall-forward arrives late
     assert capacity.invoke(old_failure) == "stale"
     assert capacity.endpoint().mode == SPOT
@@ -593,17 +602,6 @@ def test_late_spot_failure_after_fall_forward_changes_nothing(stack, capacity):
     clock.advance(30)
     assert capacity.invoke(launch_failure(stack, NO_SPOT_CAPACITY, clock.now())) == "fell-back"
     assert capacity.endpoint().mode == ON_DEMAND
-
-
-def test_the_refresh_warm_up_is_the_configured_one(stack):
-    clock = SimClock()
-    capacity = Capacity(stack, clock, INSTANCE_WARMUP_SECONDS="180")
-    fall_back(capacity)
-    clock.advance(MIN_ON_DEMAND)
-    capacity.market.set_score(9)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
-    [started] = capacity.group.refresh_calls
-    assert started["Preferences"]["InstanceWarmup"] == 180
 
 
 # --- reconcile, every five minutes -------------------------------------------------------------------
@@ -652,15 +650,23 @@ def test_reconcile_puts_the_on_demand_base_back_after_a_redeploy_reset_it(stack)
     assert capacity.endpoint().mode == ON_DEMAND
 
 
-def test_reconcile_leaves_a_fall_forward_refresh_alone(stack):
+def test_reconcile_leaves_a_return_to_spot_alone_that_lowered_the_base(stack, monkeypatch):
+    from spotkeeper.logic.reconcile import reconcile
+
     clock = SimClock()
     capacity = Capacity(stack, clock)
     fall_back(capacity)
-    # A fall-forward half-way: base already 0, its refresh running, the switch not recorded yet
-    capacity.deps.policy.set_on_demand_base(0)
-    capacity.deps.policy.start_launch_before_terminate_refresh(60)
-    assert capacity.invoke(schedule(clock.now())) == "too-soon"
+    clock.advance(MIN_ON_DEMAND)
+    capacity.market.set_score(9)
+    # A fall-forward half-way: base already 0 (Auto Scaling replacing the On-Demand instance), the switch not recorded
+    die_after_lowering_the_base(capacity, monkeypatch)
+    # The reconcile (a later run, say) does not put the base back: that would undo the return half-way
+    assert reconcile(capacity.deps) == []
     assert base_capacity(stack) == 0 and stack.alerts() == []
+    # While a base lowered without a return begun (a redeploy) is put back
+    capacity.deps.state.set_mode(stack.group, ON_DEMAND, "r", clock.now(), ON_DEMAND, 1, expected_replicas=1)
+    assert reconcile(capacity.deps) == ["on-demand-base"]
+    assert base_capacity(stack) == 1
 
 
 def test_reconcile_alerts_an_on_demand_base_the_spot_mode_does_not_explain(stack):

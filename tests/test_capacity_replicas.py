@@ -242,7 +242,7 @@ def test_a_failure_older_than_the_last_change_is_stale(stack):
     # The fallback's replica goes back to Spot ...
     clock.advance(MIN_ON_DEMAND)
     market.set_score(9)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     assert base(stack) == 0
     # ... and a late redelivery of the old failure does not undo that, even with a replica missing again
     lose(capacity, second)
@@ -263,21 +263,21 @@ def test_back_to_spot_per_replica_as_the_scores_allow(stack):
     market.set_score(9)
     market.ceilings = {2: 4}
     # Then one replica goes back to Spot, launch-before-terminate
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     asked = [call["TargetCapacity"] for call in market.score_calls()]
     assert asked == [2, 1]
     assert base(stack) == 1
     endpoint = capacity.endpoint()
     assert endpoint.on_demand_replicas == 1 and endpoint.mode == ON_DEMAND
     assert endpoint.mode_reason == "spot-back: placement score 9 >= 7"
-    [refresh] = capacity.group.refresh_calls
-    assert refresh["Preferences"]["MinHealthyPercentage"] == 100
+    # (no instance refresh: the lowered base makes Auto Scaling replace one On-Demand instance, none of the others)
+    assert capacity.group.refresh_calls == []
     # And the second waits the minimum time between changes (anti-flap), then goes back when Spot holds two
     clock.advance(MIN_ON_DEMAND - 300)
     market.ceilings = {}
     assert capacity.invoke(schedule(clock.now())) == "too-soon"
     clock.advance(300)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     assert base(stack) == 0 and capacity.endpoint().mode == SPOT
     assert [call["TargetCapacity"] for call in market.score_calls()][2:] == [2]
     forward = [a for a in stack.alerts() if a["attributes"]["event"] == "fall-forward-spot"]
@@ -309,7 +309,7 @@ def test_pools_that_just_failed_are_left_out_of_the_return(stack):
     # When the fall-forward looks, Spot scoring 9
     clock.advance(MIN_ON_DEMAND / 2)
     market.set_score(9)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     # Then the type that just failed was not asked about (the zone-wide failure of the fallback itself has aged out)
     [asked] = market.score_calls()
     assert asked["InstanceTypes"] == ["g6.2xlarge"]
@@ -332,7 +332,7 @@ def test_a_zone_that_just_failed_for_every_type_is_not_scored(stack):
     assert capacity.invoke(schedule(clock.now())) == "spot-unlikely"
     # Once the cache runs out, us-east-1a's score counts again
     clock.advance(MIN_ON_DEMAND / 2)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     # (the one On-Demand replica returning makes two Spot replicas: the score asked is for two)
     assert capacity.endpoint().mode_reason == "spot-back: placement score 10 >= 7 for 2 Spot replicas"
 
@@ -345,7 +345,7 @@ def test_the_cache_never_outlives_the_minimum_time_on_on_demand(stack):
     assert capacity.invoke(launch_failure(stack, ZONE_SHORT_G5, clock.now())) == "fell-back"
     clock.advance(MIN_ON_DEMAND)
     market.set_score(9)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     [asked] = market.score_calls()
     assert asked["InstanceTypes"] == ["g5.2xlarge", "g6.2xlarge"]
 
@@ -385,7 +385,7 @@ def test_a_failure_reported_while_every_replica_is_on_demand_is_not_cached(stack
     assert capacity.invoke(launch_failure(stack, ZONE_SHORT_G5, clock.now())) == "already-on-demand"
     clock.advance(MIN_ON_DEMAND - 60)
     market.set_score(9)
-    assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
     assert market.score_calls()[0]["InstanceTypes"] == ["g5.2xlarge", "g6.2xlarge"]
 
 
@@ -402,3 +402,28 @@ def test_a_fallback_recorded_before_there_was_a_count_reads_as_one_replica(stack
     assert capacity.endpoint().on_demand_replicas == 2
     with pytest.raises(ValueError):
         state.set_mode(stack.group, SPOT, "r", now, ON_DEMAND, on_demand_replicas=1, expected_replicas=2)
+
+
+def test_racing_returns_from_one_mode_carry_out_the_first_decision(stack):
+    # Given both replicas on On-Demand, and a racing fall-forward that has begun a return of one of them (recorded,
+    # base not lowered yet)
+    capacity, instances, market = hedged(stack)
+    clock = capacity.clock
+    for instance in instances:
+        lose(capacity, instance)
+    assert capacity.invoke(launch_failure(stack, NO_SPOT_CAPACITY, clock.now())) == "fell-back"
+    clock.advance(MIN_ON_DEMAND)
+    since = capacity.endpoint().mode_since
+    journal = capacity.deps.journal
+    assert journal.begin_return(since, 1, "spot-back: placement score 8 >= 7") == (
+        1,
+        "spot-back: placement score 8 >= 7",
+    )
+    # When this run finds Spot holding both
+    market.set_score(10)
+    assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
+    # Then it carries out what was recorded first: one replica returns, not two; a later begin gets the same answer
+    assert base(stack) == 1 and capacity.endpoint().on_demand_replicas == 1
+    assert capacity.endpoint().mode_reason == "spot-back: placement score 8 >= 7"
+    assert journal.begin_return(since, 0, "other") == (1, "spot-back: placement score 8 >= 7")
+    assert market.score_calls() == []  # nothing left to decide

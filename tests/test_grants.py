@@ -138,17 +138,17 @@ ALERTS_TO_ENCRYPTED_TOPIC = (
 GROUP_LAUNCH_TEMPLATE = (
     Needed(
         "ec2:RunInstances",
-        "autoscaling:UpdateAutoScalingGroup / StartInstanceRefresh of a launch-template group",
+        "autoscaling:UpdateAutoScalingGroup of a launch-template group",
         _LAUNCH_TEMPLATE,
     ),
     Needed(
         "ec2:CreateTags",
-        "autoscaling:UpdateAutoScalingGroup / StartInstanceRefresh: the template tags what it launches",
+        "autoscaling:UpdateAutoScalingGroup: the template tags what it launches",
         _LAUNCH_TEMPLATE,
     ),
     Needed(
         "iam:PassRole",
-        "autoscaling:UpdateAutoScalingGroup / StartInstanceRefresh: the template has an instance profile",
+        "autoscaling:UpdateAutoScalingGroup: the template has an instance profile",
         _LAUNCH_TEMPLATE,
     ),
 )
@@ -428,7 +428,7 @@ def fall_back_alarms_and_fall_forward(recorder: CallRecorder) -> None:
         assert capacity.invoke(schedule(clock.now())) == "spot-unlikely"
         capacity.market.set_score(9, [capacity.zone_id()])
         capacity.market.set_price("g5.2xlarge", 0.45)
-        assert capacity.invoke(schedule(clock.now())) == "refresh-started"
+        assert capacity.invoke(schedule(clock.now())) == "returning-to-spot"
         assert capacity.invoke(schedule(clock.now())) == "on-spot"
 
 
@@ -450,7 +450,7 @@ def fall_forward_on_price_after_an_interrupted_run(recorder: CallRecorder) -> No
         tick = schedule(clock.now())
         with pytest.raises(RuntimeError):
             capacity.invoke(tick)
-        assert capacity.invoke(tick) == "refresh-started"
+        assert capacity.invoke(tick) == "returning-to-spot"
 
 
 def group_whose_instance_type_is_in_its_launch_template(recorder: CallRecorder) -> None:

@@ -85,7 +85,6 @@ EXTRA_ENV = {
         "MIN_ON_DEMAND_SECONDS",
         "SPOT_SCORE_THRESHOLD",
         "ENDPOINT_DOWN_ALARM_NAME",
-        "INSTANCE_WARMUP_SECONDS",
     },
     "LifecycleFunction": {"CREATION_SIGNAL_STACK"},
     "HealthFunction": {"CREATION_SIGNAL_STACK"},
@@ -463,8 +462,6 @@ def test_refreshes_warm_up_as_configured_not_for_the_health_check_grace_period(
     group = stack.resolve(cfn["Resources"]["FleetGroup"]["Properties"])
     assert group["DefaultInstanceWarmup"] == warmup
     assert int(group["DefaultInstanceWarmup"]) < int(group["HealthCheckGracePeriod"])
-    capacity = stack.resolve(cfn["Resources"]["CapacityFunction"]["Properties"]["Environment"]["Variables"])
-    assert capacity["INSTANCE_WARMUP_SECONDS"] == warmup
     # AWS accepts a DefaultInstanceWarmup of 0-3600 seconds (-1 turns it off)
     # https://docs.aws.amazon.com/autoscaling/ec2/userguide/enable-default-instance-warmup.html
     declared = cfn["Parameters"]["InstanceWarmupSeconds"]

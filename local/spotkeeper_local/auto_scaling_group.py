@@ -22,6 +22,11 @@ like a second AWS service would:
   with the reason AWS gives and an ``EC2 Instance Launch Unsuccessful`` event, and the group retries (at once when
   its policy changes); On-Demand launches still succeed. Which launches are Spot follows the group's
   MixedInstancesPolicy (On-Demand base capacity first);
+* the On-Demand level: an update to OnDemandBaseCapacity (or the percentage above it) "means a gradual
+  replacement of instances to adjust the current On-Demand Instance levels. When replacing instances, Amazon EC2
+  Auto Scaling launches new instances before terminating the previous ones" (API_InstancesDistribution). One
+  instance at a time, once the group is at desired capacity with nothing launching: the replacement launches (a
+  failed Spot launch is reported and retried), and the instance it replaces terminates once it is ``InService``;
 * instance refresh (StartInstanceRefresh, DescribeInstanceRefreshes, CancelInstanceRefresh, which moto 5.2.5
   does not implement, answered on the clients given to ``answer_refreshes_on``), carried out as Auto Scaling
   does with MinHealthyPercentage 100: per instance the replacement launches (and waits for its launch hook),
@@ -216,6 +221,8 @@ class GroupStandIn:
     refreshes: list[_Refresh] = field(default_factory=list)  # newest first, as AWS lists them
     refresh_calls: list[dict[str, Any]] = field(default_factory=list)  # StartInstanceRefresh parameters
     _replacing: dict[str, str] = field(default_factory=dict)  # replacement -> instance it replaces
+    _level_swaps: set[str] = field(default_factory=set)  # replacements adjusting the On-Demand level
+    _level_tried_at: float | None = None  # last failed launch of such a replacement
     _failed_launch_at: float | None = None
     _failed_with_base: int | None = None
     _lock: threading.RLock = field(default_factory=threading.RLock)
@@ -432,6 +439,8 @@ class GroupStandIn:
             return
         refresh = self._active_refresh()
         why = "instance refresh" if refresh and refresh.replacement == instance_id else "Capacity Rebalancing"
+        if instance_id in self._level_swaps:
+            why = "On-Demand level adjusted"
         self.begin_termination(group, old, f"{why}: replacement InService")
 
     def terminate_in_group(self, group: Any, instance_id: str, should_decrement: bool) -> Any:
@@ -567,6 +576,40 @@ class GroupStandIn:
             refresh = self._active_refresh()
             if refresh is not None:
                 self._advance_refresh(group, refresh)
+            else:
+                self._adjust_on_demand_level(group)
+
+    def _adjust_on_demand_level(self, group: Any) -> None:
+        """Replace one instance of the purchase option the group has too many of (see the module docstring)."""
+        distribution = (group.mixed_instances_policy or {}).get("InstancesDistribution", {})
+        counted = self.counted(group)
+        desired = int(group.desired_capacity or 0)
+        if not group.mixed_instances_policy or len(counted) != desired:
+            return
+        if any(s.lifecycle_state != "InService" for s in counted) or self._level_swaps & set(self._replacing):
+            return  # launching or replacing already: one at a time
+        now = self.clock.now()
+        if self._level_tried_at is not None and now - self._level_tried_at < LAUNCH_RETRY_SECONDS:
+            return
+        base = min(self._on_demand_base(group), desired)
+        above = int(distribution.get("OnDemandPercentageAboveBaseCapacity", 100))
+        wanted = base + -(-(desired - base) * above // 100)  # AWS rounds up in favour of On-Demand
+        on_demand = [s for s in counted if self.purchase.get(s.instance.id) == ON_DEMAND]
+        spot = [s for s in counted if self.purchase.get(s.instance.id) == SPOT]
+        surplus = on_demand if len(on_demand) > wanted else spot if len(on_demand) < wanted else []
+        replaced = {old for old in self._replacing.values()}
+        candidates = sorted((s for s in surplus if s.instance.id not in replaced), key=lambda s: s.instance.launch_time)
+        if not candidates:
+            return
+        old = candidates[0].instance.id
+        self._say(f"On-Demand level {len(on_demand)} -> {wanted}: {old} ({self.purchase.get(old)}) is replaced")
+        new = self._launch_extra(group)
+        if new is None:
+            self._level_tried_at = now  # the launch failed (reported); Auto Scaling tries again
+            return
+        self._level_tried_at = None
+        self._replacing[new] = old
+        self._level_swaps.add(new)
 
     # instance refresh ----------------------------------------------------------------------------------
     def answer_refreshes_on(self, autoscaling_client: Any) -> None:

@@ -12,7 +12,7 @@ actions at simulated times, then the file's expectations as checks (format: ``sc
   interruption   a Spot interruption warning for the serving instance; Spot reclaims it two minutes later
   rebalance      a rebalance recommendation first, the warning later: the replacement is ready in time
   capacity       Spot capacity runs out (the serving instance is interrupted, Spot launches fail): fallback to
-                 On-Demand; Spot comes back: fall-forward through a launch-before-terminate instance refresh
+                 On-Demand; Spot comes back: fall-forward, the group replaces the On-Demand instance before it goes
   baseline       the interruption again with spotkeeper's reactions off (the plain group, the EIP set by hand),
                  measured by a client of the Elastic IP
   replica-interruption / primary-interruption

@@ -308,15 +308,13 @@ class Engine:
         return any(self.world.group.purchase.get(i) == "on-demand" for i in self._serving_now())
 
     def _back_on_spot(self) -> bool:
+        # The On-Demand instances gone: the group replaces them when the fall-forward lowers its On-Demand base.
         world = self.world
         serving = self._serving_now()
-        refresh = world.group.refreshes[0] if world.group.refreshes else None
         return (
             len(serving) >= self.replicas
             and all(world.group.purchase.get(i) == "spot" for i in serving)
             and world.endpoint().get("mode") == "spot"
-            and refresh is not None
-            and not refresh.active
             and len(world.group.members()) == self.replicas
         )
 

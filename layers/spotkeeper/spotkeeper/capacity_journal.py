@@ -1,7 +1,8 @@
-"""What the capacity function has already told people (each alert of a switch or a transition goes out once), and
-the Spot pools whose launches just failed.
+"""What the capacity function has already told people (each alert of a switch or a transition goes out once), the
+Spot pools whose launches just failed, and the returns to Spot under way.
 
-Items share the state table: pk=group#<name>, sk=once#<what> and sk=failed-pool#<zone>#<type or *>. A claim is
+Items share the state table: pk=group#<name>, sk=once#<what>, sk=failed-pool#<zone>#<type or *> and
+sk=return#<mode since>. A claim is
 a conditional write; a claimed action that failed (SNS down) is released so the retry can do it, and a claimant
 that died holding it loses it when its lease runs out. Claims expire (the table's TTL attribute) two days after
 the claim, longer than EventBridge and Lambda keep retrying an event; a failed pool when it runs out.
@@ -22,6 +23,7 @@ from spotkeeper.state import conditional_write, query_prefix
 
 LEASE_SECONDS = 60
 FAILED_POOL_PREFIX = "failed-pool#"
+RETURN_PREFIX = "return#"
 ANY_TYPE = "*"
 KEEP_SECONDS = 2 * 24 * 3600
 
@@ -103,3 +105,34 @@ class CapacityJournal:
             )
             for item in items
         ]
+
+    # returns to Spot ------------------------------------------------------------------------------
+    def _return_key(self, since: float | None) -> dict[str, str]:
+        return {"pk": f"group#{self._group}", "sk": f"{RETURN_PREFIX}{since}"}
+
+    def begin_return(self, since: float | None, keep: int, reason: str) -> tuple[int, str]:
+        """Record, before the group's base is lowered, that the On-Demand mode switched at ``since`` returns to Spot
+        keeping ``keep`` replicas on On-Demand. One conditional write: of racing or retried fall-forwards from that
+        mode the first decides; every one gets (keep, reason) as the first recorded it."""
+        first = conditional_write(
+            self._table.put_item,
+            Item={
+                **self._return_key(since),
+                "keep": keep,
+                "reason": reason,
+                "expiration": int(self._now() + KEEP_SECONDS),
+            },
+            ConditionExpression="attribute_not_exists(sk)",
+        )
+        if first:
+            return keep, reason
+        recorded = self.pending_return(since)
+        assert recorded is not None  # written by the one that came first; items are only deleted by TTL
+        return recorded
+
+    def pending_return(self, since: float | None) -> tuple[int, str] | None:
+        """(keep, reason) of the return to Spot begun from the mode switched at ``since``, if one was begun."""
+        item = self._table.get_item(Key=self._return_key(since), ConsistentRead=True).get("Item")
+        if not item:
+            return None
+        return int(item["keep"]), str(item["reason"])

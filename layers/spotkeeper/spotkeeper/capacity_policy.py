@@ -1,4 +1,5 @@
-"""The group's purchase options: its MixedInstancesPolicy, and the instance refresh that applies a change.
+"""The group's purchase options: its MixedInstancesPolicy (Auto Scaling itself replaces instances to follow a change
+of its On-Demand base, launch before terminate: ``logic/capacity.py``).
 
 The policy is always read in full, changed in one field and written back in full. AWS merges a partial
 MixedInstancesPolicy into the group's current one while moto replaces the whole policy with it; a full
@@ -10,8 +11,7 @@ than a mode recorded on a wish.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import replace
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -21,26 +21,9 @@ from spotkeeper.fleet import describe_group
 from spotkeeper.group import Group, NoMixedInstancesPolicy
 from spotkeeper.observability import logger
 
-# Statuses of an instance refresh that is still replacing instances (or about to).
-ACTIVE_REFRESH = frozenset({"Pending", "InProgress", "Cancelling", "RollbackInProgress", "Baking"})
-# Launch before terminate: never fewer healthy instances than desired, up to twice as many while replacing.
-MIN_HEALTHY_PERCENTAGE = 100
-MAX_HEALTHY_PERCENTAGE = 200
-
 
 class PolicyNotApplied(RuntimeError):
     """The group's policy read back after a write does not say what was written."""
-
-
-@dataclass(frozen=True)
-class InstanceRefresh:
-    refresh_id: str
-    status: str
-    started_at: float | None
-
-    @property
-    def active(self) -> bool:
-        return self.status in ACTIVE_REFRESH
 
 
 def writable_policy(policy: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +49,7 @@ def _one_template_name(specification: dict[str, Any] | None) -> None:
 
 
 class CapacityPolicy:
-    """One Auto Scaling group's MixedInstancesPolicy and instance refreshes."""
+    """One Auto Scaling group's MixedInstancesPolicy."""
 
     def __init__(self, autoscaling: Any, ec2: Any, group_name: str) -> None:
         self._autoscaling = autoscaling
@@ -174,57 +157,3 @@ class CapacityPolicy:
             HeartbeatTimeout=heartbeat_timeout,
             DefaultResult=default_result,
         )
-
-    # instance refresh -------------------------------------------------------------------------
-    def refreshes(self) -> list[InstanceRefresh]:
-        """The group's instance refreshes, newest first (as AWS lists them)."""
-        found: list[InstanceRefresh] = []
-        kwargs: dict[str, Any] = {"AutoScalingGroupName": self.group_name}
-        while True:
-            response = self._autoscaling.describe_instance_refreshes(**kwargs)
-            found.extend(
-                InstanceRefresh(r["InstanceRefreshId"], r["Status"], _epoch(r.get("StartTime")))
-                for r in response.get("InstanceRefreshes", [])
-            )
-            if not response.get("NextToken"):
-                return found
-            kwargs["NextToken"] = response["NextToken"]
-
-    def start_launch_before_terminate_refresh(self, warmup_seconds: int) -> tuple[str, bool]:
-        """Replace every instance of the group, each replacement healthy before its predecessor goes.
-
-        ``warmup_seconds`` is the InstanceWarmup: how long after a replacement is InService the refresh waits
-        before it terminates the predecessor. Without it AWS waits the group's DefaultInstanceWarmup, or else its
-        health check grace period (https://docs.aws.amazon.com/autoscaling/ec2/userguide/
-        understand-instance-refresh-default-values.html) - half an hour of On-Demand for nothing here, since
-        the launch hook only lets a replacement go InService once its TGI serves.
-
-        Returns (refresh id, started): AWS allows one active refresh per group, so when one is already
-        running (a racing or retried reaction started it) that one is returned with started False.
-        """
-        try:
-            response = self._autoscaling.start_instance_refresh(
-                AutoScalingGroupName=self.group_name,
-                Strategy="Rolling",
-                Preferences={
-                    "MinHealthyPercentage": MIN_HEALTHY_PERCENTAGE,
-                    "MaxHealthyPercentage": MAX_HEALTHY_PERCENTAGE,
-                    "InstanceWarmup": warmup_seconds,
-                    # Matching instances must be replaced too: the On-Demand one matches the launch template.
-                    "SkipMatching": False,
-                },
-            )
-        except ClientError as error:
-            if error_code(error) != "InstanceRefreshInProgress":
-                raise
-            active = next((r for r in self.refreshes() if r.active), None)
-            if active is None:
-                raise  # finished between the two calls: let the retry decide again
-            return active.refresh_id, False
-        return response["InstanceRefreshId"], True
-
-
-def _epoch(value: Any) -> float | None:
-    if isinstance(value, datetime):
-        return value.timestamp()
-    return None

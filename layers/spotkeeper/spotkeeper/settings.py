@@ -69,8 +69,6 @@ class CapacityEnv(ControlEnv):
     min_on_demand_seconds: float = Field(default=1800, ge=0)
     spot_score_threshold: int = Field(default=7, ge=1, le=10)
     endpoint_down_alarm_name: str = Field(min_length=1)
-    # InstanceWarmup of the fall-forward's instance refresh (0-3600, as the group's DefaultInstanceWarmup).
-    instance_warmup_seconds: int = Field(default=60, ge=0, le=3600)
     # On-Demand replicas the group always runs (its OnDemandBaseCapacity with no fallback); at most REPLICAS.
     on_demand_floor: int = Field(default=0, ge=0, le=MAX_REPLICAS)
     # A Spot pool (zone, instance type) whose launch just failed is left out of the return-to-Spot decision for

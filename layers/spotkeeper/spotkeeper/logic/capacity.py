@@ -15,9 +15,21 @@ reverse order would leave a recorded mode the group never got.
 
 Fall-forward (every five minutes, only while on On-Demand, not before MIN_ON_DEMAND_SECONDS): when Spot
 placement scores for the group's types in its zones reach SPOT_SCORE_THRESHOLD (or, without scores, the
-current Spot prices say Spot is offered and not scarce), OnDemandBaseCapacity goes back to 0 and an instance
-refresh with MinHealthyPercentage 100 replaces the On-Demand instance launch-before-terminate: the launch
-lifecycle hook proves the Spot instance serves before the On-Demand one is terminated.
+current Spot prices say Spot is offered and not scarce), OnDemandBaseCapacity goes down by the replicas that return,
+and that is all: "An update to this setting means a gradual replacement of instances to adjust the current
+On-Demand Instance levels. When replacing instances, Amazon EC2 Auto Scaling launches new instances before
+terminating the previous ones" (https://docs.aws.amazon.com/autoscaling/ec2/APIReference/
+API_InstancesDistribution.html). Auto Scaling itself launches one Spot instance per On-Demand instance above the
+new base, holds it in the launch hook until its TGI serves, and only then terminates an On-Demand instance, through
+the terminate hook (drain; the Elastic IP moves first when it is on it). The Spot replicas are not touched, and
+spotkeeper terminates nothing, so no duplicated or reordered event can retire anything twice. An instance refresh
+on top (what this did before) replaced every instance, the healthy Spot replicas too: a full launch-to-ready each,
+for nothing. A Spot launch that fails meanwhile is a Spot shortage like any other: the fallback raises the base
+again, Auto Scaling then has no On-Demand instance too many and keeps it, and the pool goes in the failed-pool cache.
+A Spot replacement reclaimed (or abandoned) before it serves only costs a second launch: the On-Demand instance
+serves until a replacement is InService. One thing Auto Scaling may still do on its own: when the Spot replacement
+landed in another zone than the On-Demand instance it replaced, the zones are unbalanced and AZ rebalancing (launch
+before terminate too) replaces one instance of the fuller zone.
 
 A trigger older than the last mode switch is stale and changes nothing, so a late launch failure from the
 Spot era cannot undo a fall-forward that came after it.
@@ -475,30 +487,34 @@ def fall_forward_if_spot_is_back(deps: CapacityDeps) -> str:
     on_demand_for = now - (endpoint.mode_since or 0.0)
     if on_demand_for < deps.env.min_on_demand_seconds:
         return "too-soon"
-    group = deps.policy.read()
-    if not group.instance_types:
-        logger.warning("the group names no instance types: Spot placement cannot be scored")
-        return "spot-unlikely"
-    returning, outlook = replicas_spot_will_hold(group, held, deps, now)
-    logger.info(
-        "Spot outlook",
-        extra={"likely": outlook.likely, "signal": outlook.signal, "why": outlook.summary, "returning": returning},
-    )
-    if not returning:
-        return "spot-unlikely"
-    keep = held - returning
+    # A return begun from this mode whose run died before recording the switch: carry out what it decided.
+    begun = deps.journal.pending_return(endpoint.mode_since)
+    group, outlook = None, None
+    if begun is None:
+        group = deps.policy.read()
+        if not group.instance_types:
+            logger.warning("the group names no instance types: Spot placement cannot be scored")
+            return "spot-unlikely"
+        returning, outlook = replicas_spot_will_hold(group, held, deps, now)
+        logger.info(
+            "Spot outlook",
+            extra={"likely": outlook.likely, "signal": outlook.signal, "why": outlook.summary, "returning": returning},
+        )
+        if not returning:
+            return "spot-unlikely"
+        # Recorded before the base is lowered, so the reconcile never puts back a base a return lowered.
+        begun = deps.journal.begin_return(endpoint.mode_since, held - returning, f"spot-back: {outlook.summary}")
+    keep, reason = begun
+    # Auto Scaling replaces held - keep On-Demand instances with Spot ones, launch before terminate. Absolute, so a
+    # retry writes the same value again.
     deps.policy.set_on_demand_base(deps.env.on_demand_floor + keep)
-    refresh_id = _refresh_since(endpoint.mode_since or 0.0, deps)
-    if refresh_id is None:
-        refresh_id, _ = deps.policy.start_launch_before_terminate_refresh(deps.env.instance_warmup_seconds)
-    reason = f"spot-back: {outlook.summary}"
     mode = ON_DEMAND if keep else SPOT
     if not deps.state.set_mode(
         deps.group, mode, reason, now, expected_mode=ON_DEMAND, on_demand_replicas=keep, expected_replicas=held
     ):
         return "already-on-spot"  # a racing run switched first; it alerts
-    announce_fall_forward(deps.state.get_endpoint(deps.group), group, (refresh_id, outlook), deps)
-    return "refresh-started"
+    announce_fall_forward(deps.state.get_endpoint(deps.group), group, (held - keep, outlook), deps)
+    return "returning-to-spot"
 
 
 def replicas_spot_will_hold(group: Group, held: int, deps: CapacityDeps, now: float) -> tuple[int, SpotOutlook]:
@@ -518,16 +534,6 @@ def replicas_spot_will_hold(group: Group, held: int, deps: CapacityDeps, now: fl
         if outlook.signal != "placement-score":
             break  # prices and the failed pools do not depend on how many return
     return 0, outlook
-
-
-def _refresh_since(since: float, deps: CapacityDeps) -> str | None:
-    """A refresh a previous, interrupted fall-forward already started: never start a second one."""
-    for refresh in deps.policy.refreshes():
-        if refresh.status in ("Failed", "Cancelled", "Cancelling", "RollbackSuccessful", "RollbackFailed"):
-            continue
-        if refresh.started_at is not None and refresh.started_at >= since:
-            return refresh.refresh_id
-    return None
 
 
 def spot_outlook(
@@ -579,19 +585,21 @@ def spot_outlook(
 def announce_fall_forward(
     endpoint: Endpoint,
     group: Group | None,
-    started: tuple[str, SpotOutlook] | None,
+    started: tuple[int, SpotOutlook | None] | None,
     deps: CapacityDeps,
 ) -> None:
     def send() -> None:
         capacity = group or deps.policy.read()
-        refresh_id, outlook = started if started else (None, None)
+        returning, outlook = started if started else (None, None)
         saving = hourly_saving(capacity, outlook.prices if outlook else (), deps)
         worth = f", saving about ${saving['usd_per_hour']:.2f}/h" if saving.get("usd_per_hour") is not None else ""
         replicas, keep = deps.env.replicas, endpoint.on_demand_replicas
-        subject = f"Back on Spot: a refresh replaces the On-Demand instance{worth}"
+        # SNS cuts subjects at 100 characters: short, the saving last.
+        subject = f"Back on Spot: Auto Scaling replaces the On-Demand instance{worth}"
         if replicas > 1:
             spot = replicas - deps.env.on_demand_floor - keep
-            subject = f"Back on Spot for {spot} of {replicas} replicas: a refresh replaces the instances{worth}"
+            which = f" ({returning} On-Demand replaced)" if returning else ""
+            subject = f"Back on Spot for {spot} of {replicas} replicas{which}{worth}"
         deps.alerts.send(
             Alert(
                 "fall-forward-spot",
@@ -602,8 +610,9 @@ def announce_fall_forward(
                     "mode": endpoint.mode,
                     "on_demand_replicas": keep,
                     "on_demand_base_capacity": deps.env.on_demand_floor + keep,
+                    # Auto Scaling replaces this many On-Demand instances with Spot ones, launch before terminate.
+                    "replacing_on_demand": returning,
                     "since": endpoint.mode_since,
-                    "instance_refresh_id": refresh_id,
                     "signal": outlook.signal if outlook else None,
                     "best_score": outlook.best_score if outlook else None,
                     "saving": saving,

@@ -8,8 +8,9 @@ decided again.
   deploy` that changes the launch template writes the template's MixedInstancesPolicy back to the group, its
   OnDemandBaseCapacity (the floor) included, while the recorded fallback runs replicas on On-Demand. The base
   goes back to floor + count (the full policy is written back: AWS merges a partial one, moto replaces the
-  whole). The other way round - the group has a higher base than that - is only alerted: lowering the base
-  would not replace the On-Demand instances, and a fallback racing this run may be half-way through.
+  whole); not when a return to Spot begun from the recorded mode lowered it (``capacity_journal.begin_return``)
+  and has not recorded its switch yet. The other way round - the group has a higher base than that - is only
+  alerted: a fallback racing this run may be half-way through.
 * Lifecycle hooks: without the launch hook an instance goes InService (and gets traffic) before its TGI serves;
   a missing hook is put back with the template's settings.
 * Capacity: a redeploy resets DesiredCapacity to the template's value; a replacement started by scale-out for an
@@ -74,8 +75,8 @@ def reconcile_purchase_options(group: Group, deps: CapacityDeps) -> list[str]:
     endpoint = deps.state.get_endpoint(deps.group)
     expected = deps.env.on_demand_floor + endpoint.on_demand_replicas
     if group.on_demand_base < expected:
-        if endpoint.on_demand_replicas and any(refresh.active for refresh in deps.policy.refreshes()):
-            return []  # a fall-forward is replacing On-Demand instances right now
+        if deps.journal.pending_return(endpoint.mode_since) is not None:
+            return []  # a return to Spot from this mode lowered it, its switch not recorded yet
         if deps.state.get_endpoint(deps.group).on_demand_replicas != endpoint.on_demand_replicas:
             return []  # a fall-forward recorded a change meanwhile
         deps.policy.set_on_demand_base(expected)
