@@ -433,6 +433,57 @@ def test_an_alarm_older_than_the_serving_instance_does_not_fall_back(stack):
     assert base_capacity(stack) == 0
 
 
+def replacement_serving_since(capacity: Capacity, at: float, replacement: str = "i-0replacement00001") -> str:
+    """The serving instance was terminated with no warning; its replacement loaded and serves from ``at``."""
+    state, group = capacity.deps.state, capacity.stack.group
+    loading(capacity, replacement, started_at=at - 210)
+    assert state.set_serving(group, replacement, "10.0.1.11", at, state.get_endpoint(group).version)
+    state.complete_launch(group, replacement)
+    return replacement
+
+
+def test_an_alarm_that_fires_after_the_replacement_serves_does_not_fall_back(stack):
+    # Given the replacement of an instance terminated by hand serves since 28 s, no launch pending any more
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
+    replacement = replacement_serving_since(capacity, clock.now() - 28)
+    # When the endpoint-down alarm, judging the minutes nothing served, reaches ALARM only now
+    outcome = capacity.invoke(alarm_change(ENDPOINT_DOWN, "ALARM", clock.now()))
+    # Then ops are told the alarm fired and the endpoint serves again; nothing falls back
+    assert outcome == "recovering"
+    [alert] = stack.alerts()
+    assert alert["subject"] == f"[spotkeeper critical] {ENDPOINT_DOWN} is in ALARM: serving again, no fallback"
+    assert alert["body"]["why"] == f"{replacement} serves again: ready 28 s ago, no probe failed since"
+    # And while its probes keep succeeding, the schedule holds the still-ALARM alarm back too (its OK is late)
+    clock.advance(300)
+    capacity.deps.state.record_probe(stack.group, replacement, True, at=clock.now() - 30)
+    assert capacity.invoke(schedule(clock.now())) == "on-spot"
+    assert base_capacity(stack) == 0 and capacity.endpoint().mode == SPOT
+
+
+@pytest.mark.parametrize("failing", [True, False], ids=["probe-failing", "no-probe-since"])
+def test_an_alarm_while_the_serving_instance_is_not_proven_healthy_falls_back(stack, failing):
+    # Given the replacement served, but its probe failed since, or nothing proved it healthy for minutes
+    clock = SimClock()
+    capacity = Capacity(stack, clock)
+    has_served(capacity, clock.now() - 3600)
+    replacement = replacement_serving_since(capacity, clock.now() - (28 if failing else 600))
+    if failing:
+        capacity.deps.state.record_probe(stack.group, replacement, False)
+    # When the alarm fires, there is no launch pending: Spot is not delivering
+    assert capacity.invoke(alarm_change(ENDPOINT_DOWN, "ALARM", clock.now())) == "fell-back"
+    assert base_capacity(stack) == 1
+
+
+def test_probe_successes_are_recorded_newest_first(stack):
+    # Two overlapping probe runs: the older success, finishing last, does not move the last healthy time back
+    state = Capacity(stack, SimClock()).deps.state
+    state.record_probe(stack.group, "i-0a", True, at=200.0)
+    state.record_probe(stack.group, "i-0a", True, at=140.0)
+    assert state.get_instance(stack.group, "i-0a").probe_ok_at == 200.0
+
+
 # --- fall-forward ------------------------------------------------------------------------------------
 def test_fall_forward_does_nothing_while_on_spot(stack, capacity):
     capacity.market.set_score(10)

@@ -76,6 +76,7 @@ class InstanceRecord:
     replacement: str | None = None  # how its replacement was started: scale-out, detach, group
     desired_before: int | None = None  # the group's desired capacity before a scale-out for it
     retired: bool = False
+    probe_ok_at: float | None = None  # when a probe last found its TGI ready
 
     @classmethod
     def from_item(cls, instance_id: str, item: dict[str, Any] | None) -> InstanceRecord:
@@ -90,6 +91,7 @@ class InstanceRecord:
             replacement=item.get("replacement"),
             desired_before=int(item["desired_before"]) if "desired_before" in item else None,
             retired=bool(item.get("retire_done", False)),
+            probe_ok_at=_num(item.get("probe_ok_at")),
         )
 
     @property

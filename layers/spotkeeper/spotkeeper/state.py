@@ -243,14 +243,23 @@ class StateStore:
     def mark_unhealthy(self, group: str, instance_id: str) -> bool:
         return self._set_once(group, instance_id, "marked_unhealthy", True)
 
-    def record_probe(self, group: str, instance_id: str, healthy: bool) -> int:
-        """Count consecutive failed probes atomically; a success resets it. Returns the new count."""
+    def record_probe(self, group: str, instance_id: str, healthy: bool, at: float | None = None) -> int:
+        """Count consecutive failed probes atomically; a success resets it (and, with ``at``, records when the
+        instance last answered, never going back in time). Returns the new count."""
         key = {"pk": _pk(group), "sk": f"instance#{instance_id}"}
         if healthy:
-            self._table.update_item(
+            if at is None:
+                self._table.update_item(
+                    Key=key, UpdateExpression="SET probe_failures = :zero", ExpressionAttributeValues={":zero": 0}
+                )
+                return 0
+            # A probe finishing after a later one (two overlapping runs) must not move probe_ok_at back.
+            conditional_write(
+                self._table.update_item,
                 Key=key,
-                UpdateExpression="SET probe_failures = :zero",
-                ExpressionAttributeValues={":zero": 0},
+                UpdateExpression="SET probe_failures = :zero, probe_ok_at = :t",
+                ConditionExpression="attribute_not_exists(probe_ok_at) OR probe_ok_at < :t",
+                ExpressionAttributeValues={":zero": 0, ":t": Decimal(str(at))},
             )
             return 0
         response = self._table.update_item(

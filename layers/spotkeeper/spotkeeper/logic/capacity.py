@@ -7,7 +7,8 @@ everything below reads as it always did: OnDemandBaseCapacity 1 on a fallback, 0
 
 Fallback (a launch failed for a Spot capacity or price reason, or the endpoint-down alarm fired while Spot is
 not delivering - see ``spot_delivery``: a replacement still loading within its deadline, or a stack whose first
-instance never served yet, only alerts; the five-minute schedule decides such a held-back alarm again): the group's
+instance never served yet, only alerts; so does an alarm that fires once the endpoint serves again, see
+``serving_now``; the five-minute schedule decides such a held-back alarm again): the group's
 MixedInstancesPolicy gets OnDemandBaseCapacity 1, then the mode switch is recorded with a conditional write
 so that, of any number of duplicated, racing or reordered triggers, exactly one switches and alerts. The
 policy is written before the mode: a reaction that dies in between is redone by its retry, while the
@@ -380,8 +381,8 @@ def react_to_endpoint_down(deps: CapacityDeps, facts: dict) -> tuple[str, str]:
         # Nothing to switch; a retry of the switching reaction whose alert failed sends it now.
         outcome = fall_back_to_on_demand(ENDPOINT_DOWN_REASON, alarm_at, deps, facts, every_replica=True)
         return outcome, "already on On-Demand"
-    if endpoint.serving_since is not None and endpoint.serving_since >= alarm_at:
-        return "recovering", f"{endpoint.serving_instance_id} serves again since the alarm"
+    if serves := serving_now(endpoint, deps):
+        return "recovering", serves
     verdict = spot_delivery(endpoint, deps)
     if verdict.holds:
         logger.info("endpoint down, not falling back", extra={"why": verdict.why})
@@ -393,6 +394,32 @@ def react_to_endpoint_down(deps: CapacityDeps, facts: dict) -> tuple[str, str]:
 
 
 ENDPOINT_DOWN_REASON = "endpoint-down alarm"
+# The probe runs every minute: a last sign of health this recent, with no probe failed since, is "serving now"
+# (two probe periods and a margin, so one late or lost probe run does not count against it).
+SERVING_EVIDENCE_SECONDS = 150
+
+
+def serving_now(endpoint: Endpoint, deps: CapacityDeps) -> str | None:
+    """Does the endpoint serve right now, although its down alarm is in ALARM? Says why, or None.
+
+    The alarm judges the minutes before it fired: a replacement that started serving near their end (its
+    promotion checked /health and /info) leaves the alarm to fire after the outage is over. The recorded serving
+    instance serves now when it is not leaving, no probe failed since its last success, and its last sign of health
+    (promotion or successful probe) came after the alarm or within SERVING_EVIDENCE_SECONDS.
+    """
+    instance_id = endpoint.serving_instance_id
+    if instance_id is None or endpoint.serving_since is None:
+        return None
+    record = deps.state.get_instance(deps.group, instance_id)
+    if record.probe_failures or record.doomed or record.draining_since or record.marked_unhealthy or record.retired:
+        return None
+    seen = max(endpoint.serving_since, record.probe_ok_at or 0.0)
+    if seen >= (endpoint.alarm_at or 0.0):
+        return f"{instance_id} serves again since the alarm"
+    age = deps.clock.now() - seen
+    if age <= SERVING_EVIDENCE_SECONDS:
+        return f"{instance_id} serves again: ready {max(0, math.floor(age))} s ago, no probe failed since"
+    return None
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,9 @@ def probe_endpoint(deps: ControlDeps) -> ProbeReport:
         if readiness.ready:
             load = deps.tgi.load(endpoint.serving_address)
             report.queue_size = load.queue_size if load else None
-        report.consecutive_failures = deps.state.record_probe(deps.group, endpoint.serving_instance_id, readiness.ready)
+        report.consecutive_failures = deps.state.record_probe(
+            deps.group, endpoint.serving_instance_id, readiness.ready, at=deps.clock.now()
+        )
         if report.consecutive_failures >= deps.env.unhealthy_after_failures:
             report.marked_unhealthy = replace_unhealthy(endpoint.serving_instance_id, report, deps)
     else:

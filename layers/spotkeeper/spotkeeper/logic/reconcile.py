@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING
 from spotkeeper.alerts import Alert, Severity
 from spotkeeper.events import LifecycleHook
 from spotkeeper.group import ACTIVE_STATES, Group, NoMixedInstancesPolicy
-from spotkeeper.logic.capacity import ENDPOINT_DOWN_REASON, _once, fall_back_to_on_demand, spot_delivery
+from spotkeeper.logic.capacity import (
+    ENDPOINT_DOWN_REASON,
+    _once,
+    fall_back_to_on_demand,
+    serving_now,
+    spot_delivery,
+)
 from spotkeeper.observability import logger
 from spotkeeper.records import SPOT
 
@@ -46,8 +52,8 @@ def decide_held_alarm(deps: CapacityDeps) -> str | None:
         return None
     if endpoint.on_demand_replicas >= deps.env.fallback_room:
         return None  # every replica above the floor is on On-Demand already
-    if endpoint.serving_since is not None and endpoint.serving_since >= endpoint.alarm_at:
-        return None  # serving again since the alarm; its OK is on its way
+    if serving_now(endpoint, deps):
+        return None  # serving again; the alarm's OK is on its way
     verdict = spot_delivery(endpoint, deps)
     if verdict.holds:
         return None
