@@ -401,7 +401,9 @@ def launch_that_fails_past_its_retries(recorder: CallRecorder) -> None:
 def probe_adopts_repairs_and_marks_unhealthy(recorder: CallRecorder) -> None:
     with recorded_stack(recorder) as stack:
         [first] = instance_ids(stack)
-        with control(stack) as world:
+        # With Replicas 2 a failing instance is marked Unhealthy (the others serve); with 1 its replacement is
+        # launched beside it (SetDesiredCapacity, called by the probe's give-back as well).
+        with control(stack, REPLICAS="2") as world:
             server = world.fleet.boot(first)
             assert world.invoke("health", scheduled())["serving"] == first
             ec2 = stack.session.client("ec2")

@@ -8,6 +8,7 @@ import pytest
 from conftest import MODEL_ID
 from control import control_deps_for, instance_ids
 
+from spotkeeper.logic.health import CONFIRM_EVERY_SECONDS
 from spotkeeper_local.aws_events import scheduled, spot_interruption
 from spotkeeper_local.emulated_fleet import EmulatedInstances
 from spotkeeper_local.lambda_runtime import invoke
@@ -57,22 +58,46 @@ def test_probe_without_any_ready_instance_reports_unhealthy_and_moves_nothing(wo
     assert {m["name"]: m["value"] for m in emf_metrics(capsys.readouterr().out)}["Healthy"] == [0.0]
 
 
-def test_unhealthy_after_n_consecutive_failures_marks_the_instance_once(world):
+def desired(stack) -> int:
+    return stack.group_description()["DesiredCapacity"]
+
+
+def test_failures_confirmed_within_one_run_launch_a_replacement_beside_the_serving_instance(world):
     stack, clock, fleet, instance, deps = world
     server = fleet.boot(instance)
     invoke("health", scheduled(), deps, clock=clock)
     stack.alerts()
+    # When TGI stops answering, one probe run probes it again every few seconds until N failures in a row
     server.set_unhealthy(True)
+    started = clock.now()
+    assert invoke("health", scheduled(), deps, clock=clock)["healthy"] is False
+    assert clock.now() - started == 2 * CONFIRM_EVERY_SECONDS
+    assert deps.state.get_instance(stack.group, instance).probe_failures == 3
+    # Then its replacement launches beside it (desired 1 -> 2), while it keeps the EIP and stays in service
+    assert desired(stack) == 2
+    [member] = [m for m in stack.group_description()["Instances"] if m["InstanceId"] == instance]
+    assert member["HealthStatus"] == "Healthy" and stack.eip_holder() == instance
+    [alert] = stack.alerts()
+    assert (alert["attributes"]["event"], alert["attributes"]["severity"]) == ("instance-unhealthy", "critical")
+    assert "replacement launching beside it" in alert["subject"] and alert["body"]["replacement"] == "scale-out"
+    # And later runs, still failing, neither launch a second replacement nor alert again
     for _ in range(2):
         invoke("health", scheduled(), deps, clock=clock)
-    assert stack.group_description()["Instances"][0]["HealthStatus"] == "Healthy"
-    for _ in range(3):  # the third failure marks it; later ones do not mark or alert again
-        invoke("health", scheduled(), deps, clock=clock)
-    assert stack.group_description()["Instances"][0]["HealthStatus"] == "Unhealthy"
-    alerts = stack.alerts()
-    assert [(a["attributes"]["event"], a["attributes"]["severity"]) for a in alerts] == [
-        ("instance-unhealthy", "critical")
-    ]
+    assert desired(stack) == 2 and stack.alerts() == []
+
+
+def test_a_run_without_time_to_confirm_counts_one_failure(world):
+    stack, clock, fleet, instance, deps = world
+    server = fleet.boot(instance)
+    invoke("health", scheduled(), deps, clock=clock)
+    server.set_unhealthy(True)
+    # A 20 s run cannot wait 5 s and probe again (two 3 s timeouts) and keep 15 s: one look per run
+    for failures in (1, 2):
+        invoke("health", scheduled(), deps, clock=clock, timeout=20)
+        assert deps.state.get_instance(stack.group, instance).probe_failures == failures
+        assert desired(stack) == 1
+    invoke("health", scheduled(), deps, clock=clock, timeout=20)
+    assert desired(stack) == 2
 
 
 def test_a_success_resets_the_failure_count(world):
@@ -81,11 +106,13 @@ def test_a_success_resets_the_failure_count(world):
     invoke("health", scheduled(), deps, clock=clock)
     for _ in range(3):
         server.set_unhealthy(True)
-        invoke("health", scheduled(), deps, clock=clock)
-        invoke("health", scheduled(), deps, clock=clock)
+        invoke("health", scheduled(), deps, clock=clock, timeout=20)  # one look per run
+        invoke("health", scheduled(), deps, clock=clock, timeout=20)
         server.set_unhealthy(False)
         invoke("health", scheduled(), deps, clock=clock)
     assert stack.group_description()["Instances"][0]["HealthStatus"] == "Healthy"
+    assert desired(stack) == 1
+    assert deps.state.get_instance(stack.group, instance).probe_ok_at == clock.now()
 
 
 def test_probe_puts_back_an_eip_someone_moved_away(world, aws):
@@ -235,3 +262,48 @@ def test_probe_gives_back_the_scale_out_capacity_when_the_terminate_event_was_lo
         assert [i for i, _ in world.group.members()] == [new] and world.group.desired() == 1
     finally:
         world.close()
+
+
+# --- a serving instance failing its probes: launch before terminate ------------------------------------------------
+def test_a_failing_serving_instance_keeps_the_eip_until_its_replacement_serves_then_is_retired(stack):
+    clock = SimClock()
+    world = World.build(
+        stack.session, clock, {"health": stack.env()}, group=stack.group, launching=False, tgi_from_fleet=True
+    )
+    assert world.group is not None
+    deps = world.deps["health"]  # the lifecycle function's deps are alike
+    try:
+        [failing] = instance_ids(stack)
+        server = world.fleet.boot(failing)
+        invoke("health", scheduled(), deps, clock=clock)
+        world.group.take()
+        stack.alerts()
+        # Given its TGI stopped answering: one probe run starts the replacement beside it
+        server.set_unhealthy(True)
+        invoke("health", scheduled(), deps, clock=clock)
+        [new] = [i for i in instance_ids(stack) if i != failing]
+        assert world.group.desired() == 2 and stack.eip_holder() == failing
+        assert dict(world.group.members()) == {failing: "InService", new: "Pending:Wait"}
+        world.fleet.boot(new, load_seconds=60)
+        events, *_ = world.group.take()
+        [launch] = [e for e in events if e["detail-type"] == "EC2 Instance-launch Lifecycle Action"]
+        # When the replacement's TGI is ready its launch reaction moves the EIP and retires the failing instance
+        clock.advance(61)
+        assert invoke("lifecycle", launch, deps, clock=clock)["outcome"] == "promoted"
+        assert stack.eip_holder() == new and deps.state.get_endpoint(stack.group).serving_instance_id == new
+        assert dict(world.group.members())[failing].startswith("Terminating") and world.group.desired() == 1
+        assert [a["attributes"]["event"] for a in stack.alerts()] == ["instance-unhealthy", "eip-moved"]
+    finally:
+        world.close()
+
+
+def test_with_other_replicas_serving_a_failing_instance_is_marked_unhealthy_for_the_group(world):
+    stack, clock, fleet, instance, deps = world
+    server = fleet.boot(instance)
+    invoke("health", scheduled(), deps, clock=clock)
+    stack.alerts()
+    server.set_unhealthy(True)
+    replicas = control_deps_for(stack, clock=clock, tgi=fleet.tgi_client(), REPLICAS="2")
+    invoke("health", scheduled(), replicas, clock=clock)
+    assert stack.group_description()["Instances"][0]["HealthStatus"] == "Unhealthy" and desired(stack) == 1
+    assert "marked Unhealthy for replacement" in stack.alerts()[0]["subject"]

@@ -18,7 +18,7 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     parse_event(event, ScheduledEvent)
     deps = control_deps()
     tag_metrics(deps.group)
-    report = probe_endpoint(deps)
+    report = probe_endpoint(deps, lambda: context.get_remaining_time_in_millis() / 1000)
     return {
         "healthy": report.healthy,
         "serving": report.serving_instance_id,

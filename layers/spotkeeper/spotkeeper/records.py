@@ -71,7 +71,7 @@ class InstanceRecord:
     doomed_at: float | None = None
     draining_since: float | None = None
     probe_failures: int = 0
-    marked_unhealthy: bool = False
+    marked_unhealthy: bool = False  # failed the probes: marked Unhealthy in the group, or replaced beside it
     at_risk_since: float | None = None
     replacement: str | None = None  # how its replacement was started: scale-out, detach, group
     desired_before: int | None = None  # the group's desired capacity before a scale-out for it
@@ -86,7 +86,7 @@ class InstanceRecord:
             doomed_at=_num(item.get("doomed_at")),
             draining_since=_num(item.get("draining_since")),
             probe_failures=int(item.get("probe_failures", 0)),
-            marked_unhealthy=bool(item.get("marked_unhealthy", False)),
+            marked_unhealthy=bool(item.get("marked_unhealthy", False)) or "unhealthy_at" in item,
             at_risk_since=_num(item.get("at_risk_since")),
             replacement=item.get("replacement"),
             desired_before=int(item["desired_before"]) if "desired_before" in item else None,

@@ -182,13 +182,13 @@ class StateStore:
     def begin_replacement(
         self, group: str, instance_id: str, mark: str, at: float, owner: str, how: str, desired_before: int
     ) -> tuple[bool, bool, str, int]:
-        """In one write: mark the instance (``doomed_at`` or ``at_risk_since``), claim its replacement for
-        ``owner`` and record the plan, each only if not there already.
+        """In one write: mark the instance (``doomed_at``, ``at_risk_since`` or ``unhealthy_at``), claim its
+        replacement for ``owner`` and record the plan, each only if not there already.
 
         Returns (first mark, claim is ours, the plan's how, the plan's desired_before). The plan is the first one
         ever recorded, so a retry or a racing event carries out the same plan, with absolute values.
         """
-        if mark not in {"doomed_at", "at_risk_since"}:
+        if mark not in {"doomed_at", "at_risk_since", "unhealthy_at"}:
             raise ValueError(f"unknown mark {mark}")
         old = self._table.update_item(
             Key={"pk": _pk(group), "sk": f"instance#{instance_id}"},
@@ -253,12 +253,13 @@ class StateStore:
                     Key=key, UpdateExpression="SET probe_failures = :zero", ExpressionAttributeValues={":zero": 0}
                 )
                 return 0
-            # A probe finishing after a later one (two overlapping runs) must not move probe_ok_at back.
+            # A success finishing after a later probe (two overlapping runs) must move neither probe_ok_at back nor
+            # the count of a later failure to 0.
             conditional_write(
                 self._table.update_item,
                 Key=key,
                 UpdateExpression="SET probe_failures = :zero, probe_ok_at = :t",
-                ConditionExpression="attribute_not_exists(probe_ok_at) OR probe_ok_at < :t",
+                ConditionExpression="attribute_not_exists(probe_ok_at) OR probe_ok_at <= :t",
                 ExpressionAttributeValues={":zero": 0, ":t": Decimal(str(at))},
             )
             return 0

@@ -1,19 +1,26 @@
 """The scheduled probe, every minute: is the serving TGI healthy, and what is left to finish.
 
-Publishes Healthy / ProbeLatency / QueueSize, counts consecutive failures and, after N, marks the serving
-instance Unhealthy so the group replaces it; finishes launch hooks the lifecycle function handed over; adopts
+Publishes Healthy / ProbeLatency / QueueSize, counts consecutive failures and, after N, replaces the serving
+instance: a failed probe is probed again a few seconds later, within the same run, so N failures in a row take
+seconds rather than N minutes; then its replacement launches beside it (scale-out), while it keeps the Elastic IP
+until the replacement serves (launch before terminate: nothing else serves anyway, and a TGI that only stalled may
+answer again). Only with no room beside it is it marked Unhealthy so the group replaces it, terminating it first.
+Also finishes launch hooks the lifecycle function handed over; adopts
 a ready instance when nothing is recorded as serving (first deploy, attach mode, a lost handover); gives back the
 extra capacity of a scale-out replacement whose predecessor is leaving with its terminate event lost.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from spotkeeper.alerts import Alert
 from spotkeeper.events import LifecycleHook
+from spotkeeper.logic.interruption import REPLACE, plan_replacement, start_replacement
 from spotkeeper.logic.lifecycle import RESTORE_DESIRED, check_launch, hand_over_serving, make_serving
 from spotkeeper.logic.replicas import reconcile_ready_set
 from spotkeeper.observability import MetricName, logger, metrics
@@ -21,6 +28,7 @@ from spotkeeper.records import ON_DEMAND, PendingLaunch
 
 if TYPE_CHECKING:
     from spotkeeper.deps import ControlDeps
+    from spotkeeper.tgi import Readiness
 
 
 @dataclass
@@ -41,7 +49,13 @@ class ProbeReport:
     left_serving: str | None = None  # the serving instance was leaving with no terminate event: handed over
 
 
-def probe_endpoint(deps: ControlDeps) -> ProbeReport:
+# A failed probe of the serving instance is confirmed by probing again this many seconds later, in the same run.
+CONFIRM_EVERY_SECONDS = 5.0
+# A confirming probe starts only if the run keeps this much time after it (the ready set is probed after it).
+CONFIRM_RESERVE_SECONDS = 15.0
+
+
+def probe_endpoint(deps: ControlDeps, remaining_seconds: Callable[[], float] = lambda: math.inf) -> ProbeReport:
     report = ProbeReport()
     run = f"probe-{uuid.uuid4()}"
     report.adopted_launches = adopt_lost_launches(deps)
@@ -63,14 +77,13 @@ def probe_endpoint(deps: ControlDeps) -> ProbeReport:
 
     if endpoint.serving_instance_id and endpoint.serving_address:
         report.eip_repaired = repair_eip(endpoint.serving_instance_id, deps)
-        readiness = deps.tgi.readiness(endpoint.serving_address, deps.env.model_id)
+        readiness, report.consecutive_failures = probe_serving(
+            endpoint.serving_instance_id, endpoint.serving_address, deps, remaining_seconds
+        )
         report.healthy, report.reason, report.latency_ms = readiness.ready, readiness.reason, readiness.latency_ms
         if readiness.ready:
             load = deps.tgi.load(endpoint.serving_address)
             report.queue_size = load.queue_size if load else None
-        report.consecutive_failures = deps.state.record_probe(
-            deps.group, endpoint.serving_instance_id, readiness.ready, at=deps.clock.now()
-        )
         if report.consecutive_failures >= deps.env.unhealthy_after_failures:
             report.marked_unhealthy = replace_unhealthy(endpoint.serving_instance_id, report, deps)
     else:
@@ -85,6 +98,25 @@ def probe_endpoint(deps: ControlDeps) -> ProbeReport:
     metrics.add_metric(name=MetricName.CAPACITY_MODE, unit="Count", value=1 if endpoint.mode == ON_DEMAND else 0)
     logger.info("probe", extra={"probe": report.__dict__})
     return report
+
+
+def probe_serving(
+    instance_id: str, address: str, deps: ControlDeps, remaining_seconds: Callable[[], float]
+) -> tuple[Readiness, int]:
+    """Probe the serving instance; a failure is probed again every CONFIRM_EVERY_SECONDS while the run has time,
+    until it answers or fails UnhealthyAfterFailures times in a row. Returns the last readiness and the count.
+
+    Not once its replacement is under way (the count is past N already): nothing to decide any more.
+    """
+    readiness = deps.tgi.readiness(address, deps.env.model_id)
+    failures = deps.state.record_probe(deps.group, instance_id, readiness.ready, at=deps.clock.now())
+    # A look may take two timeouts (/health, then /info), and the run must keep time for what follows.
+    needs = CONFIRM_EVERY_SECONDS + 2 * deps.env.probe_timeout_seconds + CONFIRM_RESERVE_SECONDS
+    while not readiness.ready and 0 < failures < deps.env.unhealthy_after_failures and remaining_seconds() > needs:
+        deps.clock.sleep(CONFIRM_EVERY_SECONDS)
+        readiness = deps.tgi.readiness(address, deps.env.model_id)
+        failures = deps.state.record_probe(deps.group, instance_id, readiness.ready, at=deps.clock.now())
+    return readiness, failures
 
 
 def adopt_lost_launches(deps: ControlDeps) -> list[str]:
@@ -210,9 +242,55 @@ def repair_eip(serving_instance_id: str, deps: ControlDeps) -> bool:
 
 
 def replace_unhealthy(instance_id: str, report: ProbeReport, deps: ControlDeps) -> bool:
+    """The serving instance failed N probes in a row: replace it, launch before terminate when it is the only one.
+
+    Its replacement launches beside it (desired capacity + 1, the plan recorded in one conditional write as for a
+    Spot warning, so a retry or an overlapping run never adds a second instance); it keeps the Elastic IP, and the
+    replacement's launch hook moves the EIP once TGI is ready and retires it through the group (its terminate hook
+    drains it). Marked Unhealthy for the group instead - terminated first, then replaced - when other replicas
+    serve meanwhile, when the group has no room beside it (MaxSize), or when something else already launches.
+    """
     record = deps.state.get_instance(deps.group, instance_id)
     if record.doomed or record.draining_since:
         return False  # already on its way out; its replacement is being handled
+    group = deps.fleet.describe_group()
+    if record.marked_unhealthy:
+        if record.replacement != "scale-out" or record.desired_before is None:
+            return False  # marked Unhealthy for the group already
+        # An earlier run planned its replacement: finish it if that run could not (never plan anew: the group now
+        # holds the replacement, and a new plan would count it as room taken).
+        plan: dict | None = {"how": record.replacement, "desired_before": record.desired_before}
+    else:
+        member = group.instance(instance_id)
+        plan = plan_replacement(group, instance_id, deps) if member is not None and member.active else None
+        if deps.env.replicas > 1 or plan is None or plan["how"] != "scale-out":
+            return mark_unhealthy_for_the_group(instance_id, report, deps)
+    first, claimed, how, desired_before = deps.state.begin_replacement(
+        deps.group, instance_id, "unhealthy_at", deps.clock.now(), owner=PROBE_OWNER, **plan
+    )
+    if claimed and how == "scale-out":
+        start_replacement(group, instance_id, how, desired_before, deps)
+        deps.state.finish_action(deps.group, instance_id, REPLACE)
+    if not first:
+        return False  # an earlier run marked it (this one finished its replacement if that run could not)
+    deps.alerts.send(
+        Alert(
+            "instance-unhealthy",
+            "critical",
+            f"{instance_id} failed {report.consecutive_failures} probes in a row: replacement launching beside it, "
+            "it keeps the Elastic IP until the replacement serves",
+            {
+                "instance_id": instance_id,
+                "reason": report.reason,
+                "failures": report.consecutive_failures,
+                "replacement": how if claimed else f"{how} (already under way)",
+            },
+        )
+    )
+    return True
+
+
+def mark_unhealthy_for_the_group(instance_id: str, report: ProbeReport, deps: ControlDeps) -> bool:
     if not deps.state.mark_unhealthy(deps.group, instance_id):
         return False
     deps.fleet.mark_unhealthy(instance_id)

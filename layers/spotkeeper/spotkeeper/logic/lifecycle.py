@@ -154,14 +154,15 @@ def _should_take_over(serving_instance_id: str, deps: ControlDeps) -> bool:
 
 
 def retire_replaced(deps: ControlDeps, keep: str) -> list[str]:
-    """Retire the doomed instances whose replacement was launched alongside them: through the group after a
-    scale-out, directly after a detach (the instance is no longer the group's, so nothing else ever would)."""
+    """Retire the doomed (or at risk, or failing their probes) instances whose replacement was launched alongside
+    them: through the group after a scale-out, directly after a detach (the instance is no longer the group's, so
+    nothing else ever would)."""
     retired = []
     group = deps.fleet.describe_group()
     for record in deps.state.instances(deps.group):
         if record.instance_id == keep or record.replacement not in ("scale-out", "detach") or record.retired:
             continue
-        if not (record.doomed or record.at_risk_since):
+        if not (record.doomed or record.at_risk_since or record.marked_unhealthy):
             continue
         if record.replacement == "detach":
             if group.instance(record.instance_id) is None and _retire_detached(deps, record.instance_id, keep):

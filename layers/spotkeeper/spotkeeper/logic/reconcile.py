@@ -122,7 +122,7 @@ def reconcile_capacity(group: Group, deps: CapacityDeps) -> list[str]:
     for record in deps.state.instances(deps.group):
         if record.replacement != "scale-out" or record.retired or record.desired_before is None:
             continue
-        if (record.doomed or record.at_risk_since) and record.instance_id in active:
+        if (record.doomed or record.at_risk_since or record.marked_unhealthy) and record.instance_id in active:
             wanted = max(wanted, record.desired_before + 1)
     wanted = min(wanted, group.max_size)
     if wanted <= group.desired:
