@@ -24,7 +24,7 @@ import pytest
 from moto import mock_aws
 from moto.events.models import EventPattern
 
-from spotkeeper.events import AlarmStateChange
+from spotkeeper.events import AlarmStateChange, parse_event
 from spotkeeper_local.cloudwatch_alarms import (
     ALARM,
     INSUFFICIENT_DATA,
@@ -415,7 +415,7 @@ def test_state_change_event_is_shaped_as_aws_delivers_it(alarms: dict[str, Alarm
 
     # the sample's previous state has no reasonData (an alarm that was never evaluated has none either)
     assert shape(event) == shape(sample)
-    parsed = AlarmStateChange.model_validate(event)  # the capacity function's own model
+    parsed = parse_event(event, AlarmStateChange)  # the capacity function's own model
     assert (parsed.detail.previous_state.value, parsed.detail.state.value) == (OK, ALARM)  # type: ignore[union-attr]
     state = event["detail"]["state"]
     assert state["reason"].startswith("Threshold Crossed: 3 out of the last 3 datapoints [0.0 (")

@@ -1,19 +1,27 @@
 """Typed models of every event spotkeeper accepts, exactly as AWS delivers them.
 
-Powertools has no EC2, Auto Scaling or alarm-state-change models, so they are written here on top of its
-EventBridgeModel. Each handler parses its input with ``parse_event``: an event that does not fit raises
-``InvalidEvent`` (logged with the event id), so it is retried and ends in the DLQ instead of being guessed at.
+Powertools has no EC2, Auto Scaling or alarm-state-change models, so they are written here, with the envelope
+of Powertools' EventBridgeModel (version, id, source, account, time, region, resources, detail-type, detail,
+replay-name). They are msgspec Structs rather than pydantic models: msgspec validates as strictly (types,
+patterns, lengths, the literal source and detail-type, required fields) and imports in a few milliseconds, where
+pydantic and its schema building cost a control function's cold start about as much as boto3 itself (see
+README's cold start section). Each handler parses its input with ``parse_event``: an event that does not fit
+raises ``InvalidEvent`` naming the field and the problem (logged with the event id), so it is retried and ends
+in the DLQ instead of being guessed at. The ``detail-type`` is each model's tag: a union of models is decided
+by it, as pydantic's discriminator did.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+import msgspec
 
 INSTANCE_ID = r"^i-[0-9a-f]{8,17}$"
+InstanceId = Annotated[str, msgspec.Meta(pattern=INSTANCE_ID)]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
 class InvalidEvent(ValueError):
@@ -25,47 +33,76 @@ class InvalidEvent(ValueError):
         self.reason = reason
 
 
-class _Detail(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="allow")
+class _Detail(msgspec.Struct, kw_only=True):
+    """A ``detail`` object: fields AWS may add later are accepted and ignored."""
+
+
+class EventBridgeEvent(msgspec.Struct, kw_only=True, tag_field="detail-type", rename={"replay_name": "replay-name"}):
+    """The EventBridge envelope (Powertools' EventBridgeModel); ``detail-type`` is the subclass's tag."""
+
+    version: str
+    id: str
+    source: str
+    account: str
+    time: datetime
+    region: str
+    resources: list[str]
+    detail: Any
+    replay_name: str | None = None
+
+    @property
+    def detail_type(self) -> str:
+        return type(self).__struct_config__.tag  # type: ignore[return-value]
 
 
 # --- EC2 ----------------------------------------------------------------------------------------
-class SpotInterruptionDetail(_Detail):
-    instance_id: str = Field(alias="instance-id", pattern=INSTANCE_ID)
-    instance_action: Literal["terminate", "stop", "hibernate"] = Field(alias="instance-action")
+class SpotInterruptionDetail(
+    _Detail, kw_only=True, rename={"instance_id": "instance-id", "instance_action": "instance-action"}
+):
+    instance_id: InstanceId
+    instance_action: Literal["terminate", "stop", "hibernate"]
 
 
-class SpotInterruptionWarning(EventBridgeModel):
+class SpotInterruptionWarning(EventBridgeEvent, kw_only=True, tag="EC2 Spot Instance Interruption Warning"):
     source: Literal["aws.ec2"]
-    detail_type: Literal["EC2 Spot Instance Interruption Warning"] = Field(alias="detail-type")
     detail: SpotInterruptionDetail
 
 
-class RebalanceDetail(_Detail):
-    instance_id: str = Field(alias="instance-id", pattern=INSTANCE_ID)
+class RebalanceDetail(_Detail, kw_only=True, rename={"instance_id": "instance-id"}):
+    instance_id: InstanceId
 
 
-class RebalanceRecommendation(EventBridgeModel):
+class RebalanceRecommendation(EventBridgeEvent, kw_only=True, tag="EC2 Instance Rebalance Recommendation"):
     source: Literal["aws.ec2"]
-    detail_type: Literal["EC2 Instance Rebalance Recommendation"] = Field(alias="detail-type")
     detail: RebalanceDetail
 
 
-InstanceAtRiskEvent = Annotated[SpotInterruptionWarning | RebalanceRecommendation, Field(discriminator="detail_type")]
+InstanceAtRiskEvent = SpotInterruptionWarning | RebalanceRecommendation
 
 
 # --- Auto Scaling ---------------------------------------------------------------------------------
-class LifecycleActionDetail(_Detail):
-    lifecycle_action_token: str = Field(alias="LifecycleActionToken", min_length=1)
-    group_name: str = Field(alias="AutoScalingGroupName", min_length=1)
-    hook_name: str = Field(alias="LifecycleHookName", min_length=1)
-    instance_id: str = Field(alias="EC2InstanceId", pattern=INSTANCE_ID)
-    transition: Literal["autoscaling:EC2_INSTANCE_LAUNCHING", "autoscaling:EC2_INSTANCE_TERMINATING"] = Field(
-        alias="LifecycleTransition"
-    )
-    notification_metadata: str | None = Field(default=None, alias="NotificationMetadata")
-    origin: str | None = Field(default=None, alias="Origin")
-    destination: str | None = Field(default=None, alias="Destination")
+class LifecycleActionDetail(
+    _Detail,
+    kw_only=True,
+    rename={
+        "lifecycle_action_token": "LifecycleActionToken",
+        "group_name": "AutoScalingGroupName",
+        "hook_name": "LifecycleHookName",
+        "instance_id": "EC2InstanceId",
+        "transition": "LifecycleTransition",
+        "notification_metadata": "NotificationMetadata",
+        "origin": "Origin",
+        "destination": "Destination",
+    },
+):
+    lifecycle_action_token: NonEmpty
+    group_name: NonEmpty
+    hook_name: NonEmpty
+    instance_id: InstanceId
+    transition: Literal["autoscaling:EC2_INSTANCE_LAUNCHING", "autoscaling:EC2_INSTANCE_TERMINATING"]
+    notification_metadata: str | None = None
+    origin: str | None = None
+    destination: str | None = None
 
 
 class LifecycleHook(StrEnum):
@@ -80,67 +117,75 @@ class LifecycleHook(StrEnum):
         return f"autoscaling:EC2_INSTANCE_{'LAUNCHING' if launching else 'TERMINATING'}"
 
 
-class LaunchLifecycleAction(EventBridgeModel):
+class LaunchLifecycleAction(EventBridgeEvent, kw_only=True, tag="EC2 Instance-launch Lifecycle Action"):
     source: Literal["aws.autoscaling"]
-    detail_type: Literal["EC2 Instance-launch Lifecycle Action"] = Field(alias="detail-type")
     detail: LifecycleActionDetail
 
 
-class TerminateLifecycleAction(EventBridgeModel):
+class TerminateLifecycleAction(EventBridgeEvent, kw_only=True, tag="EC2 Instance-terminate Lifecycle Action"):
     source: Literal["aws.autoscaling"]
-    detail_type: Literal["EC2 Instance-terminate Lifecycle Action"] = Field(alias="detail-type")
     detail: LifecycleActionDetail
 
 
-LifecycleEvent = Annotated[LaunchLifecycleAction | TerminateLifecycleAction, Field(discriminator="detail_type")]
+LifecycleEvent = LaunchLifecycleAction | TerminateLifecycleAction
 
 
-class LaunchUnsuccessfulDetail(_Detail):
-    group_name: str = Field(alias="AutoScalingGroupName", min_length=1)
-    status_code: str = Field(alias="StatusCode")
-    status_message: str = Field(alias="StatusMessage")
-    activity_id: str | None = Field(default=None, alias="ActivityId")
-    cause: str | None = Field(default=None, alias="Cause")
-    details: dict[str, Any] = Field(default_factory=dict, alias="Details")
+class LaunchUnsuccessfulDetail(
+    _Detail,
+    kw_only=True,
+    rename={
+        "group_name": "AutoScalingGroupName",
+        "status_code": "StatusCode",
+        "status_message": "StatusMessage",
+        "activity_id": "ActivityId",
+        "cause": "Cause",
+        "details": "Details",
+    },
+):
+    group_name: NonEmpty
+    status_code: str
+    status_message: str
+    activity_id: str | None = None
+    cause: str | None = None
+    details: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-class LaunchUnsuccessful(EventBridgeModel):
+class LaunchUnsuccessful(EventBridgeEvent, kw_only=True, tag="EC2 Instance Launch Unsuccessful"):
     source: Literal["aws.autoscaling"]
-    detail_type: Literal["EC2 Instance Launch Unsuccessful"] = Field(alias="detail-type")
     detail: LaunchUnsuccessfulDetail
 
 
 # --- CloudWatch -----------------------------------------------------------------------------------
-class AlarmState(_Detail):
+class AlarmState(_Detail, kw_only=True):
     value: Literal["OK", "ALARM", "INSUFFICIENT_DATA"]
     reason: str = ""
     timestamp: str | None = None
 
 
-class AlarmStateChangeDetail(_Detail):
-    alarm_name: str = Field(alias="alarmName", min_length=1)
+class AlarmStateChangeDetail(
+    _Detail, kw_only=True, rename={"alarm_name": "alarmName", "previous_state": "previousState"}
+):
+    alarm_name: NonEmpty
     state: AlarmState
-    previous_state: AlarmState | None = Field(default=None, alias="previousState")
+    previous_state: AlarmState | None = None
+    # The alarm's configuration as the event carries it (its description, metrics); any shape AWS sends.
+    configuration: Any = None
 
 
-class AlarmStateChange(EventBridgeModel):
+class AlarmStateChange(EventBridgeEvent, kw_only=True, tag="CloudWatch Alarm State Change"):
     source: Literal["aws.cloudwatch"]
-    detail_type: Literal["CloudWatch Alarm State Change"] = Field(alias="detail-type")
     detail: AlarmStateChangeDetail
 
 
-class ScheduledEvent(EventBridgeModel):
+class ScheduledEvent(EventBridgeEvent, kw_only=True, tag="Scheduled Event"):
     source: Literal["aws.events", "aws.scheduler"]
-    detail_type: Literal["Scheduled Event"] = Field(alias="detail-type")
+    detail: dict[str, Any]
 
 
 def parse_event[T](raw: Any, model: Any) -> T:
-    """Validate ``raw`` against ``model`` (a model class or an annotated union of them)."""
+    """Validate ``raw`` against ``model`` (a model class or a union of them, told apart by ``detail-type``)."""
     event_id = raw.get("id") if isinstance(raw, dict) else None
     try:
-        return TypeAdapter(model).validate_python(raw)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}" for issue in error.errors()[:5]
-        )
-        raise InvalidEvent(event_id if isinstance(event_id, str) else None, problems) from None
+        return msgspec.convert(raw, model, strict=True)
+    except msgspec.ValidationError as error:
+        raise InvalidEvent(event_id if isinstance(event_id, str) else None, str(error)) from None

@@ -9,17 +9,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import msgspec
 
 from spotkeeper.observability import logger
 
 
-class TgiInfo(BaseModel):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
+class TgiInfo(msgspec.Struct, kw_only=True):
+    """The fields of TGI's ``GET /info`` the control plane reads; the others are accepted and ignored."""
 
-    model_id: str = Field(min_length=1)
+    model_id: Annotated[str, msgspec.Meta(min_length=1)]
     max_total_tokens: int | None = None
     max_input_tokens: int | None = None
     max_concurrent_requests: int | None = None
@@ -105,8 +105,8 @@ class TgiClient:
         if info_response.status_code != 200:
             return Readiness(False, f"info answered {info_response.status_code}", latency_ms)
         try:
-            info = TgiInfo.model_validate_json(info_response.content)
-        except ValidationError as error:
+            info = msgspec.json.decode(info_response.content, type=TgiInfo)
+        except (msgspec.ValidationError, msgspec.DecodeError) as error:
             logger.warning("TGI /info is not valid", extra={"address": address, "error": str(error)[:300]})
             return Readiness(False, "invalid /info", latency_ms)
         if expected_model is not None and info.model_id != expected_model:

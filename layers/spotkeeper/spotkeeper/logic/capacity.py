@@ -44,9 +44,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
-
-from pydantic import Field
+from typing import TYPE_CHECKING
 
 from spotkeeper.alerts import Alert, Severity
 from spotkeeper.events import AlarmStateChange, LaunchUnsuccessful, ScheduledEvent
@@ -66,7 +64,7 @@ from spotkeeper.records import ON_DEMAND, SPOT, Endpoint, InstanceRecord
 if TYPE_CHECKING:
     from spotkeeper.deps import CapacityDeps
 
-CapacityEvent = Annotated[LaunchUnsuccessful | AlarmStateChange | ScheduledEvent, Field(discriminator="detail_type")]
+CapacityEvent = LaunchUnsuccessful | AlarmStateChange | ScheduledEvent
 
 # A Spot price at or above this share of the On-Demand price means Spot is scarce, not back.
 SCARCE_PRICE_SHARE = 0.9
@@ -472,7 +470,7 @@ def alarm_alert(event: AlarmStateChange, action: str | None = None, why: str | N
     detail = event.detail
     name, state = detail.alarm_name, detail.state.value
     previous = detail.previous_state.value if detail.previous_state else None
-    configuration = (detail.model_extra or {}).get("configuration") or {}
+    configuration = detail.configuration or {}
     description = configuration.get("description") if isinstance(configuration, dict) else None
     facts = {
         "alarm_name": name,
