@@ -142,3 +142,20 @@ def test_the_layer_ships_the_current_source(artifacts: dict[str, Path]):
         assert built.is_file() and built.read_bytes() == source.read_bytes(), (
             f"{built} differs from {source}: the build is stale, run `make build`"
         )
+
+
+def _distributions(root: Path) -> set[str]:
+    return {p.name.removesuffix(".dist-info").rsplit("-", 1)[0].lower() for p in root.glob("*.dist-info")}
+
+
+def test_no_function_ships_a_distribution_the_layer_ships(artifacts: dict[str, Path]):
+    # /var/task comes before /opt/python on sys.path: a second copy in a function shadows the layer's, and is paid
+    # for in every deployment package (the gateway shipped httpx, anyio, idna and certifi twice).
+    layer = next(root for root in artifacts.values() if root.name == "python")
+    in_layer = _distributions(layer)
+    assert {"httpx", "anyio", "msgspec"} <= in_layer, sorted(in_layer)
+    for logical_id, root in artifacts.items():
+        if root != layer:
+            assert not _distributions(root) & in_layer, f"{logical_id} ships {sorted(_distributions(root) & in_layer)}"
+    gateway = next(root for root in artifacts.values() if (root / "run.sh").is_file())
+    assert {"fastapi", "uvicorn", "pydantic"} <= _distributions(gateway)
