@@ -9,8 +9,9 @@
 #   3. for a function, leaves out every distribution the shared layer ships: the function's requirements are
 #      resolved against the layer's (the layer's requirements are installed aside, and their versions are the
 #      constraints), then the layer's distributions are removed from the function. /var/task comes before
-#      /opt/python on sys.path, so a copy in the function would shadow the layer's (the gateway shipped a second
-#      httpx, anyio, idna, certifi: 11 MB of duplicate before),
+#      /opt/python on sys.path, so a copy in the function would shadow the layer's (the gateway and the layer
+#      both shipped pydantic, pydantic_core, anyio, httpx, idna, certifi: about 11 MB twice). `sam build --cached` would not see a change of the
+#      layer's requirements in a function's folder hash: build without --cached after one (make build does),
 #   4. compiles bytecode with the runtime's Python (3.13). Lambda's code and layers are read-only, so Python
 #      can never write a .pyc there: without shipped bytecode every module is compiled again at every cold
 #      start. `unchecked-hash` .pyc files are used without looking at the source's mtime, which the zip and
