@@ -6,12 +6,12 @@ from spotkeeper.deps import control_deps
 from spotkeeper.events import InstanceAtRiskEvent, parse_event
 from spotkeeper.handlers import rejecting_invalid_events, tag_metrics
 from spotkeeper.logic.interruption import react_to_interruption
-from spotkeeper.observability import logger, metrics, tracer
+from spotkeeper.observability import logger, metrics, traced
 
 
 @logger.inject_lambda_context(correlation_id_path="id", clear_state=True)
 @metrics.log_metrics
-@tracer.capture_lambda_handler
+@traced
 @rejecting_invalid_events
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     at_risk = parse_event(event, InstanceAtRiskEvent)

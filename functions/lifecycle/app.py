@@ -7,12 +7,12 @@ from spotkeeper.events import LaunchLifecycleAction, LifecycleEvent, parse_event
 from spotkeeper.handlers import rejecting_invalid_events, tag_metrics
 from spotkeeper.idempotency import once_per_event
 from spotkeeper.logic.lifecycle import on_instance_launching, on_instance_terminating
-from spotkeeper.observability import logger, metrics, tracer
+from spotkeeper.observability import logger, metrics, traced
 
 
 @logger.inject_lambda_context(correlation_id_path="id", clear_state=True)
 @metrics.log_metrics
-@tracer.capture_lambda_handler
+@traced
 @rejecting_invalid_events
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     action = parse_event(event, LifecycleEvent)

@@ -1,9 +1,15 @@
 """Logger, Tracer and Metrics, created once, and the names of the metrics; every module imports them from here.
 
-The Tracer is built on first use: constructing it imports the X-Ray SDK and patches botocore, which only the
-decorated control handlers need (the gateway logs and publishes metrics but is not traced per request).
+The Tracer is built on first use: constructing it imports the X-Ray SDK (with wrapt and asyncio) and patches
+botocore, about 0.15x `import boto3` at a control function's cold start, even with POWERTOOLS_TRACE_DISABLED
+(Powertools imports the SDK's recorder either way). Lambda's own segments for each invocation need no SDK
+(`Tracing: Active`), so a control handler is traced with the SDK, one subsegment per AWS call, only when
+TRACE_AWS_CALLS is "true" (template parameter TraceAwsCalls); see ``traced``. The gateway logs and publishes
+metrics but is not traced per request.
 """
 
+import os
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
@@ -36,12 +42,29 @@ class MetricName(StrEnum):
     TOKENS_OUT = "TokensOut"
 
 
-def __getattr__(name: str) -> Any:
-    if name == "tracer":
+def traces_aws_calls() -> bool:
+    return os.environ.get("TRACE_AWS_CALLS", "false").strip().lower() == "true"
+
+
+def traced[F: Callable[..., Any]](handler: F) -> F:
+    """``tracer.capture_lambda_handler`` when TRACE_AWS_CALLS is "true", else the handler itself (no X-Ray SDK)."""
+    if not traces_aws_calls():
+        return handler
+    return _tracer().capture_lambda_handler(handler)
+
+
+def _tracer() -> Any:
+    built = globals().get("tracer")
+    if built is None:
         from aws_lambda_powertools import Tracer
 
         # Only AWS SDK calls are traced; TGI probes through httpx would add a subsegment per poll.
-        tracer = Tracer(patch_modules=("botocore",))
-        globals()["tracer"] = tracer
-        return tracer
+        built = Tracer(patch_modules=("botocore",))
+        globals()["tracer"] = built
+    return built
+
+
+def __getattr__(name: str) -> Any:
+    if name == "tracer":
+        return _tracer()
     raise AttributeError(name)
