@@ -21,8 +21,10 @@ def rejecting_invalid_events[F: Callable[..., Any]](handler: F) -> F:
         try:
             return handler(event, context)
         except InvalidEvent as error:
+            # The message itself names the event and the reason, not only the structured keys: a reader of the
+            # plain text (and pytest's caplog) sees them too.
             logger.error(
-                "rejected malformed event",
+                f"rejected malformed event {error.event_id or '<no id>'}: {error.reason}",
                 extra={"event_id": error.event_id, "reason": error.reason, "detail_type": _detail_type(event)},
             )
             raise
