@@ -31,6 +31,15 @@ class GatewaySettings(BaseModel):
     connect_timeout_seconds: float = Field(default=2.0, gt=0, le=30)
     read_timeout_seconds: float = Field(default=300.0, gt=0, le=900)
     retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    # A replica that took a request and sends nothing back (TGI hung: port open, no answer). After
+    # LIVENESS_CHECK_AFTER_SECONDS without TGI's response headers (a stream's come at once, a non-streamed
+    # generation's only at its end), or mid-stream without a byte, the replica's /health is asked, again at
+    # doubling intervals (up to a minute) while the wait goes on; if it does not answer 200 within
+    # LIVENESS_TIMEOUT_SECONDS the request gives up on that replica (gateway/upstream.py). Under load TGI's /health
+    # waits for at most one forward step of the model (a large prefill can take seconds on a big sharded model),
+    # hence 5 s rather than 1-2 s.
+    liveness_check_after_seconds: float = Field(default=5.0, gt=0, le=300)
+    liveness_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
 
     # Limits on what a client may ask for.
     max_body_bytes: int = Field(default=1_000_000, ge=1024, le=10_000_000)

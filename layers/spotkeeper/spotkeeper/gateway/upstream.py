@@ -17,10 +17,29 @@ connect timeout on it first.
 A replica answering 429 (TGI's "Model is overloaded", before the first byte) is retried once on another ready,
 un-warned replica within the same one-retry budget; with no other, or if that one fails too, the client gets
 TGI's 429 as it came.
+
+A replica that takes a request and never answers (TGI hung: the port open, nothing sent back) is noticed without
+waiting out the read timeout (minutes: a non-streamed generation answers only when it ends). While TGI's
+response headers have not come after LIVENESS_CHECK_AFTER_SECONDS, the replica's ``GET /health`` is asked
+(LIVENESS_TIMEOUT_SECONDS; one check at a time per replica, shared by the requests waiting on it), again after
+twice as long while the wait goes on (at most a minute apart). A 200 means TGI is alive and busy: the wait goes
+on, however long the generation. No answer, or anything but 200, and the request gives up on that replica before
+the client got a byte: it is retried once on another replica like an unreachable one, else the client gets 503
+with Retry-After. The replica is then left out entirely for RETRY_AFTER_SECONDS (one replica: the requests of
+that time get 503 at once, after one table read, instead of each waiting for its own liveness check). A request
+answered within LIVENESS_CHECK_AFTER_SECONDS (every stream: TGI sends a stream's headers before validating it)
+costs no extra call.
+
+Why /health answers a busy TGI quickly (router/src/server.rs, infer/mod.rs, backends/v3/src/backend.rs): it
+does not go through the request queue or the concurrency limit; it asks each shard's gRPC ``Health`` (a tiny CUDA
+allocation), or after a failed generation runs a one-token prefill on the shards directly. The shard serves it
+between two forward steps of the batch, so it waits for at most one step: tens of milliseconds for a decode, up
+to seconds for a full --max-batch-prefill-tokens prefill on a large sharded model.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import random
@@ -43,6 +62,21 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length"
 
 class _Unreachable(Exception):
     """The request never got an answer from TGI; safe to try another resolution."""
+
+
+class _Hung(_Unreachable):
+    """TGI took the request but answered neither it nor a liveness check: nothing was sent to the client."""
+
+
+class _OnlyHung(BackendUnavailable):
+    """Every candidate was found hung lately; ``fresher_than``: a table read made after the last was found."""
+
+    def __init__(self, message: str, retry_after_seconds: int, fresher_than: float) -> None:
+        super().__init__(message, retry_after_seconds)
+        self.fresher_than = fresher_than
+
+
+LIVENESS_RECHECK_MAX_SECONDS = 60.0
 
 
 @dataclass
@@ -106,6 +140,9 @@ class TgiUpstream:
         self._rng = rng or random.Random()
         self._clock = clock
         self._avoid_until: dict[str, float] = {}  # replicas that could not be reached, avoided until then
+        # Replicas found hung: not sent anything until then; the resolver's time they were found at.
+        self._hung_until: dict[str, tuple[float, float]] = {}
+        self._liveness: dict[str, asyncio.Future[bool]] = {}  # the liveness check in flight, per replica
 
     def outstanding(self, url: str) -> int:
         return self._outstanding.get(url, 0)
@@ -124,12 +161,20 @@ class TgiUpstream:
             return False
         return until is not None
 
+    def hung(self, url: str) -> bool:
+        """Whether the replica was found hung lately (RETRY_AFTER_SECONDS): no request goes to it meanwhile."""
+        entry = self._hung_until.get(url)
+        if entry is not None and self._clock() >= entry[0]:
+            del self._hung_until[url]
+            return False
+        return entry is not None
+
     def pick(
         self, candidates: tuple[Backend, ...], exclude: frozenset[str] = frozenset(), *, ready_only: bool = False
     ) -> Backend | None:
         """The un-warned candidate with the least outstanding work (a warned one, then one that was unreachable
         lately, if no other is left; never those with ``ready_only``); ties round robin from a random start."""
-        pool = [backend for backend in candidates if backend.url not in exclude]
+        pool = [backend for backend in candidates if backend.url not in exclude and not self.hung(backend.url)]
         if ready_only:
             pool = [backend for backend in pool if not backend.warned and not self.avoided(backend.url)]
         if not pool:
@@ -143,8 +188,23 @@ class TgiUpstream:
         self._last_pick[chosen.url] = next(self._picks)
         return chosen
 
-    def _unreachable(self, backend: Backend) -> None:
-        self._avoid_until[backend.url] = self._clock() + self._settings.retry_after_seconds
+    def _unreachable(self, backend: Backend, *, hung: bool = False) -> None:
+        until = self._clock() + self._settings.retry_after_seconds
+        self._avoid_until[backend.url] = until
+        if hung:
+            self._hung_until[backend.url] = (until, self._resolver.now())
+
+    def _no_backend(self, candidates: tuple[Backend, ...], exclude: frozenset[str]) -> BackendUnavailable:
+        """Why no candidate can take the request; a replica found hung lately says so."""
+        hung = [b for b in candidates if b.url not in exclude and b.url in self._hung_until and self.hung(b.url)]
+        if hung:
+            # A fresh table read, once per replica found hung: it may name another replica or a replacement.
+            return _OnlyHung(
+                f"TGI on {hung[0].instance_id or hung[0].url} stopped answering (hung): a failover is in progress",
+                self._settings.retry_after_seconds,
+                max(self._hung_until[b.url][1] for b in hung),
+            )
+        return BackendUnavailable("no other replica is ready", self._settings.retry_after_seconds)
 
     async def open(
         self,
@@ -167,7 +227,7 @@ class TgiUpstream:
             candidates = await self._candidates(None)
             backend = self.pick(candidates, exclude)
             if backend is None:
-                raise BackendUnavailable("no other replica is ready", self._settings.retry_after_seconds)
+                raise self._no_backend(candidates, exclude)
             tried = tried | {backend.url}
             upstream = await self._send(backend, method, path, json_body, request_id, read_timeout)
         except (_Unreachable, BackendUnavailable) as error:
@@ -176,16 +236,20 @@ class TgiUpstream:
             if upstream.response.status_code == 429:
                 return await self._overloaded(upstream, candidates, tried, method, path, json_body, request_id)
             return upstream
-        failed_at = self._resolver.now()
+        failed_at = failure.fresher_than if isinstance(failure, _OnlyHung) else self._resolver.now()
         logger.warning("TGI unreachable, retrying with a fresh resolution", extra={"reason": str(failure)})
         candidates = await self._candidates(failed_at)
         # Another replica if there is one; else the same one again (one replica: its TGI may be back, or the
-        # table may name its replacement by now).
+        # table may name its replacement by now), unless it was found hung.
         backend = self.pick(candidates, tried) or self.pick(candidates, exclude)
         if backend is None:
-            raise BackendUnavailable(
-                f"no other replica can take the request ({failure})", self._settings.retry_after_seconds
-            ) from failure
+            if isinstance(failure, _Hung):
+                message = f"{failure}: a failover is in progress"
+            elif isinstance(failure, BackendUnavailable):
+                message = failure.message
+            else:
+                message = f"no other replica can take the request ({failure})"
+            raise BackendUnavailable(message, self._settings.retry_after_seconds) from failure
         try:
             upstream = await self._send(backend, method, path, json_body, request_id, read_timeout)
         except _Unreachable as error:
@@ -276,14 +340,14 @@ class TgiUpstream:
         )
         release = self._acquire(backend.url)
         try:
-            response = await self._request(request, timeout)
+            response = await self._request(backend, request, timeout)
             if response.status_code == 503:
                 # TGI still loading or going away: as unreachable as a closed port.
                 body = await _read_quietly(response)
                 raise _Unreachable(f"TGI answered 503 {body[:200]!r}")
-        except _Unreachable:
+        except _Unreachable as error:
             release()
-            self._unreachable(backend)
+            self._unreachable(backend, hung=isinstance(error, _Hung))
             raise
         except BaseException:
             release()
@@ -291,8 +355,13 @@ class TgiUpstream:
         self._avoid_until.pop(backend.url, None)
         return Upstream(response=response, backend=backend, _release=release)
 
-    async def _request(self, request: httpx.Request, timeout: httpx.Timeout) -> httpx.Response:
+    async def _request(self, backend: Backend, request: httpx.Request, timeout: httpx.Timeout) -> httpx.Response:
+        watch = self._settings.liveness_check_after_seconds
+        # Not watched when the read timeout ends the wait about as soon (the gateway's GETs to /health, /info).
+        watched = timeout.read is None or timeout.read > watch + self._settings.liveness_timeout_seconds
         try:
+            if watched:
+                return await self._watched(backend, request)
             return await self._client.send(request, stream=True)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
             raise _Unreachable(_describe(error)) from error
@@ -303,6 +372,75 @@ class TgiUpstream:
             raise BackendTimeout(f"TGI did not answer within {timeout.read} s") from error
         except httpx.HTTPError as error:
             raise BackendProtocolError(f"unexpected answer from TGI: {_describe(error)}") from error
+
+    async def _watched(self, backend: Backend, request: httpx.Request) -> httpx.Response:
+        """TGI's response (headers read, body not), giving up with ``_Hung`` when TGI has not answered after
+        LIVENESS_CHECK_AFTER_SECONDS and does not answer its liveness check either."""
+        sending = asyncio.ensure_future(self._client.send(request, stream=True))
+        handed_over = False
+        try:
+            interval = self._settings.liveness_check_after_seconds
+            done, _ = await asyncio.wait((sending,), timeout=interval)
+            while not done:
+                checking = asyncio.ensure_future(self._alive(backend))
+                done, _ = await asyncio.wait((sending, checking), return_when=asyncio.FIRST_COMPLETED)
+                if sending in done:
+                    checking.cancel()  # only this request's wait: the shared check goes on for the others
+                    break
+                if not checking.result():
+                    raise _Hung(
+                        f"TGI on {backend.instance_id or backend.url} took the request but answered neither it "
+                        f"nor its liveness check (GET /health within {self._settings.liveness_timeout_seconds} s)"
+                    )
+                interval = min(interval * 2, LIVENESS_RECHECK_MAX_SECONDS)
+                done, _ = await asyncio.wait((sending,), timeout=interval)
+            response = sending.result()
+            handed_over = True
+            return response
+        finally:
+            if not handed_over:
+                await _abandon(sending)
+
+    async def _alive(self, backend: Backend) -> bool:
+        """Whether the replica's TGI answers ``GET /health`` with 200 in time; one check in flight per replica."""
+        check = self._liveness.get(backend.url)
+        if check is None or check.done():
+            check = asyncio.ensure_future(self._check_liveness(backend))
+            self._liveness[backend.url] = check
+        return await asyncio.shield(check)
+
+    async def _check_liveness(self, backend: Backend) -> bool:
+        connect = self._settings.connect_timeout_seconds
+        timeout = httpx.Timeout(
+            connect=connect, read=self._settings.liveness_timeout_seconds, write=connect, pool=connect
+        )
+        try:
+            response = await self._client.get(
+                backend.url + "/health", headers={"accept-encoding": "identity"}, timeout=timeout
+            )
+        except httpx.HTTPError as error:
+            logger.warning(
+                "TGI did not answer its liveness check",
+                extra={"instance_id": backend.instance_id, "reason": _describe(error)},
+            )
+            return False
+        if response.status_code != 200:
+            logger.warning(
+                "TGI failed its liveness check",
+                extra={"instance_id": backend.instance_id, "status": response.status_code},
+            )
+            return False
+        return True
+
+
+async def _abandon(sending: asyncio.Future[httpx.Response]) -> None:
+    """Stop a send nobody will read: cancel it, or close the response it got meanwhile."""
+    if not sending.done():
+        sending.cancel()
+        await asyncio.wait((sending,))
+    if sending.cancelled() or sending.exception() is not None:
+        return
+    await sending.result().aclose()
 
 
 async def _read_quietly(response: httpx.Response) -> bytes:
