@@ -18,6 +18,7 @@ the probe, not the launch hook, promoted it).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -643,6 +644,12 @@ class Engine:
         )
         if expect.failed_requests is not None:
             bound(f"failed requests via the {world.via}", clients.failed, expect.failed_requests, f" of {clients.sent}")
+        if expect.unanswered_requests is not None:
+            failures = Counter(str(o.status or o.detail) for o in world.load.outcomes if not o.ok)
+            unanswered = sum(1 for o in world.load.outcomes if not o.ok and o.status is None)
+            kinds = ", ".join(f"{kind} x{count}" for kind, count in failures.most_common())
+            note = f" of {clients.failed} failed ({kinds})" if kinds else f" of {clients.failed} failed"
+            bound(f"requests via the {world.via} with no HTTP answer", unanswered, expect.unanswered_requests, note)
         if world.eip_load is not None:
             eip = client_stats("elastic ip", world.eip_load.outcomes, 0.0, end)
             if expect.eip_longest_no_success_seconds is not None:

@@ -369,6 +369,11 @@ class Expect(_Strict):
         description="the clients' longest window without a successful request (the gateway's with via: both)"
     )
     failed_requests: Bound | None = None
+    unanswered_requests: Bound | None = Field(
+        None,
+        description="requests that got no HTTP answer within the clients' timeout (the gateway's with via: both): "
+        "during a failover the gateway answers 503 with Retry-After, never hangs",
+    )
     eip_longest_no_success_seconds: Bound | None = Field(None, description="the same for clients of the EIP (both)")
     eip_failed_requests: Bound | None = None
     recovered: bool | None = Field(None, description="a request succeeded after the longest window")

@@ -377,6 +377,7 @@ class TgiUpstream:
         """TGI's response (headers read, body not), giving up with ``_Hung`` when TGI has not answered after
         LIVENESS_CHECK_AFTER_SECONDS and does not answer its liveness check either."""
         sending = asyncio.ensure_future(self._client.send(request, stream=True))
+        checking: asyncio.Future[bool] | None = None
         handed_over = False
         try:
             interval = self._settings.liveness_check_after_seconds
@@ -385,7 +386,6 @@ class TgiUpstream:
                 checking = asyncio.ensure_future(self._alive(backend))
                 done, _ = await asyncio.wait((sending, checking), return_when=asyncio.FIRST_COMPLETED)
                 if sending in done:
-                    checking.cancel()  # only this request's wait: the shared check goes on for the others
                     break
                 if not checking.result():
                     raise _Hung(
@@ -398,6 +398,8 @@ class TgiUpstream:
             handed_over = True
             return response
         finally:
+            if checking is not None:
+                checking.cancel()  # only this request's wait: the shared check goes on for the others
             if not handed_over:
                 await _abandon(sending)
 
