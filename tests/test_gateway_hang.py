@@ -10,18 +10,31 @@ never how fast it came.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
+from spotkeeper.gateway import upstream as upstream_module
 from spotkeeper.gateway.backend import Backend
 from spotkeeper.gateway.upstream import TgiUpstream
-from spotkeeper_local.tgi_emulator import TgiEmulator, expected_text
+from spotkeeper_local.tgi_emulator import TgiEmulator, expected_text, expected_tokens
 from tests.gateway_harness import ServedApp, gateway_settings, running_emulator
-from tests.test_gateway_replicas import Replicas
+from tests.test_gateway_replicas import (
+    BUDGET,
+    CUT_AFTER,
+    CuttingRelay,
+    Replicas,
+    _event_ends,
+    _FirstOfTies,
+    _quietly,
+    continued,
+    sse_payloads,
+)
 
 READ_TIMEOUT = 120.0  # the gateway's generation read timeout: never reached in these tests
 CLIENT_TIMEOUT = 30.0  # the client gives up long before it, long after a liveness check (~0.5 s)
@@ -193,3 +206,101 @@ def test_a_replica_found_hung_is_left_out_for_retry_after_seconds_then_tried_aga
     after = upstream.pick((first,))
     assert during == {second} and alone is None
     assert after == first
+
+
+# a TGI that hangs in the middle of a stream ----------------------------------------------------------------------
+
+
+class StallingRelay(CuttingRelay):
+    """A TCP relay in front of one replica that stops forwarding after ``after_events`` SSE events of its first
+    stream, holding the connection open (TGI hung mid-generation); from then on it accepts every connection (its
+    /health too) and answers nothing."""
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.cuts:
+            await self._hold(reader, writer)
+            return
+        upstream_reader, upstream_writer = await asyncio.open_connection(self._target.host, self._target.port)
+        stalled = asyncio.Event()
+
+        async def requests() -> None:
+            with _quietly():
+                while (data := await reader.read(65536)) and not stalled.is_set():
+                    upstream_writer.write(data)
+                    await upstream_writer.drain()
+                writer.close()  # the gateway gave up on the stalled stream
+
+        forwarding = asyncio.create_task(requests())
+        events = 0
+        try:
+            while data := await upstream_reader.read(65536):
+                for position in _event_ends(data):
+                    events += 1
+                    if events == self._after:
+                        self.cuts += 1
+                        stalled.set()
+                        writer.write(data[:position])
+                        await writer.drain()
+                        await forwarding  # nothing more is sent back
+                        return
+                writer.write(data)
+                await writer.drain()
+        finally:
+            forwarding.cancel()
+            with _quietly():
+                upstream_writer.close()
+
+    @staticmethod
+    async def _hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with _quietly():
+            while await reader.read(65536):
+                pass  # whatever the gateway sends gets no answer, until it gives up and closes
+            writer.close()
+
+
+@pytest.fixture
+def first_of_ties(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first replica listed takes the first request (the one the relay stalls)."""
+    monkeypatch.setattr(upstream_module, "random", SimpleNamespace(Random=_FirstOfTies))
+
+
+@pytest.mark.usefixtures("first_of_ties")
+def test_a_stream_whose_tgi_hangs_mid_way_is_resumed_on_another_replica() -> None:
+    prompt = "What keeps a Spot endpoint alive?"
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": BUDGET}}
+    with running_emulator(token_delay=0.01) as first, running_emulator(token_delay=0.01) as second:
+        relay = StallingRelay(first, after_events=CUT_AFTER)
+        try:
+            replicas = Replicas(Backend(relay.url, "i-stalls"), Backend(second.url, "i-second"))
+            served = gateway(replicas, httpx.AsyncHTTPTransport())
+            try:
+                response = httpx.post(served.url + "/generate_stream", json=body, timeout=CLIENT_TIMEOUT)
+            finally:
+                served.stop()
+        finally:
+            relay.close()
+    events = sse_payloads(response.text)
+    assert relay.cuts == 1 and second.requests_total == 1
+    # One stream for the client: the first replica's tokens, then the rest from the other, no error event
+    assert response.status_code == 200
+    assert not [event for event in events if "error" in event]
+    assert [event["token"]["text"] for event in events] == continued(prompt)
+
+
+def test_with_one_replica_a_stream_whose_tgi_hangs_mid_way_ends_with_an_error_event() -> None:
+    prompt = "What keeps a Spot endpoint alive?"
+    body = {"inputs": prompt, "parameters": {"max_new_tokens": BUDGET}}
+    with running_emulator(token_delay=0.01) as alone:
+        relay = StallingRelay(alone, after_events=CUT_AFTER)
+        try:
+            served = gateway(Replicas(Backend(relay.url, "i-stalls")), httpx.AsyncHTTPTransport())
+            try:
+                response = httpx.post(served.url + "/generate_stream", json=body, timeout=CLIENT_TIMEOUT)
+            finally:
+                served.stop()
+        finally:
+            relay.close()
+    events = sse_payloads(response.text)
+    assert response.status_code == 200 and relay.cuts == 1
+    assert [event["token"]["text"] for event in events[:-1]] == expected_tokens(prompt, CUT_AFTER)
+    assert events[-1]["error_type"] == "generation"

@@ -5,7 +5,8 @@ client as soon as TGI emitted it, and a stream that breaks can still be closed w
 instead of half a JSON line. A stream is finished when TGI said so: ``data: [DONE]``, a TGI event with
 ``generated_text``, or an OpenAI chunk with a ``finish_reason``; anything else ending it is an error.
 
-A stream that breaks (the connection drops, or it ends unfinished) is resumed once on another replica when
+A stream that breaks (the connection drops, it ends unfinished, or TGI stops sending and fails its liveness check:
+``Upstream.chunks``) is resumed once on another replica when
 the route allows it (``resume.py``, ``chat_resume.py``): the client's stream goes on with the continuation's
 events. Otherwise, or if no other replica can take it, the client gets TGI's error event.
 
@@ -144,7 +145,7 @@ async def relay_events(
             switched: Upstream | None = None
             pending = b""
             try:
-                async for chunk in current.response.aiter_bytes():
+                async for chunk in current.chunks():
                     pending += chunk
                     end = pending.rfind(b"\n")
                     if end < 0:

@@ -44,8 +44,9 @@ import contextlib
 import itertools
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -54,7 +55,7 @@ from spotkeeper.gateway.errors import BackendProtocolError, BackendTimeout, Back
 from spotkeeper.observability import logger
 from spotkeeper.settings import GatewaySettings
 
-# TGI's /health runs a one-token generation, so it is quick unless TGI is stuck.
+# TGI's /health waits for at most one forward step of the model (see above), so it is quick unless TGI is stuck.
 PROBE_READ_TIMEOUT_SECONDS = 10.0
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
@@ -76,6 +77,10 @@ class _OnlyHung(BackendUnavailable):
         self.fresher_than = fresher_than
 
 
+class StreamStalled(httpx.ReadTimeout):
+    """TGI stopped sending in the middle of a response and did not answer its liveness check either."""
+
+
 LIVENESS_RECHECK_MAX_SECONDS = 60.0
 
 
@@ -87,6 +92,9 @@ class Upstream:
     backend: Backend
     retried: bool = False  # the first attempt could not reach TGI; this is the answer of the retry
     _release: Callable[[], None] | None = field(default=None, repr=False)
+    # The replica's liveness check (False: it is hung, and marked so), once the body is this many seconds late.
+    _liveness: Callable[[], Awaitable[bool]] | None = field(default=None, repr=False)
+    _liveness_after: float = field(default=0.0, repr=False)
 
     def relay_headers(self) -> dict[str, str]:
         """TGI's own ``x-*`` headers (x-generated-tokens, x-compute-time, ...) are useful to clients."""
@@ -95,6 +103,30 @@ class Upstream:
             for name, value in self.response.headers.items()
             if name.lower().startswith("x-") and name.lower() not in _HOP_BY_HOP
         }
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it comes. A TGI that stops sending mid-way (hung in the middle of a stream) and does not
+        answer its liveness check ends it with ``StreamStalled`` (an ``httpx.ReadTimeout``), not after the read
+        timeout; a slow one that answers it is waited for."""
+        source = self.response.aiter_bytes()
+        if self._liveness is None:
+            async for chunk in source:
+                yield chunk
+            return
+        while True:
+            reading = asyncio.ensure_future(_next_chunk(source))
+            try:
+                if not await _answered(reading, self._liveness, self._liveness_after):
+                    raise StreamStalled(
+                        f"TGI on {self.backend.instance_id or self.backend.url} stopped sending and did not answer "
+                        "its liveness check"
+                    )
+            finally:
+                await _abandon(reading)
+            chunk = reading.result()
+            if chunk is None:
+                return
+            yield chunk
 
     def __del__(self) -> None:
         # A streamed response whose client left before the stream began is never closed: stop counting it.
@@ -353,7 +385,20 @@ class TgiUpstream:
             release()
             raise
         self._avoid_until.pop(backend.url, None)
-        return Upstream(response=response, backend=backend, _release=release)
+
+        async def alive() -> bool:
+            if await self._alive(backend):
+                return True
+            self._unreachable(backend, hung=True)
+            return False
+
+        return Upstream(
+            response=response,
+            backend=backend,
+            _release=release,
+            _liveness=alive,
+            _liveness_after=self._settings.liveness_check_after_seconds,
+        )
 
     async def _request(self, backend: Backend, request: httpx.Request, timeout: httpx.Timeout) -> httpx.Response:
         watch = self._settings.liveness_check_after_seconds
@@ -377,29 +422,17 @@ class TgiUpstream:
         """TGI's response (headers read, body not), giving up with ``_Hung`` when TGI has not answered after
         LIVENESS_CHECK_AFTER_SECONDS and does not answer its liveness check either."""
         sending = asyncio.ensure_future(self._client.send(request, stream=True))
-        checking: asyncio.Future[bool] | None = None
         handed_over = False
         try:
-            interval = self._settings.liveness_check_after_seconds
-            done, _ = await asyncio.wait((sending,), timeout=interval)
-            while not done:
-                checking = asyncio.ensure_future(self._alive(backend))
-                done, _ = await asyncio.wait((sending, checking), return_when=asyncio.FIRST_COMPLETED)
-                if sending in done:
-                    break
-                if not checking.result():
-                    raise _Hung(
-                        f"TGI on {backend.instance_id or backend.url} took the request but answered neither it "
-                        f"nor its liveness check (GET /health within {self._settings.liveness_timeout_seconds} s)"
-                    )
-                interval = min(interval * 2, LIVENESS_RECHECK_MAX_SECONDS)
-                done, _ = await asyncio.wait((sending,), timeout=interval)
+            if not await _answered(sending, lambda: self._alive(backend), self._settings.liveness_check_after_seconds):
+                raise _Hung(
+                    f"TGI on {backend.instance_id or backend.url} took the request but answered neither it "
+                    f"nor its liveness check (GET /health within {self._settings.liveness_timeout_seconds} s)"
+                )
             response = sending.result()
             handed_over = True
             return response
         finally:
-            if checking is not None:
-                checking.cancel()  # only this request's wait: the shared check goes on for the others
             if not handed_over:
                 await _abandon(sending)
 
@@ -435,14 +468,42 @@ class TgiUpstream:
         return True
 
 
-async def _abandon(sending: asyncio.Future[httpx.Response]) -> None:
-    """Stop a send nobody will read: cancel it, or close the response it got meanwhile."""
-    if not sending.done():
-        sending.cancel()
-        await asyncio.wait((sending,))
-    if sending.cancelled() or sending.exception() is not None:
+async def _answered(task: asyncio.Future[Any], alive: Callable[[], Awaitable[bool]], after: float) -> bool:
+    """Wait for ``task``; while it is ``after`` seconds late (then twice as long, up to a minute) ask ``alive``.
+    False as soon as ``alive`` says no (``task`` left running); True when ``task`` is done."""
+    interval = after
+    done, _ = await asyncio.wait((task,), timeout=interval)
+    while not done:
+        checking = asyncio.ensure_future(alive())
+        try:
+            done, _ = await asyncio.wait((task, checking), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            checking.cancel()  # only this wait: a check shared by other requests goes on for them
+        if task in done:
+            return True
+        if not checking.result():
+            return False
+        interval = min(interval * 2, LIVENESS_RECHECK_MAX_SECONDS)
+        done, _ = await asyncio.wait((task,), timeout=interval)
+    return True
+
+
+async def _next_chunk(source: AsyncIterator[bytes]) -> bytes | None:
+    try:
+        return await anext(source)
+    except StopAsyncIteration:
+        return None
+
+
+async def _abandon(task: asyncio.Future[Any]) -> None:
+    """Stop a read or send nobody will use: cancel it, or close the response it got meanwhile."""
+    if not task.done():
+        task.cancel()
+        await asyncio.wait((task,))
+    if task.cancelled() or task.exception() is not None:
         return
-    await sending.result().aclose()
+    if isinstance(task.result(), httpx.Response):
+        await task.result().aclose()
 
 
 async def _read_quietly(response: httpx.Response) -> bytes:
