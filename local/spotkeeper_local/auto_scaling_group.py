@@ -235,6 +235,12 @@ class GroupStandIn:
         with self._lock:
             group = self._group()
             setattr(group, _STAND_IN, self)
+            misplaced = self._unbalanced_first_instances(group) if launching else []
+            for state in misplaced:
+                # moto put every first instance in the first subnet; Auto Scaling spreads them over the zones.
+                _, ec2 = _backends()
+                group.instance_states = [s for s in group.instance_states if s is not state]
+                ec2.terminate_instances([state.instance.id])
             for state in list(group.instance_states):
                 purchase = self.purchase.setdefault(state.instance.id, self._next_purchase(group))
                 self._describe_instance(group, state.instance, purchase)
@@ -242,6 +248,8 @@ class GroupStandIn:
                     self._launched(group, state)
                 else:
                     self.booted.append(state.instance.id)
+            if misplaced:
+                group.replace_autoscaling_group_instances(len(misplaced), group.get_propagated_tags())
         return self
 
     def on_demand_base(self) -> int:
@@ -295,10 +303,20 @@ class GroupStandIn:
             if missing > 0:
                 group.replace_autoscaling_group_instances(missing, group.get_propagated_tags())
             elif missing < 0:
-                # AWS's default termination policy balances zones, then allocation strategies, then takes the
-                # oldest launch template, then the instance closest to its next billing hour. One zone and one
-                # template here, and no billing hours: the oldest instance goes.
-                for state in sorted(counted, key=lambda s: s.instance.launch_time)[:-missing]:
+                # AWS's default termination policy balances zones (the zone with the most instances loses one),
+                # then allocation strategies, then takes the oldest launch template, then the instance closest to
+                # its next billing hour. One template here, and no billing hours: the oldest of that zone goes.
+                left = list(counted)
+                for _ in range(-missing):
+                    per_zone: dict[str, int] = {}
+                    for state in left:
+                        per_zone[state.instance.placement.zone] = per_zone.get(state.instance.placement.zone, 0) + 1
+                    most = max(per_zone.values())
+                    state = min(
+                        (s for s in left if per_zone[s.instance.placement.zone] == most),
+                        key=lambda s: s.instance.launch_time,
+                    )
+                    left.remove(state)
                     self.begin_termination(group, state.instance.id, "scale-in")
 
     @staticmethod
@@ -318,25 +336,96 @@ class GroupStandIn:
         return ON_DEMAND if above >= 50 else SPOT
 
     def launch(self, group: Any, count: int, launch_one: Callable[[], None]) -> list[str]:
-        """The group launches ``count`` instances, each Spot or On-Demand as its policy says."""
+        """The group launches ``count`` instances, each Spot or On-Demand as its policy says, each in the zone with
+        the fewest of the group's instances (Auto Scaling's zone balance). A Spot launch goes to the first instance
+        type of the overrides with Spot capacity in that zone; where no type has any, the launch fails there and,
+        as the default AvailabilityZoneDistribution (balanced-best-effort) does, the group tries the next zone: each
+        zone that failed is an ``EC2 Instance Launch Unsuccessful`` event, and only when every zone failed does the
+        group wait to try again."""
         launched: list[str] = []
         with self._lock:
             for _ in range(count):
                 purchase = self._next_purchase(group)
-                if purchase == SPOT and not self.market.has_capacity():
-                    self._launch_failed(group)
+                placement, failed = self._placement(group, purchase)
+                for zone, subnet in failed:
+                    self._launch_failed(group, zone, subnet, retried=placement is not None)
+                if placement is None:
                     return launched
+                subnet, instance_type = placement
                 before = {s.instance.id for s in group.instance_states}
-                launch_one()
+                everywhere = group.vpc_zone_identifier
+                group.vpc_zone_identifier = subnet  # moto launches into the first subnet listed
+                try:
+                    launch_one()
+                finally:
+                    group.vpc_zone_identifier = everywhere
                 for state in group.instance_states:
                     if state.instance.id in before:
                         continue
                     self.purchase[state.instance.id] = purchase
-                    self._describe_instance(group, state.instance, purchase)
+                    self._describe_instance(group, state.instance, purchase, instance_type)
                     launched.append(state.instance.id)
                     self._launched(group, state)
             self._failed_launch_at = None
         return launched
+
+    def zones(self, group: Any | None = None) -> list[tuple[str, str]]:
+        """(zone name, subnet) of the group's subnets, in the order the group lists them."""
+        _, ec2 = _backends()
+        group = group if group is not None else self._group()
+        subnets = [s for s in (group.vpc_zone_identifier or "").split(",") if s]
+        return [(ec2.get_subnet(subnet).availability_zone, subnet) for subnet in subnets]
+
+    def zone_of(self, instance_id: str) -> str | None:
+        _, ec2 = _backends()
+        try:
+            return ec2.get_instance(instance_id).placement.zone
+        except Exception:
+            return None
+
+    def _balanced_zones(self, group: Any) -> list[tuple[str, str]]:
+        """The group's zones, the one with the fewest instances counting toward capacity first (ties: as listed)."""
+        zones = self.zones(group)
+        counts = {zone: 0 for zone, _ in zones}
+        for state in self.counted(group):
+            zone = state.instance.placement.zone
+            if zone in counts:
+                counts[zone] += 1
+        order = {zone: index for index, (zone, _) in enumerate(zones)}
+        return sorted(zones, key=lambda zone_subnet: (counts[zone_subnet[0]], order[zone_subnet[0]]))
+
+    def _placement(self, group: Any, purchase: str) -> tuple[tuple[str, str | None] | None, list[tuple[str, str]]]:
+        """((subnet, instance type) to launch in, or None) and the (zone, subnet)s whose Spot launch failed first."""
+        types = [o.get("InstanceType") for o in self._overrides(group) if o.get("InstanceType")] or [None]
+        failed: list[tuple[str, str]] = []
+        zones = self._balanced_zones(group) or [(f"{REGION}a", "")]
+        for zone, subnet in zones:
+            if purchase != SPOT:
+                return (subnet, types[0]), failed
+            instance_type = next((t for t in types if self.market.has_capacity(t, zone)), "")
+            if instance_type != "":
+                return (subnet, instance_type), failed
+            failed.append((zone, subnet))
+        return None, failed
+
+    @staticmethod
+    def _overrides(group: Any) -> list[dict[str, Any]]:
+        return (group.mixed_instances_policy or {}).get("LaunchTemplate", {}).get("Overrides", [])
+
+    def _unbalanced_first_instances(self, group: Any) -> list[Any]:
+        """The first instances beyond their zone's share (moto launched every one in the first subnet)."""
+        zones = [zone for zone, _ in self.zones(group)]
+        if len(set(zones)) < 2:
+            return []
+        share = -(-len(group.instance_states) // len(zones))  # ceil: no zone holds more
+        counts: dict[str, int] = {}
+        misplaced = []
+        for state in group.instance_states:
+            zone = state.instance.placement.zone
+            counts[zone] = counts.get(zone, 0) + 1
+            if counts[zone] > share:
+                misplaced.append(state)
+        return misplaced
 
     def _launch_extra(self, group: Any) -> str | None:
         """One instance above desired capacity (a replacement launched before its predecessor goes)."""
@@ -344,11 +433,12 @@ class GroupStandIn:
         group.replace_autoscaling_group_instances(1, group.get_propagated_tags())
         return next((s.instance.id for s in group.instance_states if s.instance.id not in before), None)
 
-    def _describe_instance(self, group: Any, instance: Any, purchase: str) -> None:
-        overrides = (group.mixed_instances_policy or {}).get("LaunchTemplate", {}).get("Overrides", [])
-        if overrides and overrides[0].get("InstanceType"):
-            # A prioritized / price-capacity-optimized choice from a healthy market: the first type listed.
-            instance.instance_type = overrides[0]["InstanceType"]
+    def _describe_instance(self, group: Any, instance: Any, purchase: str, instance_type: str | None = None) -> None:
+        overrides = self._overrides(group)
+        chosen = instance_type or (overrides[0].get("InstanceType") if overrides else None)
+        if chosen:
+            # A price-capacity-optimized choice: the first type listed with capacity where the instance launches.
+            instance.instance_type = chosen
         instance.lifecycle = SPOT if purchase == SPOT else None
         state = self._state(group, instance.id)
         if state is not None:
@@ -369,11 +459,13 @@ class GroupStandIn:
         self.events.append(lifecycle_event(group.name, hook.name, instance_id, LAUNCHING, action.token))
         self._say(f"{instance_id} launched ({self.purchase[instance_id]}), Pending:Wait")
 
-    def _launch_failed(self, group: Any) -> None:
+    def _launch_failed(self, group: Any, zone: str, subnet: str, retried: bool = False) -> None:
+        """A Spot launch failed in ``zone`` for want of capacity: the event AWS emits; without ``retried`` (another
+        zone took the launch) the group waits LAUNCH_RETRY_SECONDS (or a policy change) before trying again."""
         now = self.clock.now()
-        self._failed_launch_at = now
-        self._failed_with_base = self._on_demand_base(group)
-        subnet = (group.vpc_zone_identifier or "").split(",")[0]
+        if not retried:
+            self._failed_launch_at = now
+            self._failed_with_base = self._on_demand_base(group)
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
         self.events.append(
             aws_event(
@@ -382,7 +474,7 @@ class GroupStandIn:
                     "AutoScalingGroupName": group.name,
                     "StatusMessage": NO_SPOT_CAPACITY,
                     "Description": f"Launching a new EC2 instance.  Status Reason: {NO_SPOT_CAPACITY}",
-                    "Details": {"Subnet ID": subnet, "Availability Zone": f"{REGION}a"},
+                    "Details": {"Subnet ID": subnet, "Availability Zone": zone},
                     "StartTime": stamp,
                     "EndTime": stamp,
                     "Cause": (
@@ -395,7 +487,10 @@ class GroupStandIn:
                 at=now,
             )
         )
-        self._say("Spot launch failed: InsufficientInstanceCapacity")
+        self._say(
+            f"Spot launch failed in {zone}: InsufficientInstanceCapacity"
+            + ("; the group launches in another zone" if retried else "")
+        )
 
     # lifecycle actions -----------------------------------------------------------------------------
     def _hold(self, action: LifecycleAction, timeout: float, default_result: str, reason: str = "") -> None:

@@ -34,6 +34,9 @@ REGION = "us-east-1"
 # address this machine can bind, so each instance's TGI emulator listens on the instance's own private IP.
 VPC_CIDR = "127.1.0.0/16"
 SUBNET_CIDR = "127.1.1.0/24"
+# Further subnets, one per further zone (us-east-1b, ...): the hedged replicas' group spreads over them.
+ZONE_SUBNET_CIDR = "127.1.{}.0/24"
+MAX_ZONES = 4
 # moto resolves AWS::SSM::Parameter::Value parameters in its own SSM, where the public /aws/service/...
 # names are reserved: the AMI parameter's default points at a parameter the drill creates instead.
 AMI_PARAMETER = "/spotkeeper/drill/ami-id"
@@ -322,6 +325,7 @@ class EmbeddedAws:
         self._server: Any = None
         self.url = ""
         self._network: tuple[str, str] | None = None
+        self._zone_subnets: list[str] = []
 
     def start(self) -> EmbeddedAws:
         from moto.server import ThreadedMotoServer
@@ -360,6 +364,7 @@ class EmbeddedAws:
 
         httpx.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
         self._network = None
+        self._zone_subnets = []
 
     def session(self) -> Any:
         import boto3
@@ -388,6 +393,20 @@ class EmbeddedAws:
             ]
             self._network = (vpc, subnet)
         return self._network
+
+    def fleet_subnets(self, zones: int) -> str:
+        """FleetSubnetIds spanning ``zones`` Availability Zones (us-east-1a, b, ...): the first zone's subnet is
+        ``network()``'s; each further one is created once, in the same VPC, with a loopback CIDR of its own."""
+        if not 1 <= zones <= MAX_ZONES:
+            raise DrillError(f"the embedded AWS has 1-{MAX_ZONES} zones for the fleet, not {zones}")
+        vpc, first = self.network()
+        ec2 = self.session().client("ec2")
+        while len(self._zone_subnets) < zones - 1:
+            index = len(self._zone_subnets) + 2  # 127.1.2.0/24 in us-east-1b, ...
+            zone = f"{REGION}{'abcd'[index - 1]}"
+            created = ec2.create_subnet(VpcId=vpc, CidrBlock=ZONE_SUBNET_CIDR.format(index), AvailabilityZone=zone)
+            self._zone_subnets.append(created["Subnet"]["SubnetId"])
+        return ",".join([first, *self._zone_subnets[: zones - 1]])
 
     def deploy(
         self,

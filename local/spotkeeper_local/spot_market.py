@@ -4,10 +4,12 @@ moto 5.2.5 does not implement ``GetSpotPlacementScores``, its ``DescribeSpotPric
 of 0.00001 from 2006, and Spot capacity never runs out. ``SpotMarket`` stands in for that part of EC2, scripted by
 the test or drill:
 
-* ``capacity``: whether EC2 has Spot capacity for the group's types now (the Auto Scaling group stand-in,
-  ``auto_scaling_group.GroupStandIn``, fails Spot launches while it is False);
+* Spot capacity: ``capacity`` (whether EC2 has Spot capacity anywhere now) and ``set_capacity`` per instance type
+  and/or zone (a zone whose market runs dry, a type that is gone everywhere); ``has_capacity(type, zone)`` is what
+  the Auto Scaling group stand-in (``auto_scaling_group.GroupStandIn``) asks before each Spot launch;
 * ``GetSpotPlacementScores`` (per-zone scores 1-10, best first, at most MaxResults, validated like AWS):
-  ``set_score``, ``withhold_scores`` (scores not permitted: an ``UnauthorizedOperation``);
+  ``set_score``, ``withhold_scores`` (scores not permitted: an ``UnauthorizedOperation``); a zone where none of
+  the types asked has Spot capacity scores 1 whatever was scripted (the score says how likely a request succeeds);
 * ``DescribeSpotPriceHistory`` (the price in effect for each instance type and zone, filtered by type, zone and
   product description): ``set_price``; ``set_typical_prices`` quotes the typical prices of ``prices.json``, the
   one price table the drill and the bench read.
@@ -49,6 +51,8 @@ class SpotMarket:
     scores: dict[str, int] = field(default_factory=dict)  # zone id -> score
     prices: dict[tuple[str, str], _Price] = field(default_factory=dict)  # (instance type, zone name) -> price
     withheld: str | None = None
+    # (instance types or None: every type, zone names or None: every zone, Spot capacity there); later rules win
+    capacity_rules: list[tuple[frozenset[str] | None, frozenset[str] | None, bool]] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     region: str = ""
     zones: dict[str, str] = field(default_factory=dict)  # zone id -> zone name, learnt at install
@@ -79,8 +83,33 @@ class SpotMarket:
         for instance_type, price in typical_spot_prices(path).items():
             self.set_price(instance_type, price)
 
-    def has_capacity(self) -> bool:
-        return self.capacity
+    def set_capacity(
+        self, available: bool, instance_types: list[str] | None = None, zones: list[str] | None = None
+    ) -> None:
+        """Spot capacity for ``instance_types`` in ``zones`` (zone names) from now on; None: every type / zone.
+        Neither named: the whole market (earlier per-type or per-zone rules are dropped)."""
+        known = set(self.zones.values())
+        unknown = sorted(set(zones or ()) - known) if known else []
+        if unknown:
+            raise ValueError(f"no zone {', '.join(unknown)} in {self.region} (zones: {', '.join(sorted(known))})")
+        if instance_types == [] or zones == []:
+            raise ValueError("name at least one instance type / zone, or none for all of them")
+        with self._lock:
+            if instance_types is None and zones is None:
+                self.capacity = available
+                self.capacity_rules.clear()
+                return
+            types = frozenset(instance_types) if instance_types is not None else None
+            self.capacity_rules.append((types, frozenset(zones) if zones is not None else None, available))
+
+    def has_capacity(self, instance_type: str | None = None, zone: str | None = None) -> bool:
+        """Whether a Spot launch of ``instance_type`` in ``zone`` (a zone name) finds capacity now. A rule scoped to
+        a type or zone applies only when that type or zone is asked."""
+        available = self.capacity
+        for types, zones, rule in list(self.capacity_rules):
+            if (types is None or instance_type in types) and (zones is None or zone in zones):
+                available = rule
+        return available
 
     def withhold_scores(self, code: str | None = "UnauthorizedOperation") -> None:
         """Make GetSpotPlacementScores fail with ``code`` (None gives scores again)."""
@@ -113,16 +142,19 @@ class SpotMarket:
         with self._lock:
             if params.get("SingleAvailabilityZone"):
                 scored = [
-                    {"Region": self.region, "AvailabilityZoneId": zone_id, "Score": self._score(zone_id)}
+                    {"Region": self.region, "AvailabilityZoneId": zone_id, "Score": self._score(zone_id, types)}
                     for zone_id in sorted(self.zones)
                 ]
             else:
-                best = max((self._score(zone_id) for zone_id in self.zones), default=self.default_score)
+                best = max((self._score(zone_id, types) for zone_id in self.zones), default=self.default_score)
                 scored = [{"Region": self.region, "Score": best}]
         scored.sort(key=lambda s: -s["Score"])
         return {"SpotPlacementScores": scored[:max_results]}
 
-    def _score(self, zone_id: str) -> int:
+    def _score(self, zone_id: str, types: list[str] | None = None) -> int:
+        zone = self.zones.get(zone_id)
+        if not any(self.has_capacity(instance_type, zone) for instance_type in types or [None]):
+            return min(SCORE_RANGE)  # no Spot capacity for any type asked: a request there would not succeed
         return self.scores.get(zone_id, self.default_score)
 
     def describe_spot_price_history(self, params: dict[str, Any]) -> dict[str, Any]:
