@@ -235,6 +235,8 @@ class DrillWorld:
             load_seconds=lambda instance_id: first_load_seconds if instance_id in firsts else load_seconds,
             tgi_port=int(env["lifecycle"]["TGI_PORT"]),
         )
+        if local.group is not None:  # the stand-in spreads the first instances over the zones: new ids among them
+            firsts.update(instance_id for instance_id, _ in local.group.members())
         world = cls(aws, stack, clock, local, load_seconds)
         world._queues = AsyncQueues(stack.function_event_age)
         if chaos is not None:

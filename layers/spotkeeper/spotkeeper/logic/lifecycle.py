@@ -20,6 +20,8 @@ from spotkeeper.records import PendingLaunch
 
 if TYPE_CHECKING:
     from spotkeeper.deps import ControlDeps
+    from spotkeeper.group import Group
+    from spotkeeper.records import InstanceRecord
 
 CONTINUE = "CONTINUE"
 ABANDON = "ABANDON"
@@ -207,20 +209,59 @@ def abandon(launch: PendingLaunch, deps: ControlDeps, reason: str, owner: str) -
     return "abandoned"
 
 
+def replacing(record: InstanceRecord) -> bool:
+    """A scale-out replacement was launched for this instance (warned, at risk or failing), not yet retired."""
+    return (
+        record.replacement == "scale-out"
+        and not record.retired
+        and (record.doomed or record.at_risk_since is not None or record.marked_unhealthy)
+    )
+
+
+def desired_without(
+    instance_id: str, desired_before: int, records: list[InstanceRecord], group: Group, replicas: int
+) -> int:
+    """The group's desired capacity once ``instance_id``, whose scale-out replacement is under way, has left.
+
+    Alone, it is ``desired_before``, the capacity before its scale-out, and never more than the replicas (a
+    scale-out started while another was under way counted that one's extra). With other replicas warned meanwhile,
+    ``desired_before`` would take their extra capacity too, and the group would scale in: possibly a warned replica
+    that still serves, or a replacement that is loading. Then it is the replicas plus one for each other instance of
+    the group still active whose scale-out replacement is under way, never above the group's desired capacity now.
+    """
+    outstanding = 0
+    for other in records:
+        if other.instance_id == instance_id or not replacing(other):
+            continue
+        member = group.instance(other.instance_id)
+        if member is not None and member.active:
+            outstanding += 1
+    if not outstanding:
+        return min(desired_before, replicas)
+    return min(group.desired, replicas + outstanding)
+
+
 def on_instance_terminating(event: TerminateLifecycleAction, deps: ControlDeps) -> str:
     detail = event.detail
     instance_id = detail.instance_id
     _leave_ready_set(instance_id, deps)  # the gateway stops routing to it; tombstoned, it never rejoins
     record = deps.state.get_instance(deps.group, instance_id)
     # If Spot took it before its replacement was ready, give back the extra capacity asked for it, before the
-    # group replaces it a second time. The value is absolute, so it is harmless after a retire, too.
+    # group replaces it a second time. The value is absolute, so it is harmless after a retire, too; it keeps the
+    # extra capacity of every other replacement still under way (another replica warned meanwhile).
     if (
         record.replacement == "scale-out"
         and not record.retired
         and record.desired_before is not None
         and deps.state.claim_action(deps.group, instance_id, RESTORE_DESIRED, owner=event.id)
     ):
-        deps.fleet.set_desired(record.desired_before)
+        others = [r for r in deps.state.instances(deps.group) if r.instance_id != instance_id and replacing(r)]
+        # Alone, it gives back what it asked (never above the replicas: a scale-out counted from another one's);
+        # only with others under way is the group's view needed.
+        desired = min(record.desired_before, deps.env.replicas)
+        if others:
+            desired = desired_without(instance_id, desired, others, deps.fleet.describe_group(), deps.env.replicas)
+        deps.fleet.set_desired(desired)
         deps.state.finish_action(deps.group, instance_id, RESTORE_DESIRED)
     endpoint = deps.state.get_endpoint(deps.group)
     was_serving = endpoint.serving_instance_id == instance_id
