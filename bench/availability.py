@@ -1,6 +1,11 @@
-"""Hedged replicas' availability, measured: every hedged scenario of the drill played at N = 1 and at N = 2.
+"""Hedged replicas' availability, measured: every hedged scenario of the drill played at N = 2 and at N = 1.
 
-    python -m spotkeeper_local.drill --json --replicas N --clients K --scenario S ...   (N = 1, then N = 2)
+    python -m spotkeeper_local.drill --json --clients K --scenario-file scenarios/S.yaml ...      (N = 2)
+    python -m spotkeeper_local.drill --json --clients K --scenario-file scenarios/n1/S.yaml ...   (N = 1)
+
+Each hedged scenario file (``setup.replicas: 2``) has its N = 1 counterpart of the same name in ``scenarios/n1/``:
+the same events for the single instance (a warning for "the other replica" names the only one; a second replica's
+warning has no replica to name), with clients of the gateway and of the Elastic IP alike.
 
 Per scenario and N: the longest window without a successful request for the clients through the gateway and for
 the clients of the Elastic IP, the failed requests of each, and the capacity mode at the end; then whether N = 2
@@ -27,6 +32,12 @@ from bench.servers import ROOT, python_env
 
 SCENARIOS = ("replica-interruption", "primary-interruption", "zone-spot-lost", "both-warned", "on-demand-return")
 REPLICAS = (1, 2)
+SCENARIOS_DIR = ROOT / "scenarios"
+
+
+def scenario_file(name: str, replicas: int) -> Path:
+    """The file of ``name`` at N = ``replicas``: scenarios/NAME.yaml (N = 2) or scenarios/n1/NAME.yaml (N = 1)."""
+    return SCENARIOS_DIR / ("n1" if replicas == 1 else "") / f"{name}.yaml"
 
 
 class AvailabilityError(RuntimeError):
@@ -51,13 +62,12 @@ def drill_command(replicas: int, config: AvailabilityConfig, out_dir: Path) -> l
         "--json",
         "--no-charts",
         f"--out={out_dir}",
-        f"--replicas={replicas}",
         f"--clients={config.clients}",
         *config.extra,
     ]
     if config.load_seconds is not None:
         command.append(f"--load-seconds={config.load_seconds:g}")
-    return command + [f"--scenario={name}" for name in config.scenarios]
+    return command + [f"--scenario-file={scenario_file(name, replicas)}" for name in config.scenarios]
 
 
 def run_drill(replicas: int, config: AvailabilityConfig) -> dict[str, Any]:
@@ -92,7 +102,7 @@ def figures(scenario: dict[str, Any]) -> dict[str, Any]:
         "eip_longest_no_success_seconds": eip.get("longest_no_success_seconds"),
         "eip_failed": eip.get("failed"),
         "eip_sent": eip.get("sent"),
-        "no_tgi_up_seconds": facts.get("longest_dark_seconds"),
+        "no_tgi_up_seconds": facts.get("longest_no_tgi_up_seconds"),
         "capacity_mode": scenario.get("capacity_mode"),
         "drill_checks_passed": bool(scenario.get("passed")),
         "failed_checks": [c.get("name") for c in scenario.get("checks", []) if not c.get("passed")],
@@ -155,7 +165,8 @@ def run(config: AvailabilityConfig, progress: Any = print) -> dict[str, Any]:
     rows = compare(reports)
     verdicts = [r["n2_at_least_n1"] for r in rows if "n2_at_least_n1" in r]
     return {
-        "source": "python -m spotkeeper_local.drill --json --replicas N (simulated time)",
+        "source": "python -m spotkeeper_local.drill --json --scenario-file (scenarios/ at N = 2, scenarios/n1/ at "
+        "N = 1; simulated time)",
         "clients_per_address": config.clients,
         "load_seconds": next(iter(reports.values())).get("load_seconds") if reports else None,
         "request_interval_seconds": next(iter(reports.values())).get("request_interval_seconds") if reports else None,

@@ -44,3 +44,22 @@ def replica_lanes(world: DrillWorld) -> dict[str, Any]:
 def requests_received(world: DrillWorld) -> dict[str, int]:
     """Generation requests each instance's TGI received so far (clients of the gateway and of the EIP)."""
     return {instance_id: int(server.requests_total) for instance_id, server in world.fleet.servers.items()}
+
+
+def longest_no_tgi_up(world: DrillWorld, start: float, end: float) -> tuple[float, float | None]:
+    """The longest stretch of [start, end] in which no instance of the group had its TGI up (ready, warned, or not
+    yet in the ready set): the outage no routing can avoid. (seconds, from when)."""
+    longest, since, frm = 0.0, None, None
+    for t, states, _ in world.replica_log:
+        if t < start or t > end:
+            continue
+        up = any(state in ("ready", "warned", "up, not in the ready set") for state in states.values())
+        if not up and since is None:
+            since = t
+        elif up and since is not None:
+            if t - since > longest:
+                longest, frm = t - since, since
+            since = None
+    if since is not None and end - since > longest:
+        longest, frm = end - since, since
+    return round(longest, 1), frm

@@ -25,7 +25,7 @@ from typing import Any
 from spotkeeper_local.aws_events import rebalance_recommendation
 from spotkeeper_local.aws_faults import FaultWindows
 from spotkeeper_local.delivery_chaos import MAX_DELAY
-from spotkeeper_local.drill_hedged import ready_replicas, replica_lanes, requests_received
+from spotkeeper_local.drill_hedged import longest_no_tgi_up, ready_replicas, replica_lanes, requests_received
 from spotkeeper_local.drill_world import SHORT_NAMES, DrillWorld
 from spotkeeper_local.embedded_aws import EmbeddedAws, LocalTemplate
 from spotkeeper_local.report import Check, DrillError, ScenarioResult, client_stats
@@ -112,6 +112,8 @@ def play(
         if "Replicas" not in template.body.get("Parameters", {}):
             raise ScenarioError(f"{scenario.name}: template.yaml has no Replicas parameter: no hedged replicas")
         parameters["Replicas"] = str(replicas)
+    if setup.zones > 1:
+        parameters["FleetSubnetIds"] = aws.fleet_subnets(setup.zones)
     world = DrillWorld.deploy(
         aws,
         template,
@@ -329,9 +331,15 @@ class Engine:
         ours = self.world.launched_at  # this scenario's stack (the embedded AWS keeps earlier scenarios' too)
         return {i.id: i for i in backend.all_instances() if i.state in ("pending", "running") and i.id in ours}
 
-    def _role(self, role: str) -> str | None:
+    def _role(self, role: str, zone: str | None = None) -> str | None:
         world = self.world
         running = self._running()
+        if zone is not None:  # only the instances of that zone can take the role
+            running = {i: instance for i, instance in running.items() if instance.placement.zone == zone}
+            fixed = {"serving", "original", "primary", "warned"}
+            if role in fixed:
+                found = self._role(role)
+                return found if found in running else None
         launched = sorted((at, i) for i, at in world.launched_at.items() if i in running)
         members = [i for i, _ in world.group.members() if i in running]
         by_launch = sorted(members, key=lambda i: world.launched_at.get(i, float("inf")))
@@ -359,10 +367,11 @@ class Engine:
             return None
         raise ScenarioError(f"{self.scenario.name}: unknown role {role!r}")
 
-    def _target(self, role: str, action: str) -> str:
-        instance = self._role(role)
+    def _target(self, role: str, action: str, zone: str | None = None) -> str:
+        instance = self._role(role, zone)
         if instance is None:
-            raise ScenarioError(f"{self.scenario.name}: at t={self.world.t():g}s {action}: no {role} instance")
+            where = f" in {zone}" if zone else ""
+            raise ScenarioError(f"{self.scenario.name}: at t={self.world.t():g}s {action}: no {role} instance{where}")
         return instance
 
     def _placement(self) -> tuple[str, str]:
@@ -386,7 +395,7 @@ class Engine:
         self.marks.setdefault(action.do, t)
         detail: Any = None
         if isinstance(action, InterruptionWarning):
-            detail = self._target(action.target, action.do)
+            detail = self._target(action.target, action.do, action.zone)
             lead = "reclaim in 120 s" + (", no rebalance lead" if self.replicas > 1 else "")
             self.warned.setdefault(detail, t)
             world.spot_warning(detail, lead)
@@ -399,12 +408,12 @@ class Engine:
                     lambda: self.received_after_warning.setdefault(instance, requests_received(world).get(instance, 0)),
                 )
         elif isinstance(action, RebalanceRecommendation):
-            detail = self._target(action.target, action.do)
+            detail = self._target(action.target, action.do, action.zone)
             world.note(f"EC2: rebalance recommendation for {detail}", "elevated risk of interruption")
             world.group.rebalance_recommendation(detail)
             world.put_event(rebalance_recommendation(detail, at=world.clock.now()))
         elif isinstance(action, Reclaim):
-            detail = self._target(action.target, action.do)
+            detail = self._target(action.target, action.do, action.zone)
             world.spot_reclaim(detail)
         elif isinstance(action, SpotCapacity):
             back = action.do == "spot-capacity-back"
@@ -412,7 +421,7 @@ class Engine:
         elif isinstance(action, ZoneOutage):
             detail = self._zone_outage(action.zone)
         elif isinstance(action, TgiFault):
-            detail = self._target(action.target, action.do)
+            detail = self._target(action.target, action.do, action.zone)
             server = world.fleet.servers.get(detail)
             if server is None:
                 raise ScenarioError(f"{self.scenario.name}: at t={t:g}s {action.do}: {detail} runs no TGI")
@@ -440,7 +449,7 @@ class Engine:
             self.hand.disassociate_address(AssociationId=association)
             world.note(f"ops: Elastic IP disassociated from {detail} by hand")
         elif isinstance(action, TerminateByHand):
-            detail = self._target(action.target, action.do)
+            detail = self._target(action.target, action.do, action.zone)
             world.note(f"ops: {detail} terminated by hand (EC2 TerminateInstances)")
             world.group.terminated_outside(detail, "by hand (EC2 TerminateInstances)", "terminated outside the group")
         elif isinstance(action, LambdaThrottle):
@@ -475,28 +484,32 @@ class Engine:
         self.played.append([t, action.do, detail])
 
     def _capacity(self, spot: bool, types: list[str] | None, zones: list[str] | None, when: str) -> str:
-        instance_type, zone = self._placement()
+        instance_type, _ = self._placement()
         world = self.world
+        group_zones = [zone for zone, _ in world.group.zones()]
         scope = f"{', '.join(types) if types else 'every type'} in {', '.join(zones) if zones else 'every zone'}"
-        hits = (types is None or instance_type in types) and (zones is None or zone in zones)
+        try:
+            world.market.set_capacity(spot, instance_types=types, zones=zones)
+        except ValueError as error:
+            raise ScenarioError(f"{self.scenario.name}: spot capacity {scope}: {error}") from None
+        hits = (types is None or instance_type in types) and (zones is None or bool(set(zones) & set(group_zones)))
         what = "is back" if spot else "runs out"
-        if not hits:
-            world.note(
-                f"EC2: Spot capacity {what} for {scope} {when}".rstrip(), f"not the group's {instance_type} in {zone}"
-            )
-            return scope
-        world.market.capacity = spot
-        world.market.set_score(9 if spot else 1)
-        world.note(f"EC2: Spot capacity {what} for {scope} {when}".rstrip(), f"placement score {9 if spot else 1}")
+        detail = (
+            f"placement score {9 if spot else 1}" + (f" in {', '.join(zones)}" if zones else "")
+            if hits
+            else f"not the group's {instance_type} in {', '.join(group_zones)}"
+        )
+        world.note(f"EC2: Spot capacity {what} for {scope} {when}".rstrip(), detail)
         return scope
 
     def _zone_outage(self, zone: str | None) -> str:
         world = self.world
         _, group_zone = self._placement()
         zone = zone or group_zone
-        if zone == group_zone:
-            world.market.capacity = False
-            world.market.set_score(1)
+        try:
+            world.market.set_capacity(False, zones=[zone])
+        except ValueError as error:
+            raise ScenarioError(f"{self.scenario.name}: zone-outage: {error}") from None
         struck = [i for i, instance in self._running().items() if instance.placement.zone == zone]
         world.note(f"EC2: {zone} fails", f"Spot capacity gone there; {len(struck)} instances unreachable")
         for instance_id in struck:
@@ -590,6 +603,8 @@ class Engine:
                 "outage_to": eip.outage_to,
             }
             facts["eip_requests"] = [[o.at, o.ok] for o in world.eip_load.outcomes]
+        dark, dark_from = longest_no_tgi_up(world, 0.0, world.t())
+        facts["longest_no_tgi_up_seconds"], facts["no_tgi_up_from"] = dark, dark_from
         if self.replicas > 1:
             lanes = replica_lanes(world)
             warned_at = self.warned.get(interrupted or "")

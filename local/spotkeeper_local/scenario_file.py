@@ -43,6 +43,7 @@ SCHEMA_PATH = SCENARIOS_DIR / "schema.json"
 MAX_SECONDS = 7200.0
 MAX_REPLICAS = 8  # the template's Replicas AllowedValues
 MAX_CLIENTS = 32
+MAX_ZONES = 4  # the embedded AWS's fleet subnets (embedded_aws.MAX_ZONES)
 
 Role = Literal[
     "serving", "original", "primary", "secondary", "warned", "replacement", "newest", "any-spot", "on-demand"
@@ -223,6 +224,13 @@ class Setup(_Strict):
     spotkeeper: bool = Field(True, description="false: the plain group with its EIP set by hand (a baseline)")
     clients: Clients = Clients()
     replicas: int = Field(1, ge=1, le=MAX_REPLICAS, description="the template's Replicas: serving replicas")
+    zones: int = Field(
+        1,
+        ge=1,
+        le=MAX_ZONES,
+        description="Availability Zones of the fleet's subnets (us-east-1a, b, ...): the group spreads its instances "
+        "over them, and a Spot launch that fails in one zone goes to another",
+    )
     chaos: int | None = Field(
         None, ge=0, lt=2**32, description="seed of the event delivery's chaos (the drill's --chaos); none: orderly"
     )
@@ -247,6 +255,9 @@ class _Action(_Strict):
 
 class _Targeted(_Action):
     target: Role
+    zone: str | None = Field(
+        None, description="only an instance in this Availability Zone (e.g. us-east-1a) takes the role"
+    )
 
 
 class InterruptionWarning(_Targeted):
