@@ -235,6 +235,12 @@ def _replicas_section(replicas: dict[str, Any]) -> str:
     return section(replicas)
 
 
+def _availability_section(result: dict[str, Any]) -> str:
+    from bench.availability import render
+
+    return "\n".join(render(result))
+
+
 def render(results: dict[str, Any]) -> str:
     sections = []
     for key, render_one in (
@@ -245,6 +251,7 @@ def render(results: dict[str, Any]) -> str:
         ("cost", cost_section),
         ("launch", _launch_section),
         ("replicas", _replicas_section),
+        ("availability", _availability_section),
     ):
         part = results.get(key)
         if isinstance(part, dict) and "error" in part:

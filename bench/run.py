@@ -1,4 +1,5 @@
-"""`make bench`: gateway overhead, cold starts, reactions, failover, cost, launch-to-ready, hedged replicas, in one run.
+"""`make bench`: gateway overhead, cold starts, reactions, failover, cost, launch-to-ready, hedged replicas (prices and
+availability: every hedged scenario at N = 1 and N = 2), in one run.
 
     python bench/run.py [--only PART ...] [--quick] [--out build/bench] [--instance-type g5.2xlarge]
 
@@ -27,6 +28,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import (  # noqa: E402
+    availability,
     cold_start,
     cost,
     failover,
@@ -38,7 +40,7 @@ from bench import (  # noqa: E402
     targets,
 )
 
-PARTS = ("gateway", "cold", "reaction", "failover", "cost", "launch", "replicas")
+PARTS = ("gateway", "cold", "reaction", "failover", "cost", "launch", "replicas", "availability")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -132,6 +134,15 @@ def main(argv: list[str] | None = None) -> int:
         _measure("launch-to-ready (model)", results, "launch", lambda: launch.run(progress))
     if "replicas" in parts:
         _measure("hedged replicas (prices, model)", results, "replicas", lambda: replicas.run(progress))
+    if "availability" in parts:
+        # --quick: a launch-to-ready of 180 s (still longer than the warning) instead of the model's ~451 s
+        config_availability = availability.AvailabilityConfig(load_seconds=180.0 if quick else None, out_dir=out)
+        _measure(
+            "hedged replicas' availability (drill, N = 1 vs N = 2)",
+            results,
+            "availability",
+            lambda: availability.run(config_availability, progress),
+        )
 
     results["targets"] = [t.as_json() for t in targets.evaluate(_usable_parts(results), loads)]
     results["wall_seconds"]["total"] = round(time.monotonic() - started, 1)
@@ -141,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.render(results))
     print()
     misses = sum(1 for t in results["targets"] if t["verdict"] == "MISS")
-    measured = ("gateway_overhead", "cold_start", "reaction", "failover", "cost", "launch", "replicas")
+    measured = ("gateway_overhead", "cold_start", "reaction", "failover", "cost", "launch", "replicas", "availability")
     errors = [key for key in measured if isinstance(results.get(key), dict) and "error" in results[key]]
     print(
         f"bench: {len(results['targets']) - misses} targets met, {misses} missed"

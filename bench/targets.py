@@ -131,6 +131,7 @@ def evaluate(results: dict[str, Any], load_seconds: tuple[float, ...]) -> list[T
         *failover_targets(results.get("failover"), load_seconds),
         *launch_targets(results.get("launch")),
         *replicas_targets(results.get("replicas")),
+        *availability_targets(results.get("availability")),
     ]
 
 
@@ -164,5 +165,20 @@ def replicas_targets(replicas: dict[str, Any] | None) -> list[Target]:
             f"<= {limit:g}",
             _fmt(share),
             _verdict(None if share is None else share <= limit),
+        )
+    ]
+
+
+def availability_targets(availability: dict[str, Any] | None) -> list[Target]:
+    """Issue 12: availability at N = 2 equal to or better than N = 1 in every scenario (the drill, played)."""
+    rows = [r for r in (availability or {}).get("rows", []) if "n2_at_least_n1" in r]
+    worse = [r["scenario"] for r in rows if not r["n2_at_least_n1"]]
+    measured = "n/a" if not rows else (f"worse in {', '.join(worse)}" if worse else f"{len(rows)} of {len(rows)}")
+    return [
+        Target(
+            "hedged scenarios where N = 2 is at least as available as N = 1 (gateway and EIP clients)",
+            "every one",
+            measured,
+            _verdict(None if not rows else not worse),
         )
     ]

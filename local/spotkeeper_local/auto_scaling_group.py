@@ -410,7 +410,8 @@ class GroupStandIn:
 
     @staticmethod
     def _overrides(group: Any) -> list[dict[str, Any]]:
-        return (group.mixed_instances_policy or {}).get("LaunchTemplate", {}).get("Overrides", [])
+        overrides = (group.mixed_instances_policy or {}).get("LaunchTemplate", {}).get("Overrides") or []
+        return [o for o in overrides if isinstance(o, dict)]  # moto keeps a padded template list's empty entries
 
     def _unbalanced_first_instances(self, group: Any) -> list[Any]:
         """The first instances beyond their zone's share (moto launched every one in the first subnet)."""

@@ -8,8 +8,9 @@ would emit on the EventBridge bus, sends the clients' requests, and delivers wha
 by invoking their real handlers in-process.
 
 Handlers sleep on the same clock (a launch hook polling TGI, a terminate hook draining), so the world keeps
-turning while one of them waits: events that arrive meanwhile are delivered to concurrent invocations, as
-Lambda runs them, at most ``MAX_CONCURRENT_INVOCATIONS`` deep. With ``concurrency`` (``--serial-delivery``: 1)
+turning while one of them waits: each invocation runs on a thread of its own, one at a time while the world's
+loop waits, and its sleep ends at a later tick; events that arrive meanwhile are delivered to concurrent
+invocations, as Lambda runs them, none waiting for another to return. With ``concurrency`` (``--serial-delivery``: 1)
 each function has that many executions (a reserved concurrency, which Lambda applies per function): an event for
 a function whose executions are all busy is throttled as Lambda's asynchronous queue throttles it
 (``lambda_runtime.AsyncQueues``: tried again after 1 s, doubling to 5 minutes, dropped to the DLQ past the
@@ -47,7 +48,6 @@ from spotkeeper_local.sim_clock import SimClock
 from spotkeeper_local.spot_market import SpotMarket
 from spotkeeper_local.world import World
 
-MAX_CONCURRENT_INVOCATIONS = 3
 # The Lambda Web Adapter's own settings: locally uvicorn serves the app directly.
 ADAPTER_ENV = ("AWS_LAMBDA_EXEC_WRAPPER", "AWS_LWA_INVOKE_MODE", "AWS_LWA_READINESS_CHECK_PATH", "PORT")
 SHORT_NAMES = {
@@ -62,11 +62,19 @@ SHORT_NAMES = {
 
 
 class SteppedClock(SimClock):
-    """A simulated clock whose sleeps pass one second at a time, so what is due at a second happens then."""
+    """A simulated clock whose sleeps pass one second at a time, so what is due at a second happens then.
+
+    A handler's sleep in one of the world's invocations (``DrillWorld``'s workers, see ``park``) does not move the
+    clock: the invocation waits while the world's own loop turns, as concurrent Lambda invocations do."""
 
     step = 1.0
+    # Set by the world: called with a sleep's seconds; True when the caller is one of its invocations and slept
+    # there (the clock moved on meanwhile), False to sleep by advancing the clock.
+    park: Callable[[float], bool] | None = None
 
     def sleep(self, seconds: float) -> None:
+        if self.park is not None and self.park(seconds):
+            return
         remaining = float(seconds)
         while remaining > 1e-9:
             step = min(self.step, remaining)
@@ -118,6 +126,24 @@ class GatewayServer:
             self._server = None
 
 
+class _WorldClosed(BaseException):
+    """Raised in an invocation still asleep when its world closes, so its thread ends."""
+
+
+@dataclass
+class _Worker:
+    """One invocation in flight, on a thread of its own that runs only while the world's loop waits for it."""
+
+    function: str
+    event: dict[str, Any]
+    attempt: int = 1
+    thread: threading.Thread | None = None
+    wake_at: float = 0.0
+    seq: int = 0
+    done: bool = False
+    resume: threading.Event = field(default_factory=threading.Event)
+
+
 @dataclass
 class Invocation:
     function: str
@@ -160,7 +186,9 @@ class DrillWorld:
     _next_fire: dict[str, float] = field(default_factory=dict)
     _dirty: bool = False
     _queues: AsyncQueues = field(default_factory=AsyncQueues)
-    _depth: int = 0
+    _workers: list[_Worker] = field(default_factory=list)  # invocations in flight, each asleep until its time
+    _worker_of: dict[int, _Worker] = field(default_factory=dict)  # thread ident -> its invocation
+    _parked: threading.Event = field(default_factory=threading.Event)
     _seen: dict[str, Any] = field(default_factory=dict)
     _tgi_states: dict[str, str] = field(default_factory=dict)
     _seq: int = 0
@@ -251,6 +279,7 @@ class DrillWorld:
         for rule in stack.schedules:
             world._next_fire[rule.name] = world.origin + rule.period_seconds
         clock.on_advance(world._tick)
+        clock.park = world._park
         world._pump_group()
         return world
 
@@ -295,6 +324,12 @@ class DrillWorld:
 
     def close(self) -> None:
         self._closed = True
+        for worker in list(self._workers):  # invocations still asleep unwind (_WorldClosed) and end
+            worker.resume.set()
+        for worker in list(self._workers):
+            if worker.thread is not None:
+                worker.thread.join(5)
+        self._workers.clear()
         if self.load is not None:
             self.load.stop()
         if self.eip_load is not None:
@@ -480,13 +515,23 @@ class DrillWorld:
 
     # delivering to the functions ---------------------------------------------------------------------------
     def _deliver(self) -> None:
-        """Invoke the handler of every event that reached a function's queue, oldest first.
+        """Run the invocations in flight whose sleep is over, then invoke the handler of every event that reached
+        a function's queue, oldest first, up to ``concurrency`` invocations in flight (1: one at a time, events
+        wait; 0: Lambda throttled).
 
-        An invocation that sleeps lets the clock run; the ticks meanwhile deliver the next events to concurrent
-        invocations, as Lambda would, up to ``MAX_CONCURRENT_INVOCATIONS`` deep and ``concurrency`` per function.
+        Each invocation runs on a thread of its own, one at a time: it runs until it sleeps (a launch hook polling
+        TGI, a terminate hook draining) or ends, while the world waits; its sleep ends at a later tick. So
+        invocations overlap as Lambda runs them, none waiting for another to return; ``concurrency`` (None: no
+        ceiling) caps each function's executions in flight.
         """
-        while self._depth < MAX_CONCURRENT_INVOCATIONS:
-            now = self.clock.now()
+        if threading.get_ident() in self._worker_of:
+            return  # an invocation's own path never delivers: the world's loop does
+        now = self.clock.now()
+        ran = False
+        for worker in sorted((w for w in self._workers if w.wake_at <= now), key=lambda w: (w.wake_at, w.seq)):
+            self._run(worker)
+            ran = True
+        while True:
             if self._dirty:
                 self._dirty = False
                 self._collect()
@@ -499,14 +544,56 @@ class DrillWorld:
                 self.sqs.send_message(QueueUrl=self.stack.dlq_url, MessageBody=json.dumps(record))
                 self.note(f"{old.function}: event expired unrun after {old.throttles} throttles", "sent to the DLQ")
             if queued is None:
-                return
-            self._depth += 1
-            self._queues.started(queued.function)
-            try:
-                self.invoke(queued.function, queued.event)
-            finally:
-                self._queues.ended(queued.function)
-                self._depth -= 1
+                break
+            self._start(queued.function, queued.event)
+            ran = True
+        if ran and not self._closed:
+            self._watch(now)  # what the invocations of this second changed is this second's state too
+
+    def _start(self, function: str, event: dict[str, Any], attempt: int = 1) -> None:
+        """A new invocation: it runs until it sleeps or ends."""
+        self._seq += 1
+        worker = _Worker(function, event, attempt, seq=self._seq)
+        self._workers.append(worker)
+        self._run(worker)
+
+    def _run(self, worker: _Worker) -> None:
+        """Let the invocation run until it sleeps or ends (the world's loop waits meanwhile)."""
+        self._parked.clear()
+        if worker.thread is None:
+            worker.thread = threading.Thread(target=self._invocation, args=(worker,), daemon=True)
+            worker.thread.start()
+        else:
+            worker.resume.set()
+        self._parked.wait()
+        if worker.done and worker in self._workers:
+            self._workers.remove(worker)
+
+    def _invocation(self, worker: _Worker) -> None:
+        self._worker_of[threading.get_ident()] = worker
+        self._queues.started(worker.function)
+        try:
+            self.invoke(worker.function, worker.event, worker.attempt)
+        except _WorldClosed:
+            pass
+        finally:
+            self._queues.ended(worker.function)
+            worker.done = True
+            self._worker_of.pop(threading.get_ident(), None)
+            self._parked.set()
+
+    def _park(self, seconds: float) -> bool:
+        """A sleep of one of the world's invocations: wait until the world's loop has moved the clock on."""
+        worker = self._worker_of.get(threading.get_ident())
+        if worker is None:
+            return False
+        worker.wake_at = self.clock.now() + float(seconds)
+        worker.resume.clear()
+        self._parked.set()
+        worker.resume.wait()
+        if self._closed:
+            raise _WorldClosed
+        return True
 
     def _collect(self) -> None:
         from moto.sqs.models import sqs_backends
@@ -567,7 +654,7 @@ class DrillWorld:
         if record.error and deps is not None:
             delay = retry_delay(attempt)
             if delay is not None:
-                self.at(self.t() + delay, f"retry {function}", lambda: self.invoke(function, event, attempt + 1))
+                self.at(self.t() + delay, f"retry {function}", lambda: self._start(function, event, attempt + 1))
             else:
                 failed = failure_record(function, event, record.error, attempt, record.ended)
                 self.sqs.send_message(QueueUrl=self.stack.dlq_url, MessageBody=json.dumps(failed))
