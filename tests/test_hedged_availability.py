@@ -8,9 +8,9 @@ LOAD_SECONDS, longer than the two-minute warning like the realistic ~451 s but s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +133,6 @@ def _play(out: Path, replicas: int) -> dict[str, Any]:
         timeout=2400,
     )
     assert finished.returncode in (0, 1), f"drill failed:\n{finished.stderr[-4000:]}"
-    import json
-
     return json.loads(finished.stdout)
 
 
@@ -158,3 +156,24 @@ def test_n2_is_at_least_as_available_as_n1_and_passes_its_expectations(played, n
     assert one["drill_checks_passed"], (name, one["failed_checks"])
     # An interruption at N = 1 is an outage (the replacement loads past the warning), so the comparison means it
     assert availability.outage(one["gateway_longest_no_success_seconds"], one["gateway_failed"]) > 0
+
+
+def test_the_text_report_charts_each_replicas_state_and_where_the_eip_was():
+    from spotkeeper_local.report import replica_chart
+
+    facts = {
+        "replica_states": {
+            "i-a": [[0.0, "ready"], [30.0, "warned"], [150.0, "gone"]],
+            "i-b": [[0.0, "ready"]],
+            "i-c": [[30.0, "loading"], [90.0, "ready"]],
+        },
+        "zones": {"i-a": "us-east-1a", "i-b": "us-east-1b", "i-c": "us-east-1b"},
+        "primary_changes": [[0.0, "i-a"], [31.0, "i-b"]],
+    }
+    lines = replica_chart(facts, 180.0)
+    rows = {line.split("|")[0].strip(): line.split("|")[1] for line in lines if "|" in line}
+    # one column = 3 s: i-a ready to t=30, warned to t=150, then gone
+    assert rows["A i-a us-east-1a"] == "R" * 10 + "W" * 40 + "." * 10
+    assert rows["C i-c us-east-1b"] == " " * 10 + "l" * 20 + "R" * 30
+    assert rows["EIP on (a letter above, - nothing)"] == "A" * 11 + "B" * 49
+    assert replica_chart({}, 180.0) == []  # a single instance's scenario draws none

@@ -618,6 +618,7 @@ class Engine:
                     if warned_at is None
                     else next((t for t, h in lanes["primary"] if t >= warned_at and h != interrupted), None),
                     "replica_states": lanes["replicas"],
+                    "zones": {i: world.group.zone_of(i) for i in lanes["replicas"]},
                     "primary_changes": lanes["primary"],
                     "ready_at_end": ready_replicas(world),
                 }

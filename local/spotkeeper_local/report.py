@@ -172,6 +172,7 @@ def render_text(report: DrillReport) -> str:
         lines.append("")
         for check in scenario.checks:
             lines.append(f"    [{'ok' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
+        lines.extend(replica_chart(scenario.facts, scenario.duration))
         if scenario.chart:
             lines.append(f"    availability chart: {scenario.chart}")
     lines.append("")
@@ -185,6 +186,48 @@ def render_text(report: DrillReport) -> str:
         + f"one request every {_seconds(report.request_interval)} s, {report.wall_seconds:.1f} s of wall time"
     )
     return "\n".join(lines)
+
+
+LANE_MARKS = {"loading": "l", "ready": "R", "warned": "W", "gone": ".", "up, not in the ready set": "u"}
+LANE_COLUMNS = 60
+
+
+def _at(changes: list[list[Any]], t: float) -> Any:
+    value = None
+    for since, new in changes:
+        if since > t:
+            break
+        value = new
+    return value
+
+
+def replica_chart(facts: dict[str, Any], duration: float) -> list[str]:
+    """Hedged replicas: each replica's state over the scenario, one character per column of time, and where the
+    EIP was (the primary). Nothing for a scenario without replica lanes."""
+    lanes: dict[str, list[list[Any]]] = facts.get("replica_states") or {}
+    if not lanes or duration <= 0:
+        return []
+    step = duration / LANE_COLUMNS
+    times = [i * step for i in range(LANE_COLUMNS)]
+    names = sorted(lanes, key=lambda i: lanes[i][0][0])
+    zones = facts.get("zones") or {}
+    primary = facts.get("primary_changes") or []
+    holders = [_at(primary, t) for t in times]
+    tags = {name: chr(ord("A") + index) if index < 26 else "?" for index, name in enumerate(names)}
+    lines = [
+        "",
+        f"    replicas over time (one column = {step:.0f} s, t=0 to {duration:g} s; "
+        "l loading, R ready, W warned, u up but not in the ready set, . gone):",
+    ]
+    rows = []
+    for name in names:
+        where = f" {zones[name]}" if zones.get(name) else ""
+        rows.append(
+            (f"{tags[name]} {name}{where}", "".join(LANE_MARKS.get(_at(lanes[name], t) or "", " ") for t in times))
+        )
+    rows.append(("EIP on (a letter above, - nothing)", "".join(tags.get(h, "-") if h else "-" for h in holders)))
+    width = max(len(label) for label, _ in rows)
+    return lines + [f"    {label:<{width}} |{row}|" for label, row in rows]
 
 
 def summary_table(report: DrillReport) -> str:
