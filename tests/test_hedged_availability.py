@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -123,7 +124,7 @@ def _play(out: Path, replicas: int) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(["layers/spotkeeper", "local"])}
     for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
         env.pop(name, None)
-    config = availability.AvailabilityConfig(scenarios=HEDGED, clients=2, load_seconds=LOAD_SECONDS)
+    config = availability.AvailabilityConfig(scenarios=HEDGED, clients=1, load_seconds=LOAD_SECONDS)
     finished = subprocess.run(  # noqa: S603 - the drill itself, as `make demo` runs it
         availability.drill_command(replicas, config, out),
         cwd=ROOT,
@@ -138,7 +139,11 @@ def _play(out: Path, replicas: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def played(tmp_path_factory: pytest.TempPathFactory) -> dict[int, dict[str, Any]]:
-    return {n: _play(tmp_path_factory.mktemp(f"n{n}"), n) for n in availability.REPLICAS}
+    # N = 1 and N = 2 in two drill processes at once (simulated time: their figures do not depend on the machine)
+    outs = {n: tmp_path_factory.mktemp(f"n{n}") for n in availability.REPLICAS}
+    with ThreadPoolExecutor(max_workers=len(outs)) as pool:
+        futures = {n: pool.submit(_play, out, n) for n, out in outs.items()}
+        return {n: future.result() for n, future in futures.items()}
 
 
 @pytest.mark.slow
@@ -148,7 +153,7 @@ def test_n2_is_at_least_as_available_as_n1_and_passes_its_expectations(played, n
     rows = {r["replicas"]: r for r in availability.compare(played) if r["scenario"] == name}
     one, two = rows[1], rows[2]
     # Given the scenario played at N = 1 and at N = 2 with the same clients of the gateway and of the EIP
-    assert one["gateway_sent"] > 100 and two["gateway_sent"] > 100 and one["eip_sent"] > 100
+    assert one["gateway_sent"] > 100 and two["gateway_sent"] > 100 and one["eip_sent"] > 100 and two["eip_sent"] > 100
     # Then N = 2 is at least as available: no longer without a success, no more failed requests, either client
     assert two["n2_at_least_n1"], two["why_not"]
     # ...and each file passes its own expectations
