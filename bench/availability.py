@@ -190,7 +190,7 @@ def render(result: dict[str, Any]) -> list[str]:
         eip = f"{row['eip_longest_no_success_seconds']} s / {row['eip_failed']}"
         lines.append(
             f"{row['scenario']:<22} {row['replicas']:>1}  {gateway:>23}  {eip:>19}  "
-            f"{str(row.get('no_tgi_up_seconds')) + ' s':>9}  {row['capacity_mode']!s:<11}  {verdict}"
+            f"{str(row.get('no_tgi_up_seconds')) + ' s':>9}  {str(row['capacity_mode']).split(' ')[0]:<11}  {verdict}"
             + (f" ({row['why_not']})" if row.get("why_not") else "")
         )
     everywhere = result.get("n2_at_least_n1_everywhere")
