@@ -121,6 +121,18 @@ def test_one_on_demand_replica_per_missing_spot_replica(held, room, spot_holding
     assert fallback_count(held, room, spot_holding) == expected
 
 
+@pytest.mark.parametrize(
+    ("held", "room", "spot_holding", "expected"),
+    [
+        (0, 2, 2, 0),  # the failed zone's launch went to another zone: both Spot replicas hold, no fallback
+        (0, 2, 1, 1),  # one still missing although the group is full (a leaving one counted as active)
+        (1, 2, 2, 1),  # never below what is held: the return to Spot decides that
+    ],
+)
+def test_a_group_no_longer_short_falls_back_only_for_what_is_missing(held, room, spot_holding, expected):
+    assert fallback_count(held, room, spot_holding, short=False) == expected
+
+
 def test_a_floor_above_the_replicas_is_refused(stack):
     with pytest.raises(ConfigurationError, match="ON_DEMAND_FLOOR"):
         CapacityEnv.from_environ(stack.env(ENDPOINT_DOWN_ALARM_NAME=ENDPOINT_DOWN, REPLICAS="2", ON_DEMAND_FLOOR="3"))

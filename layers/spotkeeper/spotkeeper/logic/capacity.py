@@ -244,6 +244,9 @@ def fall_back_to_on_demand(
             return "stale"
         try:
             wanted = room if every_replica else on_demand_replicas_needed(held, room, deps)
+            if wanted == 0:
+                logger.info("Spot delivered in another pool: no fallback", extra={"reason": reason})
+                return "spot-delivered"
             if wanted <= held:
                 # The fallback already covers every Spot replica missing (a retry of a covered launch).
                 return "already-on-demand"
@@ -275,7 +278,7 @@ def on_demand_replicas_needed(held: int, room: int, deps: CapacityDeps) -> int:
     spot = deps.policy.spot_instance_ids(active) if active else set()
     records = {record.instance_id: record for record in deps.state.instances(deps.group)}
     holding = sum(1 for i in active if i in spot and not leaving(records.get(i)))
-    return fallback_count(held, room, holding)
+    return fallback_count(held, room, holding, short=len(active) < group.desired)
 
 
 def leaving(record: InstanceRecord | None) -> bool:
@@ -285,17 +288,19 @@ def leaving(record: InstanceRecord | None) -> bool:
     )
 
 
-def fallback_count(held: int, room: int, spot_holding: int) -> int:
+def fallback_count(held: int, room: int, spot_holding: int, *, short: bool = True) -> int:
     """The fallback count after a Spot shortage: ``held`` now, ``room`` replicas above the floor, ``spot_holding``
-    Spot instances of the group that are active and not leaving.
+    Spot instances of the group that are active and not leaving, ``short`` whether the group still has fewer
+    active instances than it wants.
 
     The group wants ``room - held`` Spot replicas; each one short gets an On-Demand replica. With nothing on
-    On-Demand yet the failure itself shows at least one Spot replica is missing (its predecessor's record may
-    not have arrived yet); once something is, only the count decides, so retries of the same failed launch
-    never add a second On-Demand replica for one missing Spot replica.
+    On-Demand yet and the group still short, the failure itself shows at least one Spot replica is missing (its
+    predecessor's record may not have arrived yet); once something is, only the count decides, so retries of the
+    same failed launch never add a second On-Demand replica for one missing Spot replica. A group no longer short
+    got its Spot instance elsewhere (Auto Scaling tried another zone or type after the failure): only the count.
     """
     missing = max(0, room - held - spot_holding)
-    if held == 0:
+    if held == 0 and short:
         missing = max(missing, 1)
     return min(room, held + missing)
 
