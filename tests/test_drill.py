@@ -20,6 +20,7 @@ import pytest
 from spotkeeper_local import drill
 from spotkeeper_local.aws_game_day import GameDayError, run_game_day, stack_outputs
 from spotkeeper_local.drill_scenarios import load_seconds_of, replicas_of
+from spotkeeper_local.report import state_at
 from spotkeeper_local.scenario_file import load_all
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -483,16 +484,6 @@ def hedged(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return json.loads(finished.stdout)
 
 
-def _state_at(changes: list[list[Any]], t: float) -> Any:
-    """The value of a [t, value] change list at time t (None before its first change)."""
-    value = None
-    for since, new in changes:
-        if since > t:
-            break
-        value = new
-    return value
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["replica-interruption", "primary-interruption"])
 def test_n2_interruption_without_lead_fails_no_gateway_request_and_eip_clients_wait_at_most_10_s(hedged, key):
@@ -518,20 +509,20 @@ def test_n2_interruption_without_lead_fails_no_gateway_request_and_eip_clients_w
     # ...because the EIP sits on a ready replica all along: off a warned primary within seconds of its warning
     primary = facts["primary_changes"]
     states = facts["replica_states"]
-    holder_after = _state_at(primary, warning_at + 5)
+    holder_after = state_at(primary, warning_at + 5)
     if key == "primary-interruption":
         assert holder_after != doomed
     else:
         assert holder_after == facts["primary_at_start"]
     for t in range(0, int(s["duration"]), 5):
-        holder = _state_at(primary, t)
-        assert holder is not None and _state_at(states[holder], t) == "ready", f"EIP on {holder} at t={t}"
+        holder = state_at(primary, t)
+        assert holder is not None and state_at(states[holder], t) == "ready", f"EIP on {holder} at t={t}"
     # Each replica's state is in the report: the doomed one warned at the warning, gone after the reclaim, its
     # replacement loading, then ready; two replicas ready at the end, the EIP on one of them
-    assert _state_at(states[doomed], warning_at + 5) == "warned"
-    assert _state_at(states[doomed], warning_at + SPOT_NOTICE + 5) == "gone"
-    assert _state_at(states[replacement], warning_at + 5) == "loading"
-    assert _state_at(states[replacement], s["duration"]) == "ready"
+    assert state_at(states[doomed], warning_at + 5) == "warned"
+    assert state_at(states[doomed], warning_at + SPOT_NOTICE + 5) == "gone"
+    assert state_at(states[replacement], warning_at + 5) == "loading"
+    assert state_at(states[replacement], s["duration"]) == "ready"
     assert len(facts["ready_at_end"]) == 2 and s["eip_on"] in facts["ready_at_end"]
     assert doomed not in facts["ready_at_end"]
     # ...and the warned replica got no new request once its warning was delivered (gateway and EIP both)

@@ -192,7 +192,8 @@ LANE_MARKS = {"loading": "l", "ready": "R", "warned": "W", "gone": ".", "up, not
 LANE_COLUMNS = 60
 
 
-def _at(changes: list[list[Any]], t: float) -> Any:
+def state_at(changes: list[list[Any]], t: float) -> Any:
+    """The value of a [t, value] change list at time t (None before its first change)."""
     value = None
     for since, new in changes:
         if since > t:
@@ -212,7 +213,7 @@ def replica_chart(facts: dict[str, Any], duration: float) -> list[str]:
     names = sorted(lanes, key=lambda i: lanes[i][0][0])
     zones = facts.get("zones") or {}
     primary = facts.get("primary_changes") or []
-    holders = [_at(primary, t) for t in times]
+    holders = [state_at(primary, t) for t in times]
     tags = {name: chr(ord("A") + index) if index < 26 else "?" for index, name in enumerate(names)}
     lines = [
         "",
@@ -223,7 +224,7 @@ def replica_chart(facts: dict[str, Any], duration: float) -> list[str]:
     for name in names:
         where = f" {zones[name]}" if zones.get(name) else ""
         rows.append(
-            (f"{tags[name]} {name}{where}", "".join(LANE_MARKS.get(_at(lanes[name], t) or "", " ") for t in times))
+            (f"{tags[name]} {name}{where}", "".join(LANE_MARKS.get(state_at(lanes[name], t) or "", " ") for t in times))
         )
     rows.append(("EIP on (a letter above, - nothing)", "".join(tags.get(h, "-") if h else "-" for h in holders)))
     width = max(len(label) for label, _ in rows)
