@@ -26,7 +26,7 @@ NO_SPOT_CAPACITY = (
 class Capacity:
     """The capacity function's deps in the local world on moto: its Spot market and its group (which answers
     the instance-refresh calls; the group's instance is in service). ``control`` adds the control functions'
-    deps (lifecycle, health) on the same clients, their TGI reached through the world's fleet."""
+    deps (lifecycle, health, interruption) on the same clients, their TGI reached through the world's fleet."""
 
     def __init__(
         self, stack: Any, clock: SimClock, control: bool = False, load_seconds: float = 0.0, **env: str
@@ -41,7 +41,9 @@ class Capacity:
         }
         functions = {"capacity": stack.env(**settings)}
         if control:
-            functions |= {"lifecycle": stack.env(), "health": stack.env()}
+            # The control functions run the same N replicas as the capacity function.
+            control_env = {"REPLICAS": env["REPLICAS"]} if "REPLICAS" in env else {}
+            functions |= {name: stack.env(**control_env) for name in ("lifecycle", "health", "interruption")}
         self.world = World.build(
             stack.session,
             clock,

@@ -28,7 +28,7 @@ from capacity_harness import (
 )
 
 from spotkeeper.records import ON_DEMAND, READY, SPOT
-from spotkeeper_local.aws_events import scheduled
+from spotkeeper_local.aws_events import scheduled, spot_interruption
 from spotkeeper_local.lifecycle_hooks import LAUNCHING, TERMINATING
 from spotkeeper_local.sim_clock import SimClock
 
@@ -273,3 +273,46 @@ def test_a_spot_replacement_reclaimed_while_it_loads_leaves_the_on_demand_replic
         assert policy_of(stack)["InstancesDistribution"]["OnDemandBaseCapacity"] == 0
     finally:
         run.world.close()
+
+
+def test_a_spot_replica_warned_during_the_return_gets_its_own_replacement(stack):
+    # Given two replicas, one on On-Demand, Spot back, and the Spot replacement of the On-Demand one loading (the
+    # launch reaction hands over to the probe while TGI loads)
+    run = hedged_world(stack)
+    try:
+        kept, on_demand = fall_back_for_one_replica(run)
+        run.forget_launches()
+        run.lifecycle_timeout = 60
+        spot_back(run)
+        assert run.until(lambda: bool(run.launched), 120)
+        [returning] = run.launched
+        assert run.members()[returning] == "Pending:Wait"
+        start = len(run.looks)
+        # When the Spot replica is warned (Auto Scaling retires the On-Demand one once `returning` serves) and Spot
+        # reclaims it two minutes later
+        outcome = run.world.invoke("interruption", spot_interruption(kept, run.clock.now()))
+        # Then the warning is a replacement of its own: the On-Demand instance leaving is not capacity that stays
+        assert outcome == {"outcome": "replacement-started"}
+        assert run.capacity.group.desired() == 3
+        run.until(lambda: False, 120)
+        run.capacity.group.reclaim(kept)
+        assert run.until(lambda: on_demand not in run.members() and ready_now(run) >= 2, 2400)
+        run.until(lambda: False, 120)
+        # And two Spot replicas serve, the group back at two
+        members = run.members()
+        assert len(members) == 2 and all(s == "InService" and run.purchase(i) == SPOT for i, s in members.items())
+        assert returning in members and run.capacity.group.desired() == 2
+        # From the moment the returning replica is in service (and the On-Demand one leaves), two replicas are ready:
+        # no launch-to-ready with one
+        looks = run.looks[start:]
+        served = next(n for n, look in enumerate(looks) if look["members"].get(returning) == "InService")
+        assert min(len(look["ready"]) for look in looks[served:]) >= 2
+        assert all(look["eip_serving"] for look in looks)
+    finally:
+        run.world.close()
+
+
+def ready_now(run: Run) -> int:
+    """Ready replicas now (a look of its own, so every second is looked at)."""
+    run.look()
+    return len(run.looks[-1]["ready"])

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from spotkeeper.alerts import Alert
 from spotkeeper.events import RebalanceRecommendation, SpotInterruptionWarning
-from spotkeeper.group import Group
+from spotkeeper.group import Group, GroupInstance
 from spotkeeper.logic.replicas import hand_over_primary, warn_replica
 from spotkeeper.observability import MetricName, logger, metrics
 
@@ -88,18 +88,41 @@ def _replace(event: SpotInterruptionWarning | RebalanceRecommendation, deps: Con
 
 def plan_replacement(group: Group, instance_id: str, deps: ControlDeps) -> dict:
     """How the group gets a replacement for ``instance_id`` now, while it keeps serving."""
-    others = [i for i in group.instances if i.active and i.instance_id != instance_id]
+    active = [i for i in group.instances if i.active]
+    others = [i for i in active if i.instance_id != instance_id]
     if others:
         # Only a group with other instances needs to know which of them are leaving too.
         leaving = {r.instance_id for r in deps.state.instances(deps.group) if r.doomed or r.at_risk_since}
         others = [i for i in others if i.instance_id not in leaving]
-    if len(others) >= group.desired:
+        # Nor are the instances Auto Scaling is about to retire (the On-Demand ones of a return to Spot).
+        staying = len(others) - surplus_to_retire(group, active, instance_id, leaving)
+    else:
+        staying = 0
+    if staying >= group.desired:
         how = "group"  # Capacity Rebalancing or an earlier reaction already launched one.
     elif group.desired + 1 <= group.max_size:
         how = "scale-out"
     else:
         how = "detach"  # no headroom: detaching keeps desired capacity, so the group launches at once
     return {"how": how, "desired_before": group.desired}
+
+
+def surplus_to_retire(group: Group, active: list[GroupInstance], instance_id: str, leaving: set[str]) -> int:
+    """How many active instances Auto Scaling is about to retire that no record says are leaving.
+
+    Above desired capacity the group is in a launch-before-terminate replacement: a change of
+    OnDemandBaseCapacity (the return to Spot launches a Spot instance, then terminates the On-Demand one), or
+    Capacity Rebalancing. Once the new instance is in service the group terminates one per instance above
+    desired, so those are not capacity that stays. Instances already recorded as leaving (the one Capacity
+    Rebalancing replaces) account for part of the surplus, and a warned instance still launching is itself the
+    surplus (if it goes, the group keeps the old one and launches again). No new AWS call: the describe already
+    read says it.
+    """
+    member = group.instance(instance_id)
+    explained = sum(1 for i in active if i.instance_id in leaving)
+    if member is not None and member.instance_id not in leaving and member.lifecycle_state != "InService":
+        explained += 1
+    return max(0, len(active) - group.desired - explained)
 
 
 def start_replacement(group: Group, instance_id: str, how: str, desired_before: int, deps: ControlDeps) -> None:
