@@ -114,3 +114,26 @@ def test_warning_marks_the_replica_warned_first_and_requests_the_replacement_wit
     assert calls[0] == "UpdateItem", calls
     assert "SetDesiredCapacity" in calls
     assert calls.index("SetDesiredCapacity") + 1 <= 4, calls
+
+
+@pytest.mark.parametrize(
+    ("warned", "leaving", "surplus"),
+    [
+        ("i-spot", set(), 1),  # a return to Spot: the On-Demand one goes once the new one serves
+        ("i-spot", {"i-od"}, 0),  # Capacity Rebalancing replaces the one recorded at risk
+        ("i-new", set(), 0),  # the new one itself is warned: if it goes, the group keeps the old one
+    ],
+)
+def test_surplus_above_desired_is_what_auto_scaling_retires(warned, leaving, surplus):
+    from spotkeeper.group import Group, GroupInstance
+    from spotkeeper.logic.interruption import surplus_to_retire
+
+    active = (
+        GroupInstance("i-od", "InService"),
+        GroupInstance("i-spot", "InService"),
+        GroupInstance("i-new", "Pending:Wait"),
+    )
+    group = Group(name="g", desired=2, max_size=4, instances=active)
+    assert surplus_to_retire(group, list(active), warned, leaving) == surplus
+    at_desired = Group(name="g", desired=3, max_size=4, instances=active)
+    assert surplus_to_retire(at_desired, list(active), warned, leaving) == 0
