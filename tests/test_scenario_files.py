@@ -221,6 +221,36 @@ def _play(tmp_path: Path, *argv: str) -> dict[str, Any]:
     return json.loads(finished.stdout)
 
 
+def _play_at_once(tmp_path: Path, groups: list[list[str]]) -> dict[str, Any]:
+    """Each group of scenarios in a drill subprocess of its own, all at once: much of a fault scenario's wall time
+    is real waiting (botocore's back-off, a hung TGI's liveness check), not CPU."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(["layers/spotkeeper", "local"])}
+    for name in ("AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        env.pop(name, None)
+    running = []
+    for index, group in enumerate(groups):
+        out = tmp_path / str(index)
+        out.mkdir()
+        command = [sys.executable, "-m", "spotkeeper_local.drill", "--json", "--no-charts", "--out", str(out)]
+        command += [f"--scenario={name}" for name in group]
+        # Files, not pipes: a drill whose pipe filled up would wait for the ones read before it
+        with (out / "stdout").open("w") as stdout, (out / "stderr").open("w") as stderr:
+            drill_process = subprocess.Popen(  # noqa: S603 - the drill itself, as `make demo` runs it
+                command, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, text=True
+            )
+        running.append((drill_process, out))
+    reports = []
+    for drill_process, out in running:
+        drill_process.wait(timeout=2300)
+        stderr_text = (out / "stderr").read_text()
+        assert drill_process.returncode in (0, 1), f"drill failed:\n{stderr_text[-4000:]}"
+        reports.append(json.loads((out / "stdout").read_text()))
+    merged = dict(reports[0])
+    merged["scenarios"] = {name: s for report in reports for name, s in report["scenarios"].items()}
+    merged["launch_to_ready_sources"] = {report["launch_to_ready"]["source"] for report in reports}
+    return merged
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)  # a drill subprocess of several scenarios, over the suite's 300 s per test
 def test_the_scenarios_that_were_code_give_as_files_the_figures_the_code_gave(tmp_path):
@@ -264,9 +294,9 @@ def test_every_other_scenario_file_passes_its_own_expectations(tmp_path):
     # Every file of scenarios/ beyond those that were code: the six the issue asks for and any added since
     new = sorted({p.stem for p in folder()} - set(CODE_FIGURES) - set(PLAYED_BESIDE_N1))
     assert set(NEW) <= set(new)
-    report = _play(tmp_path, *(f"--scenario={name}" for name in new))
+    report = _play_at_once(tmp_path, [new[0::3], new[1::3], new[2::3]])
     assert set(report["scenarios"]) == set(new)
-    assert report["launch_to_ready"]["source"] == "model"  # the realistic default, every file
+    assert report["launch_to_ready_sources"] == {"model"}  # the realistic default, every file
     failed = {
         name: [f"{c['name']}: {c['detail']}" for c in s["checks"] if not c["passed"]]
         for name, s in report["scenarios"].items()
